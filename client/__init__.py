@@ -1,0 +1,46 @@
+"""Python gRPC client of the ASTRO Triton ensemble ``astro`` (DESIGN.md section 3).
+
+Torch-free: imports numpy, tritonclient and the numpy-only ``model.config``,
+``model.blocks`` and ``model.serving_spec``; ``pip install .[client]`` is enough.
+
+    from client import AstroClient, EventHistory
+    with AstroClient("127.0.0.1:8001") as c:
+        scores = c.score(EventHistory.from_lists(items, behaviors, scenarios, times), candidates, 0, now)
+"""
+
+from client.astro_client import (
+    AstroClient,
+    AsyncAstroClient,
+    ChunkRow,
+    RetryPolicy,
+    ServerError,
+    ServerUnavailableError,
+    assemble_scores,
+    build_call_inputs,
+    plan_calls,
+    spec_from_model_config,
+    split_evenly,
+)
+from client.validation import RequestError, ScoreRequest, validate_inputs, validate_request
+from model.blocks import EventHistory
+from model.serving_spec import ServingSpec
+
+__all__ = [
+    "AstroClient",
+    "AsyncAstroClient",
+    "ChunkRow",
+    "EventHistory",
+    "RequestError",
+    "RetryPolicy",
+    "ScoreRequest",
+    "ServerError",
+    "ServerUnavailableError",
+    "ServingSpec",
+    "assemble_scores",
+    "build_call_inputs",
+    "plan_calls",
+    "spec_from_model_config",
+    "split_evenly",
+    "validate_inputs",
+    "validate_request",
+]

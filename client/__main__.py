@@ -1,0 +1,181 @@
+"""Command line for the ``astro`` ensemble: ``python -m client score|health``.
+
+    python -m client score request.json --url 127.0.0.1:8001
+    echo '{"history": {...}, "candidates": [...], "scenario": 0, "timestamp": 1700000000}' | python -m client score
+    python -m client health --url triton:8001 --ssl --root-certificates ca.pem
+
+``score`` reads one request object (or a list of them) as JSON::
+
+    {"history": {"item_ids": [...], "behaviors": [...], "scenarios": [...], "timestamps": [...]},
+     "candidates": [...], "scenario": 0, "timestamp": 1700000000}
+
+and prints ``{"model", "candidates", "scores": {task_name: [...]}}`` (a list for a list).
+Exit status: 0 done / ready, 1 server error / not ready, 2 bad request or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.astro_client import DEFAULT_URL, AstroClient, ServerError
+from client.validation import HISTORY_FIELDS, I64, RequestError, ScoreRequest, as_int64_array
+from model.blocks import EventHistory
+from model.serving_spec import ENSEMBLE
+
+EXIT_OK, EXIT_SERVER, EXIT_USAGE = 0, 1, 2
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``"K=V"`` -> ``("k", "V")``; gRPC metadata keys are lowercase."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"header {text!r} must look like KEY=VALUE")
+    return key.strip().lower(), value
+
+
+def request_from_json(obj: Any, field: str = "") -> ScoreRequest:
+    """One JSON request object -> :class:`ScoreRequest`; floats and bools are refused, never cast.
+
+    ``field`` prefixes the names in error messages (``requests[2]`` for a list entry).
+    """
+
+    def name(key: str) -> str:
+        return f"{field}.{key}" if field else key
+
+    if not isinstance(obj, dict):
+        raise RequestError(field or "request", f"must be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in ("history", "candidates", "scenario", "timestamp") if k not in obj]
+    if missing:
+        raise RequestError(field or "request", f"lacks keys {missing}")
+    hist = obj["history"]
+    if not isinstance(hist, dict):
+        raise RequestError(name("history"), f"must be a JSON object, got {type(hist).__name__}")
+    lacking = [k for k in HISTORY_FIELDS if k not in hist]
+    if lacking:
+        raise RequestError(name("history"), f"lacks keys {lacking} (use [] for a user with no history)")
+    history = EventHistory(*(as_int64_array(name(f"history.{k}"), hist[k], ndim=1) for k in HISTORY_FIELDS))
+    return ScoreRequest(history, obj["candidates"], obj["scenario"], obj["timestamp"])
+
+
+def scores_to_json(
+    model: str, candidates: Sequence[int] | I64, scores: np.ndarray[Any, Any], tasks: Sequence[str]
+) -> dict[str, Any]:
+    """One request's scores ``[N, n_tasks]`` as ``{model, candidates, scores: {task: [N floats]}}``."""
+    return {
+        "model": model,
+        "candidates": [int(c) for c in candidates],
+        "scores": {t: [float(x) for x in scores[:, i]] for i, t in enumerate(tasks)},
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    conn = common.add_argument_group("connection")
+    conn.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC endpoint host:port (default {DEFAULT_URL})")
+    conn.add_argument("--model", default=ENSEMBLE, help=f"ensemble model name (default {ENSEMBLE})")
+    conn.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline of each RPC in seconds, retries included (default 10)"
+    )
+    conn.add_argument("--retries", type=int, default=2, help="extra attempts after UNAVAILABLE (default 2)")
+    conn.add_argument(
+        "--backoff", type=float, default=0.05, help="first retry delay in seconds, doubled per retry (default 0.05)"
+    )
+    conn.add_argument(
+        "--header",
+        action="append",
+        type=parse_header,
+        default=[],
+        metavar="KEY=VALUE",
+        help="gRPC metadata sent with every call; repeat for several",
+    )
+    tls = common.add_argument_group("TLS")
+    tls.add_argument("--ssl", action="store_true", help="use a TLS channel (implied by any certificate flag)")
+    tls.add_argument("--root-certificates", type=Path, help="PEM file of root certificates to trust")
+    tls.add_argument("--private-key", type=Path, help="PEM file of the client's private key (mutual TLS)")
+    tls.add_argument("--certificate-chain", type=Path, help="PEM file of the client's certificate chain (mutual TLS)")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m client", description="Score candidates with, or check the health of, the astro ensemble."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser(
+        "score",
+        parents=[common],
+        help="score one request (or a JSON list of them)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument("input", nargs="?", default="-", help="request JSON file, or - for stdin (default -)")
+    score.add_argument("--indent", type=int, default=None, help="indent the printed JSON by this many spaces")
+    sub.add_parser("health", parents=[common], help="print server and model status; exit 1 unless ready")
+    return parser
+
+
+def make_client(args: argparse.Namespace) -> AstroClient:
+    certs = (args.root_certificates, args.private_key, args.certificate_chain)
+    return AstroClient(
+        args.url,
+        args.model,
+        timeout_s=args.timeout,
+        retries=args.retries,
+        backoff_s=args.backoff,
+        headers=dict(args.header),
+        ssl=bool(args.ssl or any(c is not None for c in certs)),
+        root_certificates=args.root_certificates,
+        private_key=args.private_key,
+        certificate_chain=args.certificate_chain,
+    )
+
+
+def run_score(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError("input", f"is not valid JSON: {e}") from e
+    many = isinstance(payload, list)
+    requests = (
+        [request_from_json(r, f"requests[{i}]") for i, r in enumerate(payload)]
+        if many
+        else [request_from_json(payload)]
+    )
+    with make_client(args) as client:
+        if many:
+            scores = client.score_batch(requests)
+        else:  # error messages then name plain fields ("candidates"), not "requests[0].candidates"
+            (r,) = requests
+            scores = [client.score(r.history, r.candidates, r.scenario, r.timestamp)]
+        tasks = client.get_spec().task_names
+    out = [scores_to_json(args.model, r.candidates, s, tasks) for r, s in zip(requests, scores, strict=True)]
+    print(json.dumps(out if many else out[0], indent=args.indent))
+    return EXIT_OK
+
+
+def run_health(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        status = client.health()
+    print(json.dumps(status, indent=2))
+    return EXIT_OK if status["ready"] else EXIT_SERVER
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_score(args) if args.command == "score" else run_health(args)
+    except (RequestError, ValueError, OSError) as e:  # bad request, bad flag value, unreadable file
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_SERVER
+
+
+if __name__ == "__main__":
+    sys.exit(main())
