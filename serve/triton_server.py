@@ -1,0 +1,592 @@
+"""Launch the real Triton Inference Server that ships in the ``nvidia-pytriton`` wheel.
+
+The wheel carries a complete ``tritonserver`` (2.51) binary, its shared libraries
+(``nvidia_pytriton.libs``), the Python backend and one Python-backend stub per
+Python version. This module runs that binary directly (no PyTriton ``Triton``
+object, no container) against an ordinary model repository.
+
+Launch recipe (found by experiment on a CPU-only Linux machine):
+
+* ``LD_LIBRARY_PATH`` = directory of *this* interpreter's ``libpython3.X.so.1.0``
+  (``sysconfig`` ``LIBDIR``) : the wheel's ``nvidia_pytriton.libs`` : the caller's value.
+  The libpython entry matters: without it the stub binds to whatever
+  ``libpython3.X.so.1.0`` the system loader finds (on Debian that is
+  ``/usr/lib/x86_64-linux-gnu``'s 3.11.2), i.e. a different patch release than the
+  stdlib and venv it then loads — or fails outright where the system has none.
+* ``PATH`` starts with the virtualenv's ``bin``: the embedded interpreter of the stub
+  derives ``sys.prefix`` from the ``python3`` it finds on ``PATH``, which is how it
+  sees the venv's site-packages (numpy, onnxruntime, ...).
+* ``--backend-directory`` = a private directory holding ``python/libtriton_python.so``,
+  ``python/triton_python_backend_utils.py`` and ``python/triton_python_backend_stub``
+  (the stub matching ``sys.version_info``), copied from the wheel.
+* ``--cache-directory`` = the wheel's ``tritonserver/caches`` (the default,
+  ``/opt/tritonserver/caches``, does not exist outside the NGC container).
+* ``--allow-gpu-metrics=false`` unless asked otherwise: on machines without an NVIDIA
+  driver the GPU metrics collector only logs NVML/DCGM failures.
+* All three endpoints bound to the requested host (127.0.0.1 by default).
+
+Behaviour worth knowing: in ``none`` mode the server loads every model *before* it
+opens its sockets, and exits (code 1) when one fails to load, so the load error is in
+the log; it also exits when a port is taken ("already in use"), which this module
+retries with fresh ports when the ports were picked automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = [
+    "MODEL_CONTROL_MODES",
+    "TritonInstall",
+    "TritonNotFoundError",
+    "TritonServer",
+    "TritonServerError",
+    "find_tritonserver",
+    "free_port",
+    "iter_models",
+]
+
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+INSTALL_HINT = 'pip install "nvidia-pytriton>=0.5"  (or: pip install -e ".[serve]")'
+_LOG_TAIL_LINES = 60
+_PORT_RETRIES = 3
+# Repository-index reasons that do not mean "the load failed".
+_BENIGN_UNAVAILABLE_REASONS = frozenset({"", "unloaded", "unloading"})
+# Error lines every run prints on a machine without an NVIDIA driver; left out of the error summary.
+_NOISE_ERRORS = ("CudaDriverHelper has not been initialized",)
+
+
+class TritonServerError(RuntimeError):
+    """The server could not be found, started, or made ready; the message carries the server's log tail."""
+
+    def __init__(self, message: str, *, log_tail: str = "", returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+        self.returncode = returncode
+
+
+class TritonNotFoundError(TritonServerError):
+    """The ``nvidia-pytriton`` wheel (with its bundled ``tritonserver``) is not installed or incomplete."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the pieces of the wheel's Triton server live, plus what the Python backend stub needs."""
+
+    binary: Path
+    """``pytriton/tritonserver/bin/tritonserver``."""
+    libs_dir: Path
+    """Shared libraries the binary links against (``nvidia_pytriton.libs``)."""
+    backend_library: Path
+    """``libtriton_python.so`` (the Python backend)."""
+    backend_utils: Path
+    """``triton_python_backend_utils.py``, imported by every ``model.py``."""
+    python_stub: Path
+    """``triton_python_backend_stub`` built for this interpreter's ``X.Y``."""
+    cache_dir: Path | None
+    """Response-cache plugins (``caches/local``), or None when the wheel has none."""
+    python_bin_dir: Path
+    """The running environment's scripts directory (the venv's ``bin``), put first on ``PATH``."""
+    python_lib_dir: Path | None
+    """Directory holding this interpreter's ``libpython3.X.so.1.0``, or None for a static build."""
+
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The server's environment: ``base`` (default ``os.environ``) with ``LD_LIBRARY_PATH`` and ``PATH`` set."""
+        env = dict(os.environ if base is None else base)
+        lib_path = [str(self.libs_dir)]
+        if self.python_lib_dir is not None:
+            lib_path.insert(0, str(self.python_lib_dir))
+        if env.get("LD_LIBRARY_PATH"):
+            lib_path.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_path)
+        env["PATH"] = os.pathsep.join(p for p in (str(self.python_bin_dir), env.get("PATH", "")) if p)
+        return env
+
+    def build_backend_dir(self, dest: Path) -> Path:
+        """Fill ``dest/python/`` with the backend library, its utils module and this Python's stub; return ``dest``."""
+        python_dir = dest / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for src, name in (
+            (self.backend_library, "libtriton_python.so"),
+            (self.backend_utils, "triton_python_backend_utils.py"),
+            (self.python_stub, "triton_python_backend_stub"),
+        ):
+            shutil.copy2(src, python_dir / name)
+        (python_dir / "triton_python_backend_stub").chmod(0o755)
+        return dest
+
+
+def _package_dir(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin is not None and spec.origin not in ("namespace", "built-in"):
+        return Path(spec.origin).resolve().parent
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]).resolve() if locations else None
+
+
+def _python_lib_dir() -> Path | None:
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    if not libdir or not soname:
+        return None
+    path = Path(str(libdir))
+    return path if (path / str(soname)).exists() else None
+
+
+def find_tritonserver() -> TritonInstall:
+    """Locate the ``tritonserver`` binary, its libraries and the Python backend files in the installed wheel.
+
+    Raises:
+        TritonNotFoundError: the wheel is missing or lacks a file (the message names it and how to install).
+    """
+    pkg = _package_dir("pytriton")
+    if pkg is None:
+        raise TritonNotFoundError(
+            "the Triton Inference Server binary comes from the nvidia-pytriton wheel, which is not installed "
+            f"in this environment ({sys.executable}). Install it with: {INSTALL_HINT}"
+        )
+    dist = pkg / "tritonserver"
+    libs_candidates = [pkg.parent / "nvidia_pytriton.libs", dist / "external_libs"]  # wheel / editable layout
+    libs_dir = next((p for p in libs_candidates if p.is_dir()), libs_candidates[0])
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stubs_root = dist / "python_backend_stubs"
+    install = TritonInstall(
+        binary=dist / "bin" / "tritonserver",
+        libs_dir=libs_dir,
+        backend_library=dist / "backends" / "python" / "libtriton_python.so",
+        backend_utils=dist / "backends" / "python" / "triton_python_backend_utils.py",
+        python_stub=stubs_root / version / "triton_python_backend_stub",
+        cache_dir=(dist / "caches") if (dist / "caches").is_dir() else None,
+        python_bin_dir=Path(sysconfig.get_path("scripts")),
+        python_lib_dir=_python_lib_dir(),
+    )
+    required = {
+        "tritonserver binary": install.binary,
+        "server libraries": install.libs_dir,
+        "Python backend library": install.backend_library,
+        "Python backend utils": install.backend_utils,
+        f"Python {version} backend stub": install.python_stub,
+    }
+    missing = [f"{what}: {path}" for what, path in required.items() if not path.exists()]
+    if missing:
+        available = sorted(p.name for p in stubs_root.iterdir()) if stubs_root.is_dir() else []
+        raise TritonNotFoundError(
+            f"the nvidia-pytriton install at {pkg} is incomplete (stubs available for Python {available}); missing:\n  "
+            + "\n  ".join(missing)
+            + f"\nReinstall it with: {INSTALL_HINT}"
+        )
+    if not os.access(install.binary, os.X_OK):
+        raise TritonNotFoundError(f"{install.binary} is not executable; reinstall with: {INSTALL_HINT}")
+    return install
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct ports free on ``host`` right now (all sockets held open until every one is picked)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            sock.bind((addr[0], 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing is bound to on ``host`` at the time of the call."""
+    return _free_ports(host, 1)[0]
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Wait until no process of group ``pgid`` is left (killed stubs linger until their new parent reaps them)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _reap(proc: subprocess.Popen[bytes], workdir: Path | None) -> None:
+    """Last-resort cleanup when a TritonServer is garbage-collected or the interpreter exits while it runs."""
+    if proc.poll() is None:
+        _kill_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class TritonServer:
+    """One ``tritonserver`` process serving a model repository (context manager: stops and cleans up on exit).
+
+    Ports left as None are picked from the free loopback ports at construction time (and re-picked if the
+    server then finds one taken). The URLs are ``host:port`` for gRPC and HTTP (what ``tritonclient`` takes)
+    and ``http://host:port/metrics`` for the Prometheus metrics endpoint.
+
+    Example::
+
+        with TritonServer(Path("model_repository")) as server:
+            server.start(ready_models=["astro"])
+            client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        host: str = "127.0.0.1",
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        model_control_mode: str = "none",
+        load_models: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        log_file: Path | None = None,
+        log_verbose: int = 0,
+        allow_gpu_metrics: bool = False,
+    ) -> None:
+        if model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}")
+        if load_models and model_control_mode != "explicit":
+            raise ValueError("load_models needs model_control_mode='explicit' (tritonserver rejects it otherwise)")
+        if log_verbose < 0:
+            raise ValueError(f"log_verbose must be >= 0, got {log_verbose}")
+        for name, port in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"{name} must be in 1..65535 or None (pick a free port), got {port}")
+        self.repository = Path(repository).expanduser().resolve()
+        self.host = host
+        self.model_control_mode = model_control_mode
+        self.load_models = tuple(load_models)
+        self.extra_args = tuple(extra_args)
+        self.log_verbose = log_verbose
+        self.allow_gpu_metrics = allow_gpu_metrics
+        self._requested_ports = (grpc_port, http_port, metrics_port)
+        self.grpc_port, self.http_port, self.metrics_port = self._pick_ports()
+        self._user_log_file = Path(log_file).expanduser().resolve() if log_file is not None else None
+        self._workdir: Path | None = None
+        self._log_path: Path | None = self._user_log_file
+        self._log_offset = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._command: list[str] = []
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # ----------------------------------------------------------------- addresses
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint (for ``tritonclient.grpc.InferenceServerClient``)."""
+        return _host_port(self.host, self.grpc_port)
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP/REST endpoint (for ``tritonclient.http.InferenceServerClient``)."""
+        return _host_port(self.host, self.http_port)
+
+    @property
+    def metrics_url(self) -> str:
+        """Full URL of the Prometheus metrics page, ``http://host:port/metrics``."""
+        return f"http://{_host_port(self.host, self.metrics_port)}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server (also its process-group id), or None if it was never started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file receiving the server's stdout and stderr (a temp file unless ``log_file`` was given)."""
+        return self._log_path
+
+    @property
+    def command(self) -> list[str]:
+        """The last command line used to launch the server."""
+        return list(self._command)
+
+    def _pick_ports(self) -> tuple[int, int, int]:
+        missing = sum(p is None for p in self._requested_ports)
+        fresh = iter(_free_ports(self.host, missing) if missing else [])
+        grpc, http, metrics = (p if p is not None else next(fresh) for p in self._requested_ports)
+        return grpc, http, metrics
+
+    # ----------------------------------------------------------------- state
+
+    def is_running(self) -> bool:
+        """True while the server process exists (live or not yet ready)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_text(self) -> str:
+        """Everything the server wrote to stdout/stderr during the current (or last) run."""
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        with self._log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode("utf-8", errors="replace")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _build_command(self, install: TritonInstall, backend_dir: Path) -> list[str]:
+        cmd = [
+            str(install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_dir}",
+            f"--model-control-mode={self.model_control_mode}",
+            *(f"--load-model={name}" for name in self.load_models),
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            f"--allow-gpu-metrics={'true' if self.allow_gpu_metrics else 'false'}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        if install.cache_dir is not None:
+            cmd.append(f"--cache-directory={install.cache_dir}")
+        cmd.extend(self.extra_args)  # last, so a flag given here overrides the defaults above
+        return cmd
+
+    def _launch(self, install: TritonInstall) -> None:
+        if self._workdir is None or not self._workdir.is_dir():
+            self._workdir = Path(tempfile.mkdtemp(prefix="astro-tritonserver-"))
+        backend_dir = install.build_backend_dir(self._workdir / "backends")
+        if self._user_log_file is not None:
+            self._user_log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_path = self._user_log_file
+        else:
+            self._log_path = self._workdir / "tritonserver.log"
+        self._command = self._build_command(install, backend_dir)
+        with self._log_path.open("ab") as log:
+            self._log_offset = log.tell()
+            log.write(f"# astro-serving: {shlex.join(self._command)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._command,
+                env=install.environment(),
+                cwd=self._workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: stop()/kill() reach the Python backend stubs too
+            )
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _reap, self._proc, self._workdir)
+
+    def start(self, ready_models: Sequence[str] = (), timeout_s: float = 120) -> None:
+        """Launch the server and block until it is live and every model in ``ready_models`` is ready.
+
+        Raises:
+            TritonNotFoundError: the wheel is not installed.
+            TritonServerError: the process exited, a model failed to load, or ``timeout_s`` passed; the message
+                contains the server's error lines and log tail (a model load error names its file there).
+        """
+        if self.is_running():
+            raise TritonServerError(f"tritonserver is already running (pid {self.pid})")
+        if not self.repository.is_dir():
+            raise TritonServerError(f"model repository {self.repository} is not a directory")
+        install = find_tritonserver()
+        auto_ports = any(p is None for p in self._requested_ports)
+        deadline = time.monotonic() + timeout_s
+        for attempt in range(_PORT_RETRIES):
+            self._launch(install)
+            try:
+                self._wait_ready(tuple(ready_models), deadline)
+                return
+            except TritonServerError as exc:
+                self.kill()
+                port_clash = "already in use" in exc.log_tail
+                if not (auto_ports and port_clash and exc.returncode is not None and attempt + 1 < _PORT_RETRIES):
+                    raise
+                self.grpc_port, self.http_port, self.metrics_port = self._pick_ports()
+            except BaseException:
+                self.kill()
+                raise
+
+    def _wait_ready(self, ready_models: tuple[str, ...], deadline: float) -> None:
+        import tritonclient.grpc as grpcclient  # imported late: the module must stay importable without the client
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(
+            self.grpc_url,
+            channel_args=[
+                ("grpc.enable_http_proxy", 0),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 500),
+            ],
+        )
+        pending = list(dict.fromkeys(ready_models))
+        live = False
+        try:
+            while True:
+                assert self._proc is not None
+                returncode = self._proc.poll()
+                if returncode is not None:
+                    raise self._error(f"tritonserver exited with code {returncode} during startup", returncode)
+                if not live:
+                    # Not listening yet raises: in "none" mode it loads every model before opening its sockets.
+                    with contextlib.suppress(InferenceServerException):
+                        live = bool(client.is_server_live(client_timeout=2.0))
+                if live:
+                    for name in list(pending):
+                        try:
+                            ready = bool(client.is_model_ready(name, client_timeout=2.0))
+                        except InferenceServerException:
+                            ready = False
+                        if ready:
+                            pending.remove(name)
+                            continue
+                        problem = self._model_problem(client, name)
+                        if problem is not None:
+                            raise self._error(f"model {name!r} cannot become ready: {problem}", None)
+                    if not pending:
+                        return
+                if time.monotonic() > deadline:
+                    what = f"models not ready: {pending}" if live else "server not live"
+                    raise self._error(f"tritonserver did not become ready before the timeout ({what})", None)
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def _model_problem(self, client: Any, name: str) -> str | None:
+        """Why a model that is not ready never will be (failed load, unknown name), or None if it still may."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            index = client.get_model_repository_index(as_json=True, client_timeout=2.0)
+        except InferenceServerException:
+            return None
+        entries = [e for e in index.get("models", []) if e.get("name") == name]
+        if not entries:
+            if self.model_control_mode == "poll":
+                return None  # it may still be copied into the repository
+            known = sorted({str(e.get("name")) for e in index.get("models", [])})
+            return f"no such model in {self.repository} (the server knows {known})"
+        for entry in entries:
+            reason = str(entry.get("reason", ""))
+            if entry.get("state") == "UNAVAILABLE" and reason.strip().lower() not in _BENIGN_UNAVAILABLE_REASONS:
+                return f"load failed: {reason}"
+        return None
+
+    def _error(self, reason: str, returncode: int | None) -> TritonServerError:
+        text = self.log_text()
+        tail = "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        # The server's own error lines (E<date> ...), with their escaped newlines expanded.
+        errors = [
+            line.replace("\\n", "\n    ")
+            for line in text.splitlines()
+            if (re.match(r"^E\d{4} ", line) or line.startswith("error:"))
+            and not any(noise in line for noise in _NOISE_ERRORS)
+        ]
+        parts = [
+            reason,
+            f"repository: {self.repository}",
+            f"command: {shlex.join(self._command)}",
+            f"server log: {self._log_path}",
+        ]
+        if errors:
+            parts += ["--- errors reported by tritonserver ---", *errors[-20:]]
+        parts += [f"--- last {_LOG_TAIL_LINES} lines of the server log ---", tail]
+        return TritonServerError("\n".join(parts), log_tail=text, returncode=returncode)
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM the server's process group, wait up to ``timeout_s``, then SIGKILL it; return the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL the whole process group (simulates a crash); return once it is gone, with the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _wait_group_gone(proc.pid, timeout_s=10)
+        return proc.returncode
+
+    def close(self) -> None:
+        """Stop the server and delete its private directory (backend copy and temp log)."""
+        self.stop()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+            if self._user_log_file is None:
+                self._log_path = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"running pid={self.pid}" if self.is_running() else "stopped"
+        return f"TritonServer({str(self.repository)!r}, grpc={self.grpc_url}, {state})"
+
+
+def iter_models(repository: Path) -> list[str]:
+    """Names of the model directories in a repository (a ``config.pbtxt`` or a numeric version folder), sorted."""
+    if not repository.is_dir():
+        return []
+    return sorted(
+        child.name
+        for child in repository.iterdir()
+        if child.is_dir()
+        and not child.name.startswith(".")
+        and ((child / "config.pbtxt").is_file() or any(v.is_dir() and v.name.isdigit() for v in child.iterdir()))
+    )
