@@ -68,9 +68,7 @@ class BlockTensors:
 def block_lengths(history: EventHistory, blocks: Sequence[BlockSpec]) -> list[int]:
     """How many events each block keeps (padding items excluded)."""
     valid = history.item_ids != PAD_ITEM
-    return [
-        min(b.max_len, int(np.count_nonzero(valid & _keeps(b, history.behaviors)))) for b in blocks
-    ]
+    return [min(b.max_len, int(np.count_nonzero(valid & _keeps(b, history.behaviors)))) for b in blocks]
 
 
 def build_blocks(history: EventHistory, blocks: Sequence[BlockSpec], block_len: int | None = None) -> BlockTensors:

@@ -1,0 +1,211 @@
+"""ONNX Runtime vs PyTorch parity on fresh random requests over a grid of shapes.
+
+Polygraphy-style: compare output names, then shapes, then values, collect every
+mismatch, then raise one :class:`ParityError` naming each tensor and shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+
+from export.onnx_graphs import CACHE_DTYPES, CACHE_OUTPUTS, CacheDType, GraphPaths
+from model.astro import AstroModel, ItemScorer, UserEncoder
+from model.config import AstroConfig
+from model.random_inputs import RandomRequest, random_request
+from model.serving_spec import SCORES_OUTPUT
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float  # max abs difference allowed on the scores (probabilities)
+    cache_atol: float  # ... on the keys/values handed between the graphs
+    min_topk_overlap: float  # mean overlap of each user's top-k candidates, per task
+    reason: str
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(
+        1e-5,
+        1e-4,
+        1.0,
+        "same fp32 arithmetic on both sides; ONNX Runtime fuses and reorders reductions "
+        "(MatMul, LayerNorm, Softmax), which moves results by a few ulps: ~1e-7 on probabilities",
+    ),
+    "fp16": Tolerance(
+        1e-3,
+        2e-3,
+        0.9,
+        "keys/values are rounded to fp16 (11-bit significand, relative error <= 4.9e-4) between the "
+        "graphs, and a value near a rounding boundary may round one fp16 ulp apart in the two runtimes "
+        "(~5e-4 on keys of magnitude ~1); the scorer's arithmetic stays fp32, so scores move by ~1e-5 "
+        "against the fp32 PyTorch reference and rankings barely change",
+    ),
+}
+TOP_K = 10
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    block_len: int
+    candidates: int
+    empty_users: int = 0  # users with no history at all
+
+
+def shape_grid(cfg: AstroConfig) -> list[Shape]:
+    """Corners and middles: Tb=1, N=1, empty history, max batch, max Tb, max N."""
+    tb_max, n_max, b_max = cfg.max_block_len, cfg.max_candidates, cfg.max_batch_size
+    return [
+        Shape(1, 1, 1),
+        Shape(1, 1, 1, empty_users=1),
+        Shape(2, tb_max, 1),
+        Shape(3, max(1, tb_max // 2), 7, empty_users=1),
+        Shape(1, tb_max, n_max),
+        Shape(b_max, tb_max, min(n_max, 64), empty_users=2),
+        Shape(b_max, 1, 3),
+        Shape(4, max(1, tb_max // 3), 129),
+    ]
+
+
+@dataclass
+class ParityReport:
+    cache_dtype: str
+    max_abs: dict[str, float] = field(default_factory=dict)  # per output name, over the grid
+    min_topk_overlap: float = 1.0
+    shapes: int = 0
+
+    def summary(self) -> str:
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs.items())
+        return (
+            f"ORT vs PyTorch ({self.cache_dtype} cache) over {self.shapes} shapes: max |diff| {diffs}; "
+            f"top-{TOP_K} overlap >= {self.min_topk_overlap:.3f}"
+        )
+
+
+class ParityError(AssertionError):
+    """Two runtimes disagree; the message lists every offending tensor."""
+
+
+class OrtPipeline:
+    """The split graphs in ONNX Runtime, chained as the ensemble chains them."""
+
+    def __init__(self, paths: GraphPaths, threads: int = 0) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.user = ort.InferenceSession(str(paths.user_encoder), opts, providers=["CPUExecutionProvider"])
+        self.scorer = ort.InferenceSession(str(paths.item_scorer), opts, providers=["CPUExecutionProvider"])
+
+    def encode(self, req: RandomRequest) -> dict[str, npt.NDArray[np.generic]]:
+        names = [o.name for o in self.user.get_outputs()]
+        return dict(zip(names, self.user.run(names, req.user_inputs()), strict=True))
+
+    def score(self, req: RandomRequest, cache: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float32]:
+        feeds = {"cand_item_ids": req.cand_item_ids, "request_scenario": req.request_scenario, **cache}
+        out: npt.NDArray[np.float32] = self.scorer.run([SCORES_OUTPUT], feeds)[0]
+        return out
+
+
+def torch_split(
+    model: AstroModel, req: RandomRequest, cache_dtype: CacheDType
+) -> tuple[dict[str, npt.NDArray[np.generic]], npt.NDArray[np.float32]]:
+    """PyTorch reference for both graphs: (cache outputs, scores)."""
+    t = {k: torch.from_numpy(v) for k, v in req.as_dict().items()}
+    with torch.no_grad():
+        keys, values, mask = UserEncoder(model, CACHE_DTYPES[cache_dtype])(
+            *(
+                t[k]
+                for k in (
+                    "hist_item_ids",
+                    "hist_behaviors",
+                    "hist_scenarios",
+                    "hist_timestamps",
+                    "request_scenario",
+                    "request_timestamp",
+                )
+            )
+        )
+        scores = ItemScorer(model)(t["cand_item_ids"], t["request_scenario"], keys, values, mask)
+    cache = dict(zip(CACHE_OUTPUTS, (keys.numpy(), values.numpy(), mask.numpy()), strict=True))
+    return cache, scores.numpy()
+
+
+def topk_overlap(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], k: int = TOP_K) -> float:
+    """Mean over users and tasks of |top-k(a) ∩ top-k(b)| / k; a, b: [B, N, T]."""
+    k = min(k, a.shape[1])
+    ta = np.argsort(-a, axis=1)[:, :k]
+    tb = np.argsort(-b, axis=1)[:, :k]
+    hits = [len(np.intersect1d(ta[i, :, t], tb[i, :, t])) / k for i in range(a.shape[0]) for t in range(a.shape[2])]
+    return float(np.mean(hits))
+
+
+def _compare(
+    name: str, ref: npt.NDArray[np.generic], got: npt.NDArray[np.generic], atol: float, errors: list[str], where: str
+) -> float:
+    if ref.shape != got.shape or ref.dtype != got.dtype:
+        errors.append(f"{name} @ {where}: PyTorch {ref.dtype}{list(ref.shape)} vs ORT {got.dtype}{list(got.shape)}")
+        return float("inf")
+    if ref.dtype == np.bool_:
+        bad = int(np.count_nonzero(ref != got))
+        if bad:
+            errors.append(f"{name} @ {where}: {bad} mask entries differ")
+        return float(bad)
+    if not np.isfinite(got).all():
+        errors.append(f"{name} @ {where}: ORT produced non-finite values")
+    diff = float(np.abs(ref.astype(np.float64) - got.astype(np.float64)).max()) if ref.size else 0.0
+    if diff > atol:
+        errors.append(f"{name} @ {where}: max |diff| {diff:.3e} > atol {atol:.1e}")
+    return diff
+
+
+def check_ort_parity(
+    model: AstroModel,
+    paths: GraphPaths,
+    cache_dtype: CacheDType,
+    shapes: Sequence[Shape],
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> ParityReport:
+    """Raise ParityError unless ORT matches PyTorch within TOLERANCES[cache_dtype] on every shape."""
+    tol = TOLERANCES[cache_dtype]
+    rng = np.random.default_rng(seed)
+    ort_pipe = OrtPipeline(paths)
+    report = ParityReport(cache_dtype)
+    errors: list[str] = []
+    for i, shape in enumerate(shapes):
+        where = f"B={shape.batch} Tb={shape.block_len} N={shape.candidates} empty={shape.empty_users}"
+        progress(f"  parity [{i + 1}/{len(shapes)}] {where}")
+        req = random_request(model.cfg, rng, shape.batch, shape.block_len, shape.candidates, shape.empty_users)
+        ref_cache, _ = torch_split(model, req, cache_dtype)  # the same cache dtype: compare the handoff
+        _, ref_scores = torch_split(model, req, "fp32")  # scores always against the fp32 reference
+        cache = ort_pipe.encode(req)
+        if set(cache) != set(CACHE_OUTPUTS):
+            errors.append(f"user_encoder outputs {sorted(cache)} != expected {sorted(CACHE_OUTPUTS)}")
+            break
+        for name in CACHE_OUTPUTS:
+            d = _compare(name, ref_cache[name], cache[name], tol.cache_atol, errors, where)
+            report.max_abs[name] = max(report.max_abs.get(name, 0.0), d)
+        # score the ORT cache (what the ensemble does), against PyTorch end to end
+        scores = ort_pipe.score(req, cache)
+        d = _compare(SCORES_OUTPUT, ref_scores, scores, tol.atol, errors, where)
+        report.max_abs[SCORES_OUTPUT] = max(report.max_abs.get(SCORES_OUTPUT, 0.0), d)
+        if scores.shape == ref_scores.shape and shape.candidates > TOP_K:
+            report.min_topk_overlap = min(report.min_topk_overlap, topk_overlap(ref_scores, scores))
+        report.shapes += 1
+    if report.min_topk_overlap < tol.min_topk_overlap:
+        errors.append(f"top-{TOP_K} overlap {report.min_topk_overlap:.3f} < {tol.min_topk_overlap}")
+    if errors:
+        raise ParityError(
+            f"ONNX Runtime disagrees with PyTorch ({cache_dtype} cache; {tol.reason}):\n  " + "\n  ".join(errors)
+        )
+    return report
+
+
+def load_graph_paths(directory: Path) -> GraphPaths:
+    return GraphPaths(directory / "user_encoder.onnx", directory / "item_scorer.onnx")
