@@ -7,6 +7,8 @@ bytes moved between ensemble steps, while all arithmetic stays fp32.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from model.astro import AstroModel, ItemScorer, UserEncoder
 from model.config import AstroConfig
 from model.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
 
+# torch.onnx logs a warning per torchvision op it cannot register; torchvision is not a dependency
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10's ONNX parser
 CacheDType = Literal["fp32", "fp16"]
 CACHE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
@@ -108,7 +112,10 @@ def export_graphs(
     )
     for module, args, inputs, outputs, dyn, path in jobs:
         progress(f"  exporting {path.name} (opset {OPSET}, cache {cache_dtype})")
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the exporter narrates renames of our named axes and deprecations inside torch: not ours to act on
+            warnings.filterwarnings("ignore", message=r".*axis name", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
             program = torch.onnx.export(
                 module,
                 args,

@@ -1,0 +1,89 @@
+"""Validate a generated model repository without a server: every ``config.pbtxt`` parses as a
+Triton ``ModelConfig``, and the ensemble wiring is consistent (each step input is an ensemble
+input or an earlier step's output; names, dtypes and dims match the composing models; every
+ensemble output is produced). Collects every problem before reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from model.serving_spec import ENSEMBLE
+
+
+class RepositoryError(ValueError):
+    """The repository would not load, or would load and serve the wrong wiring."""
+
+
+def load_config(path: Path) -> mc.ModelConfig:
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except text_format.ParseError as e:
+        raise RepositoryError(f"{path}: not a valid Triton ModelConfig: {e}") from e
+
+
+def _sig(t: mc.ModelInput | mc.ModelOutput) -> tuple[str, list[int]]:
+    return mc.DataType.Name(t.data_type), list(t.dims)
+
+
+def check_repository(root: Path) -> dict[str, mc.ModelConfig]:
+    """Return the parsed configs by model name; raise RepositoryError listing every problem."""
+    configs = {p.parent.name: load_config(p) for p in sorted(root.glob("*/config.pbtxt"))}
+    errors: list[str] = []
+    for name, c in configs.items():
+        if c.name != name:
+            errors.append(f"{name}/config.pbtxt names the model {c.name!r}")
+        if c.platform != "ensemble":
+            versions = [p for p in (root / name).iterdir() if p.is_dir() and p.name.isdigit()]
+            files = [f for v in versions for f in v.iterdir() if f.is_file()]
+            if not files:
+                errors.append(f"{name}: no version directory with a model file")
+    if ENSEMBLE not in configs:
+        raise RepositoryError(f"{root}: no {ENSEMBLE}/config.pbtxt (run `make export`)")
+    errors += wiring_errors(configs)
+    if errors:
+        raise RepositoryError(f"{root}: inconsistent model repository:\n  " + "\n  ".join(errors))
+    return configs
+
+
+def wiring_errors(configs: dict[str, mc.ModelConfig]) -> list[str]:
+    """Every inconsistency between the ensemble's steps and the composing models' configs."""
+    errors: list[str] = []
+    ens = configs[ENSEMBLE]
+    available = {t.name: _sig(t) for t in ens.input}
+    for i, step in enumerate(ens.ensemble_scheduling.step):
+        where = f"{ENSEMBLE} step {i} ({step.model_name})"
+        sub = configs.get(step.model_name)
+        if sub is None:
+            errors.append(f"{where}: no model {step.model_name!r} in the repository")
+            continue
+        if sub.max_batch_size != ens.max_batch_size:
+            errors.append(f"{where}: max_batch_size {sub.max_batch_size} != ensemble's {ens.max_batch_size}")
+        sub_in = {t.name: _sig(t) for t in sub.input}
+        sub_out = {t.name: _sig(t) for t in sub.output}
+        unmapped = set(sub_in) - set(step.input_map)
+        if unmapped:
+            errors.append(f"{where}: inputs {sorted(unmapped)} are not mapped")
+        for model_input, ens_tensor in step.input_map.items():
+            if model_input not in sub_in:
+                errors.append(f"{where}: maps unknown input {model_input!r}")
+            elif ens_tensor not in available:
+                errors.append(f"{where}: input {model_input!r} reads {ens_tensor!r}, which nothing produced before")
+            elif available[ens_tensor] != sub_in[model_input]:
+                errors.append(
+                    f"{where}: {ens_tensor!r} is {available[ens_tensor]} but {model_input!r} "
+                    f"expects {sub_in[model_input]}"
+                )
+        for model_output, ens_tensor in step.output_map.items():
+            if model_output not in sub_out:
+                errors.append(f"{where}: maps unknown output {model_output!r}")
+            else:
+                available[ens_tensor] = sub_out[model_output]
+    for t in ens.output:
+        if t.name not in available:
+            errors.append(f"{ENSEMBLE}: output {t.name!r} is produced by no step")
+        elif available[t.name] != _sig(t):
+            errors.append(f"{ENSEMBLE}: output {t.name!r} is {available[t.name]} but declared {_sig(t)}")
+    return errors

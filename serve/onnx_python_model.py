@@ -1,0 +1,101 @@
+"""Triton Python-backend model that runs its ``model.onnx`` with ONNX Runtime.
+
+Copied by the repository generator into ``<model>/<version>/model.py`` for the ``python``
+target (the ``nvidia-pytriton`` server has no ONNX Runtime backend). Everything is set up
+once in ``initialize``: the session, the I/O names and dtypes, the input limits. ``execute``
+checks each request against the limits the config publishes and answers a bad request with
+an error naming the tensor, its size and the limit, so one bad request never fails others
+in the same batch, and the model keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+# Triton config dtype -> the numpy dtype ONNX Runtime is fed
+_NUMPY = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_BOOL": np.bool_}
+
+
+class RequestRejected(ValueError):
+    """A request the model cannot accept; the message is returned to the client."""
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.name = config["name"]
+        path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
+        if not path.is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: model file {path} is missing")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except (RuntimeError, ValueError) as e:  # ORT raises its own RuntimeError subclasses
+            raise pb_utils.TritonModelException(f"{self.name}: cannot load {path}: {e}") from e
+        self.inputs = [(t["name"], _NUMPY[t["data_type"]], len(t["dims"]) + 1) for t in config["input"]]
+        self.outputs = [t["name"] for t in config["output"]]
+        # {input: [[axis, what, max], ...]}: the dynamic axes' limits from the model config
+        self.limits: dict[str, list[list[Any]]] = json.loads(params.get("input_limits", "{}"))
+        self.max_batch = int(config["max_batch_size"])
+        onnx_inputs = {i.name for i in self.session.get_inputs()}
+        missing = {n for n, _, _ in self.inputs} - onnx_inputs
+        if missing:
+            raise pb_utils.TritonModelException(f"{self.name}: {path} lacks inputs {sorted(missing)}")
+
+    def _feeds(self, request: Any) -> dict[str, np.ndarray[Any, Any]]:
+        feeds = {}
+        batch = None
+        for name, dtype, rank in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise RequestRejected(f"{self.name}: input {name!r} is missing")
+            arr = tensor.as_numpy()
+            if arr.dtype != dtype or arr.ndim != rank:
+                raise RequestRejected(
+                    f"{self.name}: input {name!r} is {arr.dtype}{list(arr.shape)}, expected {np.dtype(dtype)} "
+                    f"of rank {rank}"
+                )
+            if batch is None:
+                batch = arr.shape[0]
+            elif arr.shape[0] != batch:
+                raise RequestRejected(f"{self.name}: input {name!r} has batch {arr.shape[0]}, other inputs {batch}")
+            for axis, what, limit in self.limits.get(name, []):
+                size = arr.shape[axis]
+                if size > limit or size < 1:
+                    raise RequestRejected(
+                        f"{self.name}: input {name!r} has {what} = {size} on axis {axis}; "
+                        f"allowed 1..{limit} (the limit this repository was exported with)"
+                    )
+            feeds[name] = arr
+        return feeds
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            try:
+                results = self.session.run(self.outputs, self._feeds(request))
+            except RequestRejected as e:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            except (RuntimeError, ValueError) as e:  # ONNX Runtime's own errors, with its message
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {e}")
+                    )
+                )
+                continue
+            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r)) for n, r in zip(self.outputs, results, strict=True)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def finalize(self) -> None:
+        del self.session
