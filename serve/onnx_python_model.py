@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+# ONNX Runtime's errors are pybind exceptions, not RuntimeError subclasses
+ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException, ort_state.EPFail)
 
 # Triton config dtype -> the numpy dtype ONNX Runtime is fed
 _NUMPY = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_BOOL": np.bool_}
@@ -39,7 +43,7 @@ class TritonPythonModel:
         opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except (RuntimeError, ValueError) as e:  # ORT raises its own RuntimeError subclasses
+        except (*ORT_ERRORS, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.NoSuchFile) as e:
             raise pb_utils.TritonModelException(f"{self.name}: cannot load {path}: {e}") from e
         self.inputs = [(t["name"], _NUMPY[t["data_type"]], len(t["dims"]) + 1) for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
@@ -54,6 +58,7 @@ class TritonPythonModel:
     def _feeds(self, request: Any) -> dict[str, np.ndarray[Any, Any]]:
         feeds = {}
         batch = None
+        seen: dict[str, tuple[str, int]] = {}  # axis meaning -> (first input with it, its size)
         for name, dtype, rank in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
@@ -75,6 +80,12 @@ class TritonPythonModel:
                         f"{self.name}: input {name!r} has {what} = {size} on axis {axis}; "
                         f"allowed 1..{limit} (the limit this repository was exported with)"
                     )
+                first, first_size = seen.setdefault(what, (name, size))
+                if size != first_size:  # e.g. the four history inputs share Tb
+                    raise RequestRejected(
+                        f"{self.name}: input {name!r} has {what} = {size} but {first!r} has {first_size}; "
+                        "they must agree"
+                    )
             feeds[name] = arr
         return feeds
 
@@ -86,7 +97,7 @@ class TritonPythonModel:
             except RequestRejected as e:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
                 continue
-            except (RuntimeError, ValueError) as e:  # ONNX Runtime's own errors, with its message
+            except ORT_ERRORS as e:  # ONNX Runtime's own errors, with its message
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[], error=pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {e}")
