@@ -8,16 +8,20 @@ what the per-block position embedding indexes), right-padded with item id 0.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from model.config import BlockSpec
+from model.config import BEHAVIORS, BlockSpec
 
 I64 = npt.NDArray[np.int64]
 PAD_ITEM = 0  # item id 0 marks a padding slot; real items use any other int64 value
+_I64_MIN, _I64_END = -(2**63), 2**63  # int64 holds [_I64_MIN, _I64_END)
+FIELDS = ("item_ids", "behaviors", "scenarios", "timestamps")
 
 
 @dataclass(frozen=True)
@@ -33,14 +37,23 @@ class EventHistory:
     def from_lists(
         cls, item_ids: Sequence[int], behaviors: Sequence[int], scenarios: Sequence[int], timestamps: Sequence[int]
     ) -> EventHistory:
-        lengths = {len(item_ids), len(behaviors), len(scenarios), len(timestamps)}
+        """Validate and convert four flat sequences of integers (lists, tuples or 1-D integer arrays).
+
+        Raises ``ValueError`` naming the field for anything that is not a flat sequence of
+        int64 integers: bools, strings, nested lists, floats with a fractional part, NaN/inf,
+        values outside int64. Integral floats (``3.0``, e.g. from a JSON decoder) are accepted.
+        """
+        arrays = [
+            _as_int64(name, values)
+            for name, values in zip(FIELDS, (item_ids, behaviors, scenarios, timestamps), strict=True)
+        ]
+        lengths = {a.shape[0] for a in arrays}
         if len(lengths) != 1:
             raise ValueError(
                 "history fields must have equal lengths, got "
-                f"item_ids={len(item_ids)} behaviors={len(behaviors)} "
-                f"scenarios={len(scenarios)} timestamps={len(timestamps)}"
+                + " ".join(f"{name}={a.shape[0]}" for name, a in zip(FIELDS, arrays, strict=True))
             )
-        return cls(*(np.asarray(a, dtype=np.int64).reshape(-1) for a in (item_ids, behaviors, scenarios, timestamps)))
+        return cls(*arrays)
 
     @classmethod
     def empty(cls) -> EventHistory:
@@ -53,7 +66,7 @@ class EventHistory:
 
 @dataclass(frozen=True)
 class BlockTensors:
-    """The four history inputs, each ``[Nb, Tb]`` int64 (add the batch axis to send)."""
+    """The four history inputs, each ``[Nb, Tb]`` int64 (add the batch axis to send), or ``[B, Nb, Tb]`` stacked."""
 
     item_ids: I64
     behaviors: I64
@@ -62,7 +75,8 @@ class BlockTensors:
 
     @property
     def block_len(self) -> int:
-        return int(self.item_ids.shape[1])
+        """Tb: the last axis, with or without the batch axis."""
+        return int(self.item_ids.shape[-1])
 
 
 def block_lengths(history: EventHistory, blocks: Sequence[BlockSpec]) -> list[int]:
@@ -79,32 +93,92 @@ def build_blocks(history: EventHistory, blocks: Sequence[BlockSpec], block_len: 
     common value to stack several users into one batch. Events with item id 0 are
     dropped (0 is the padding id). Ties in timestamp keep the later event first.
     """
-    need = max([1, *block_lengths(history, blocks)])
+    members = _block_members(history, blocks)
+    need = _needed_len(members)
     tb = need if block_len is None else block_len
     if tb < need:
         raise ValueError(f"block_len={tb} is below the {need} events this history fills in one block")
-    out = np.zeros((4, len(blocks), tb), dtype=np.int64)
-    valid = history.item_ids != PAD_ITEM
-    # newest first; stable on the reversed index so that, at equal timestamps, later events come first
-    order = np.argsort(-history.timestamps[::-1], kind="stable")
-    order = (len(history) - 1 - order).astype(np.int64)
-    fields = np.stack([history.item_ids, history.behaviors, history.scenarios, history.timestamps])
-    for bi, spec in enumerate(blocks):
-        keep = order[(valid & _keeps(spec, history.behaviors))[order]][: spec.max_len]
-        out[:, bi, : keep.shape[0]] = fields[:, keep]
-    return BlockTensors(out[0], out[1], out[2], out[3])
+    return _fill(history, members, tb)
 
 
 def stack_blocks(users: Sequence[EventHistory], blocks: Sequence[BlockSpec]) -> BlockTensors:
     """Block tensors for several users, ``[B, Nb, Tb]`` with one shared Tb."""
     if not users:
         raise ValueError("stack_blocks needs at least one user")
-    tb = max(max([1, *block_lengths(h, blocks)]) for h in users)
-    per_user = [build_blocks(h, blocks, tb) for h in users]
-    return BlockTensors(
-        *(np.stack([getattr(u, f) for u in per_user]) for f in ("item_ids", "behaviors", "scenarios", "timestamps"))
-    )
+    members = [_block_members(h, blocks) for h in users]  # each user's blocks selected once
+    tb = max(_needed_len(m) for m in members)
+    per_user = [_fill(h, m, tb) for h, m in zip(users, members, strict=True)]
+    return BlockTensors(*(np.stack([getattr(u, f) for u in per_user]) for f in FIELDS))
 
 
 def _keeps(spec: BlockSpec, behaviors: I64) -> npt.NDArray[np.bool_]:
-    return np.fromiter((spec.keeps(int(b)) for b in behaviors), dtype=bool, count=behaviors.shape[0])
+    """Which events ``spec`` keeps by behaviour: id i is ``BEHAVIORS[i]``; unknown ids only in all-keeping blocks."""
+    if not spec.behaviors:
+        return np.ones(behaviors.shape, dtype=bool)
+    kept_ids = [i for i, name in enumerate(BEHAVIORS) if name in spec.behaviors]
+    return np.isin(behaviors, kept_ids)
+
+
+def _block_members(history: EventHistory, blocks: Sequence[BlockSpec]) -> list[I64]:
+    """Per block, the indices of the events it holds, newest first, at most ``max_len``."""
+    valid = history.item_ids != PAD_ITEM
+    # newest first; stable on the reversed index so that, at equal timestamps, later events come first
+    order = np.argsort(-history.timestamps[::-1], kind="stable")
+    order = (len(history) - 1 - order).astype(np.int64)
+    return [order[(valid & _keeps(spec, history.behaviors))[order]][: spec.max_len] for spec in blocks]
+
+
+def _needed_len(members: Sequence[I64]) -> int:
+    """The smallest Tb that holds every block (at least 1: a user with no history is one padding slot)."""
+    return max([1, *(int(m.shape[0]) for m in members)])
+
+
+def _fill(history: EventHistory, members: Sequence[I64], tb: int) -> BlockTensors:
+    out = np.zeros((4, len(members), tb), dtype=np.int64)  # [field, Nb, Tb], zeros = padding
+    fields = np.stack([history.item_ids, history.behaviors, history.scenarios, history.timestamps])
+    for bi, keep in enumerate(members):
+        out[:, bi, : keep.shape[0]] = fields[:, keep]
+    return BlockTensors(out[0], out[1], out[2], out[3])
+
+
+def _as_int64(name: str, values: Any) -> I64:
+    """One history field -> a 1-D int64 array, or ``ValueError`` naming ``name`` and the bad element."""
+    if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+        raise ValueError(f"history field {name!r} must be a flat sequence of integers, got {type(values).__name__}")
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        if values.ndim != 1:
+            raise ValueError(f"history field {name!r} must be 1-D, got an array of shape {values.shape}")
+        if values.dtype.kind == "u" and values.size and int(values.max()) >= _I64_END:
+            raise ValueError(f"history field {name!r} holds {int(values.max())}, outside int64")
+        return values.astype(np.int64)
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise ValueError(f"history field {name!r} must be 1-D, got an array of shape {values.shape}")
+    if not isinstance(values, np.ndarray) and set(map(type, values)) <= {int}:  # fast path: plain Python ints
+        try:
+            return np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            pass  # the loop below names the element outside int64
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        out[i] = _as_int(name, i, v)
+    return out
+
+
+def _as_int(name: str, i: int, v: Any) -> int:
+    """Element ``i`` of field ``name`` as a Python int in int64 range (integral floats allowed)."""
+    where = f"history field {name!r}, element {i}"
+    if isinstance(v, bool | np.bool_):
+        raise ValueError(f"{where}: {v!r} is a bool, not an integer id")
+    if isinstance(v, numbers.Integral):
+        n = int(v)
+    elif isinstance(v, numbers.Real):
+        f = float(v)
+        if not np.isfinite(f) or not f.is_integer():
+            raise ValueError(f"{where}: {v!r} is not an integer")
+        n = int(f)
+    else:
+        kind = "a nested sequence" if hasattr(v, "__len__") and not isinstance(v, str | bytes) else type(v).__name__
+        raise ValueError(f"{where}: {v!r} is {kind}, not an integer")
+    if not _I64_MIN <= n < _I64_END:
+        raise ValueError(f"{where}: {n} is outside int64")
+    return n

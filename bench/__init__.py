@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each module is a CLI, ``python -m bench.<name> --help``."""

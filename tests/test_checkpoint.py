@@ -1,0 +1,268 @@
+"""Checkpoints: safetensors + JSON round trips, every broken folder is a CheckpointError, and the
+embedded default ``checkpoints/small`` really beats popularity on fresh held-out users.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from model.astro import AstroModel, History, Request
+from model.checkpoint import (
+    CONFIG,
+    DEFAULT_CHECKPOINT,
+    WEIGHTS,
+    CheckpointError,
+    load_checkpoint,
+    load_config,
+    load_metrics,
+    same_weights,
+    save_checkpoint,
+)
+from model.config import AstroConfig
+from model.random_inputs import random_request
+from model.synthetic import SyntheticWorld, WorldSpec
+from model.train import aucs, popularity_scores, predict
+
+CFG = AstroConfig.from_name("tiny")
+SEED = 20250214
+MIN_AUC_MARGIN = 0.05  # model AUC over popularity AUC, per task, that the embedded checkpoint must keep
+FRESH_USERS = 300  # fresh held-out users: ~9,600 (user, candidate) pairs, AUC standard error ~0.006
+FRESH_SEED_OFFSET = 3  # model.train draws train users with seed + 1 and held-out users with seed + 2
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads() -> Iterator[None]:
+    torch.manual_seed(SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))  # CI has 2 cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def trained_like_model() -> AstroModel:
+    """A tiny model whose weights are not at their init values (so a load that re-inits shows)."""
+    torch.manual_seed(SEED)
+    model = AstroModel(CFG)
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def scores(model: AstroModel, seed: int = 0) -> dict[str, torch.Tensor]:
+    r = random_request(model.cfg, np.random.default_rng([SEED, seed]), 4, model.cfg.max_block_len, 32, empty_users=1)
+    h = History(
+        *(torch.from_numpy(a) for a in (r.hist_item_ids, r.hist_behaviors, r.hist_scenarios, r.hist_timestamps))
+    )
+    req = Request(torch.from_numpy(r.request_scenario), torch.from_numpy(r.request_timestamp))
+    cand = torch.from_numpy(r.cand_item_ids)
+    with torch.no_grad():
+        return {"split": model.split(h, req, cand), "sumi": model.sumi(h, req, cand)}
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    directory = tmp_path / "ckpt"
+    save_checkpoint(trained_like_model(), directory, metrics={"note": "test"})
+    return directory
+
+
+# ---- round trip -----------------------------------------------------------------------------------
+
+
+def test_round_trip_is_exact(saved: Path) -> None:
+    original = trained_like_model()
+    loaded = load_checkpoint(saved)
+    assert not loaded.training, "load_checkpoint must return the model in eval mode"
+    assert loaded.cfg == CFG
+    assert same_weights(original, loaded)
+    before, after = scores(original), scores(loaded)
+    for path in before:
+        assert torch.equal(before[path], after[path]), f"{path} scores changed through save/load"
+    assert load_metrics(saved) == {"note": "test"}
+    assert sorted(p.name for p in saved.iterdir()) == sorted([CONFIG, WEIGHTS, "metrics.json"])
+    # a second save of the loaded model stores the same tensors (not the same bytes: safetensors
+    # writes its JSON header from a hash map, so key order may differ between processes)
+    again = saved.parent / "again"
+    save_checkpoint(loaded, again)
+    first, second = load_file(str(saved / WEIGHTS)), load_file(str(again / WEIGHTS))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    with safe_open(str(saved / WEIGHTS), framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "preset": "tiny"}
+
+
+# ---- broken folders -------------------------------------------------------------------------------
+
+
+def test_missing_folder_or_files(tmp_path: Path, saved: Path) -> None:
+    with pytest.raises(CheckpointError, match=rf"no {CONFIG} in .*python -m model.train --out DIR"):
+        load_checkpoint(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=rf"no {CONFIG} in .*empty"):
+        load_checkpoint(empty)
+    (saved / WEIGHTS).unlink()
+    with pytest.raises(CheckpointError, match=rf"no {WEIGHTS} in .*only safetensors"):
+        load_checkpoint(saved)
+
+
+def edit_config(directory: Path, **changes: Any) -> None:
+    d = json.loads((directory / CONFIG).read_text())
+    d.update(changes)
+    (directory / CONFIG).write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"d_model": 64}, r"'item_emb.weight: checkpoint \(1009, 32\) vs config \(1009, 64\)"),
+        ({"item_buckets": 2003}, r"item_emb.weight: checkpoint \(1009, 32\) vs config \(2003, 32\)"),
+        ({"n_layers": 3}, r"missing=\['layers.2"),
+        ({"n_layers": 1}, r"unexpected=\['layers.1"),
+        ({"tasks": ["a", "b", "c"]}, r"head.2.weight: checkpoint \(2, 32\) vs config \(3, 32\)"),
+    ],
+)
+def test_config_that_does_not_match_the_weights(saved: Path, changes: dict[str, Any], message: str) -> None:
+    edit_config(saved, **changes)
+    with pytest.raises(CheckpointError, match=r"does not match .*config.json \(preset 'tiny'\)") as err:
+        load_checkpoint(saved)
+    assert any(s in str(err.value) for s in ("re-train", "pass the config")), "the message must say what to do"
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", r"is not a valid ASTRO config: Expecting property name"),
+        ("null", r"is not a valid ASTRO config"),
+        ('{"name": "x", "colour": 3}', r"unknown config keys \['colour'\]"),
+        ('{"name": "x", "n_heads": 3}', r"d_model=64 not divisible by n_heads=3"),
+        ('{"name": "x", "blocks": [{"name": "a", "behaviors": ["dance"], "max_len": 4}]}', r"unknown behaviours"),
+    ],
+)
+def test_invalid_config(saved: Path, text: str, message: str) -> None:
+    (saved / CONFIG).write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        load_config(saved)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "header_only", "garbage"])
+def test_corrupt_weights(saved: Path, damage: str) -> None:
+    raw = (saved / WEIGHTS).read_bytes()
+    data = {
+        "truncated": raw[: len(raw) // 2],
+        "empty": b"",
+        "header_only": raw[:64],
+        "garbage": np.random.default_rng(SEED).bytes(4096),
+    }[damage]
+    (saved / WEIGHTS).write_bytes(data)
+    with pytest.raises(CheckpointError, match=rf"{WEIGHTS} is not a readable safetensors file: "):
+        load_checkpoint(saved)
+
+
+class _Booby:
+    """Unpickling this object would create ``self.marker``: proof that pickle code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickle_named_safetensors_is_refused(saved: Path, tmp_path: Path, writer: str) -> None:
+    marker = tmp_path / "pickle-code-ran"
+    state = trained_like_model().state_dict()
+    if writer == "torch.save":
+        torch.save({"state": state, "booby": _Booby(marker)}, saved / WEIGHTS)
+    else:
+        (saved / WEIGHTS).write_bytes(pickle.dumps({"booby": _Booby(marker), "state": state}))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(saved)
+    assert not marker.exists(), "loading executed code from a pickle"
+
+
+# ---- known gaps in model/config.py + model/checkpoint.py: malformed configs escape as raw errors ----
+# load_config catches ValueError/TypeError/KeyError/AssertionError from AstroConfig.from_dict, but
+# (a) AstroConfig.__post_init__ divides by n_heads before any check (ZeroDivisionError), and
+# (b) from_dict does not check field types, and load_checkpoint builds AstroModel(cfg) outside any
+#     try, so a float or negative dimension fails inside torch (TypeError/RuntimeError), and
+# (c) a string "tasks" is split into characters and loads.
+# strict: these xfails turn into failures once the gap is closed, so the markers get removed.
+
+
+@pytest.mark.xfail(strict=True, reason="config/checkpoint gap: malformed config escapes as a non-CheckpointError")
+@pytest.mark.parametrize(
+    "changes",
+    [{"n_heads": 0}, {"d_model": 32.0}, {"n_layers": -1}, {"tau_min": "0.1"}],
+    ids=["n_heads=0", "d_model=32.0", "n_layers=-1", "tau_min=str"],
+)
+def test_malformed_config_is_a_checkpoint_error(saved: Path, changes: dict[str, Any]) -> None:
+    edit_config(saved, **changes)
+    try:
+        load_checkpoint(saved)
+    except CheckpointError:
+        return
+    except Exception as e:  # the gap: anything but CheckpointError
+        pytest.fail(f"{changes} raised {type(e).__name__}: {e}")
+    pytest.fail(f"{changes} loaded without error")
+
+
+@pytest.mark.xfail(strict=True, reason="config gap: AstroConfig.from_dict turns tasks='ab' into ('a', 'b')")
+def test_string_tasks_are_refused(saved: Path) -> None:
+    edit_config(saved, tasks="ab")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(saved)
+
+
+# ---- the embedded default checkpoint ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_checkpoint() -> Path:
+    if not (DEFAULT_CHECKPOINT / CONFIG).is_file():
+        pytest.skip(f"the embedded checkpoint {DEFAULT_CHECKPOINT} is absent (train it: python -m model.train)")
+    return DEFAULT_CHECKPOINT
+
+
+def test_default_checkpoint_metrics_beat_popularity(default_checkpoint: Path) -> None:
+    model = load_checkpoint(default_checkpoint)
+    assert model.cfg == AstroConfig.from_name("small"), "the embedded default is the small preset"
+    metrics = load_metrics(default_checkpoint)
+    for task in model.cfg.tasks:
+        m, p = metrics["auc_model"][task], metrics["auc_popularity"][task]
+        assert m - p >= MIN_AUC_MARGIN, f"{task}: recorded model AUC {m:.4f} vs popularity {p:.4f}"
+
+
+def test_default_checkpoint_beats_popularity_on_fresh_users(default_checkpoint: Path) -> None:
+    """Re-evaluate on held-out users neither training nor metrics.json saw (seed convention of model.train)."""
+    model = load_checkpoint(default_checkpoint)
+    metrics = load_metrics(default_checkpoint)
+    seed = int(metrics["seed"])
+    world = SyntheticWorld(WorldSpec(seed=seed))
+    train_ds = world.dataset(model.cfg, int(metrics["train_users"]), seed + 1)  # the popularity baseline's data
+    fresh = world.dataset(model.cfg, FRESH_USERS, seed + FRESH_SEED_OFFSET)
+    assert not np.array_equal(fresh.cand_item_ids[:5], world.dataset(model.cfg, 5, seed + 2).cand_item_ids)
+    model_auc = aucs(predict(model, fresh), fresh, model.cfg.tasks)
+    pop_auc = aucs(popularity_scores(train_ds, fresh), fresh, model.cfg.tasks)
+    for task in model.cfg.tasks:
+        margin = model_auc[task] - pop_auc[task]
+        assert margin >= MIN_AUC_MARGIN, (
+            f"{task}: fresh held-out AUC model {model_auc[task]:.4f} vs popularity {pop_auc[task]:.4f} "
+            f"(margin {margin:.4f} < {MIN_AUC_MARGIN}); metrics.json says {metrics['auc_model'][task]:.4f}"
+        )
