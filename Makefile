@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# type stubs for the TensorRT code; --no-deps: their declared dependencies are unreachable stubs
 	$(PY) -m pip install --quiet --no-deps tensorrt-stubs
+	# ... which mypy can only read once repaired: writes $(VENV)/typings, the mypy_path in pyproject.toml
+	$(PY) typings/repair_tensorrt_stubs.py --out $(VENV)/typings
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -66,12 +66,11 @@ from model.serving_spec import (
 )
 
 if TYPE_CHECKING:  # only for annotations: the module itself never needs TensorRT to import
-    # tensorrt-stubs (10.8-10.13) ships tensorrt/__init__.pyi without a py.typed marker, so mypy
-    # skips it (import-untyped), and its .pyi do not parse as published (parameters named `in`,
-    # a required parameter after defaulted ones, a module-level `bool` shadowing the builtin).
-    # To check this module against the API, run mypy with MYPYPATH at a copy of the stubs with
-    # those defects repaired; unused-ignore keeps both runs clean.
-    import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+    # mypy reads the tensorrt-stubs copy that typings/repair_tensorrt_stubs.py repairs into
+    # .venv/typings (mypy_path in pyproject.toml): as published they carry no py.typed marker and
+    # do not parse. No ignore here on purpose: without the repaired copy this import fails
+    # (import-untyped) instead of silently turning every TensorRT name into Any.
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +517,7 @@ def _make_logger(progress: Callable[[str], None]) -> tuple[trt.ILogger, list[str
 
     errors: list[str] = []
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, unused-ignore]  # Any while the stubs are unusable
+    class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)  # required by the bindings for Python subclasses
 
@@ -535,7 +534,7 @@ def _make_progress_monitor(progress: Callable[[str], None]) -> trt.IProgressMoni
     """An ``IProgressMonitor`` (TensorRT >= 10.0) that reports phases and ~10% steps."""
     import tensorrt as trt
 
-    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc, unused-ignore]  # as _Logger
+    class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)  # required by the bindings for Python subclasses
             self._lock = threading.Lock()  # TensorRT calls from several threads
