@@ -256,6 +256,37 @@ def _reap(proc: subprocess.Popen[bytes], workdir: Path | None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """TLS for the gRPC endpoint: the server's PEM certificate and key; clients trust ``root_cert``
+    (for a self-signed certificate, the certificate itself)."""
+
+    server_cert: Path
+    server_key: Path
+    root_cert: Path
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """Triton's restricted-protocol option: calls of ``protocols`` (gRPC) / the same APIs (HTTP) are
+    refused unless they carry the header ``header: value``. E.g. ``("model-repository",)`` guards
+    load/unload/index, the control endpoints."""
+
+    protocols: tuple[str, ...]
+    header: str
+    value: str
+
+    def flag_value(self) -> str:
+        return f"{','.join(self.protocols)}:{self.header}={self.value}"
+
+    def grpc_headers(self) -> dict[str, str]:
+        """What a gRPC client sends: Triton prefixes the key with ``triton-grpc-protocol-`` on gRPC."""
+        return {f"triton-grpc-protocol-{self.header}": self.value}
+
+    def http_headers(self) -> dict[str, str]:
+        return {self.header: self.value}
+
+
 class TritonServer:
     """One ``tritonserver`` process serving a model repository (context manager: stops and cleans up on exit).
 
@@ -284,6 +315,8 @@ class TritonServer:
         log_file: Path | None = None,
         log_verbose: int = 0,
         allow_gpu_metrics: bool = False,
+        grpc_tls: GrpcTls | None = None,
+        restricted: Restriction | None = None,
     ) -> None:
         if model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}")
@@ -301,6 +334,8 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.log_verbose = log_verbose
         self.allow_gpu_metrics = allow_gpu_metrics
+        self.grpc_tls = grpc_tls
+        self.restricted = restricted
         self._requested_ports = (grpc_port, http_port, metrics_port)
         self.grpc_port, self.http_port, self.metrics_port = self._pick_ports()
         self._user_log_file = Path(log_file).expanduser().resolve() if log_file is not None else None
@@ -383,6 +418,17 @@ class TritonServer:
         ]
         if install.cache_dir is not None:
             cmd.append(f"--cache-directory={install.cache_dir}")
+        if self.grpc_tls is not None:
+            cmd += [
+                "--grpc-use-ssl=true",
+                f"--grpc-server-cert={self.grpc_tls.server_cert}",
+                f"--grpc-server-key={self.grpc_tls.server_key}",
+            ]
+        if self.restricted is not None:
+            cmd += [
+                f"--grpc-restricted-protocol={self.restricted.flag_value()}",
+                f"--http-restricted-api={self.restricted.flag_value()}",
+            ]
         cmd.extend(self.extra_args)  # last, so a flag given here overrides the defaults above
         return cmd
 
@@ -447,8 +493,11 @@ class TritonServer:
         import tritonclient.grpc as grpcclient  # imported late: the module must stay importable without the client
         from tritonclient.utils import InferenceServerException
 
+        tls = self.grpc_tls
         client = grpcclient.InferenceServerClient(
             self.grpc_url,
+            ssl=tls is not None,
+            root_certificates=str(tls.root_cert) if tls is not None else None,
             channel_args=[
                 ("grpc.enable_http_proxy", 0),
                 ("grpc.initial_reconnect_backoff_ms", 100),
@@ -467,11 +516,11 @@ class TritonServer:
                 if not live:
                     # Not listening yet raises: in "none" mode it loads every model before opening its sockets.
                     with contextlib.suppress(InferenceServerException):
-                        live = bool(client.is_server_live(client_timeout=2.0))
+                        live = bool(client.is_server_live(headers=self._headers(), client_timeout=2.0))
                 if live:
                     for name in list(pending):
                         try:
-                            ready = bool(client.is_model_ready(name, client_timeout=2.0))
+                            ready = bool(client.is_model_ready(name, headers=self._headers(), client_timeout=2.0))
                         except InferenceServerException:
                             ready = False
                         if ready:
@@ -489,12 +538,16 @@ class TritonServer:
         finally:
             client.close()
 
+    def _headers(self) -> dict[str, str] | None:
+        """The key that restricted protocols ask for, sent with our own readiness calls."""
+        return self.restricted.grpc_headers() if self.restricted is not None else None
+
     def _model_problem(self, client: Any, name: str) -> str | None:
         """Why a model that is not ready never will be (failed load, unknown name), or None if it still may."""
         from tritonclient.utils import InferenceServerException
 
         try:
-            index = client.get_model_repository_index(as_json=True, client_timeout=2.0)
+            index = client.get_model_repository_index(as_json=True, headers=self._headers(), client_timeout=2.0)
         except InferenceServerException:
             return None
         entries = [e for e in index.get("models", []) if e.get("name") == name]
