@@ -16,6 +16,8 @@ from pathlib import Path
 
 from serve.triton_server import (
     MODEL_CONTROL_MODES,
+    GrpcTls,
+    Restriction,
     TritonNotFoundError,
     TritonServer,
     TritonServerError,
@@ -89,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="file that receives the server's output (default: a temporary file, printed at start)",
     )
+    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--restrict",
+        default=None,
+        metavar="PROTOCOLS:KEY=VALUE",
+        help="refuse PROTOCOLS (comma-separated, e.g. model-repository,model-config) unless the call carries "
+        "header KEY=VALUE (gRPC clients send it as triton-grpc-protocol-KEY)",
+    )
     parser.add_argument("triton_args", nargs="*", help="extra flags passed to tritonserver unchanged (after '--')")
     return parser
 
@@ -129,6 +140,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --load-model needs --model-control-mode explicit", file=sys.stderr)
         return 2
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    tls = GrpcTls(args.tls_cert, args.tls_key, args.tls_cert) if args.tls_cert is not None else None
+    restricted = None
+    if args.restrict is not None:
+        protocols, _, key_value = args.restrict.partition(":")
+        key, _, value = key_value.partition("=")
+        if not (protocols and key and value):
+            print(f"error: --restrict {args.restrict!r} is not PROTOCOLS:KEY=VALUE", file=sys.stderr)
+            return 2
+        restricted = Restriction(tuple(protocols.split(",")), key, value)
+
     # SIGTERM behaves like Ctrl-C, so the server is stopped cleanly in both cases, during startup too.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -143,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_args=args.triton_args,
         log_file=args.log_file,
         log_verbose=args.log_verbose,
+        grpc_tls=tls,
+        restricted=restricted,
     )
     try:
         with server:
