@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from model.config import AstroConfig
 
+TIME_LIMIT = 2**62 - 1  # timestamps are clamped to ±TIME_LIMIT s so that their difference fits in int64
 MASK_LOGIT = -1e9  # finite, so a fully masked row (an empty block) softmaxes to finite weights
 
 
@@ -141,7 +142,8 @@ class AstroModel(nn.Module):
         nb, tb = h.item_ids.shape[-2:]
         slot = torch.arange(tb, device=h.item_ids.device)
         pos = torch.arange(nb, device=slot.device)[:, None] * self.cfg.max_block_len + slot  # [Nb, Tb]
-        age = (request.timestamp[:, :, None] - h.timestamps).clamp(min=0)  # [B, Nb, Tb]; future events -> 0
+        now = request.timestamp.clamp(-TIME_LIMIT, TIME_LIMIT)[:, :, None]  # [B, 1, 1]
+        age = (now - h.timestamps.clamp(-TIME_LIMIT, TIME_LIMIT)).clamp(min=0)  # [B, Nb, Tb]; future events -> 0
         age_bucket = (age[..., None] >= self.age_edges).sum(-1)  # [B, Nb, Tb]
         x = (
             self.item_emb(self.hash_items(h.item_ids))
@@ -197,8 +199,8 @@ class AstroModel(nn.Module):
         for li, layer in enumerate(self.stack):
             q, k, v = layer.qkv_heads(c)  # [B, H, N, dh]
             k = k / tau_self[:, li, :, None, None]
-            uk = cache.keys[:, li].float()  # [B, H, S, dh]
-            uv = cache.values[:, li].float()
+            uk = cache.keys[:, li].to(q.dtype)  # [B, H, S, dh]; an fp16 cache is computed on in fp32
+            uv = cache.values[:, li].to(q.dtype)
             att_user = (q @ uk.transpose(-1, -2)) * scale  # [B, H, N, S]
             att_user = att_user.masked_fill(~user_ok, MASK_LOGIT)
             att_self = (q * k).sum(-1, keepdim=True) * scale  # [B, H, N, 1]

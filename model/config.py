@@ -64,6 +64,14 @@ class AstroConfig:
     max_candidates: int = 1024  # N per user per request; the client chunks longer lists
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"config field {f.name}={value!r} must be a positive integer")
+            if f.type == "float" and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"config field {f.name}={value!r} must be a non-negative number")
+        if not (self.tasks and all(isinstance(t, str) and t for t in self.tasks)):
+            raise ValueError(f"tasks={self.tasks!r} must be a non-empty list of task names")
         assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} not divisible by n_heads={self.n_heads}"
         assert self.blocks, "at least one block is required"
         names = [b.name for b in self.blocks]
@@ -114,7 +122,10 @@ class AstroConfig:
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")
         kw = dict(d)
-        kw["tasks"] = tuple(kw.get("tasks", cls.tasks))
+        tasks = kw.get("tasks", list(cls.tasks))
+        if not isinstance(tasks, list | tuple):
+            raise ValueError(f"tasks={tasks!r} must be a list of task names")
+        kw["tasks"] = tuple(tasks)
         if "blocks" in kw:
             kw["blocks"] = tuple(BlockSpec.from_dict(b) for b in kw["blocks"])
         return cls(**kw)

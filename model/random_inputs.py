@@ -49,8 +49,9 @@ def random_request(
     """A batch whose first ``empty_users`` users have no history at all."""
     nb, tb = cfg.n_blocks, block_len
     lengths = rng.integers(0, tb + 1, size=(batch, nb))  # ragged, 0 = empty block
-    lengths[rng.integers(0, batch), rng.integers(0, nb)] = tb  # at least one full block
     lengths[:empty_users] = 0
+    if empty_users < batch:  # at least one full block among the users with history
+        lengths[rng.integers(empty_users, batch), rng.integers(0, nb)] = tb
     valid = np.arange(tb)[None, None, :] < lengths[:, :, None]  # [B, Nb, Tb]
     items = np.where(valid, rng.integers(1, id_high, size=(batch, nb, tb)), 0)
     behaviors = np.where(valid, rng.integers(0, cfg.n_behaviors, size=(batch, nb, tb)), 0)

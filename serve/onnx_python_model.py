@@ -95,7 +95,11 @@ class TritonPythonModel:
             try:
                 results = self.session.run(self.outputs, self._feeds(request))
             except RequestRejected as e:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+                    )
+                )
                 continue
             except ORT_ERRORS as e:  # ONNX Runtime's own errors, with its message
                 responses.append(

@@ -197,16 +197,9 @@ def test_pickle_named_safetensors_is_refused(saved: Path, tmp_path: Path, writer
     assert not marker.exists(), "loading executed code from a pickle"
 
 
-# ---- known gaps in model/config.py + model/checkpoint.py: malformed configs escape as raw errors ----
-# load_config catches ValueError/TypeError/KeyError/AssertionError from AstroConfig.from_dict, but
-# (a) AstroConfig.__post_init__ divides by n_heads before any check (ZeroDivisionError), and
-# (b) from_dict does not check field types, and load_checkpoint builds AstroModel(cfg) outside any
-#     try, so a float or negative dimension fails inside torch (TypeError/RuntimeError), and
-# (c) a string "tasks" is split into characters and loads.
-# strict: these xfails turn into failures once the gap is closed, so the markers get removed.
+# ---- malformed configs are CheckpointErrors, never raw errors from deep inside torch ----
 
 
-@pytest.mark.xfail(strict=True, reason="config/checkpoint gap: malformed config escapes as a non-CheckpointError")
 @pytest.mark.parametrize(
     "changes",
     [{"n_heads": 0}, {"d_model": 32.0}, {"n_layers": -1}, {"tau_min": "0.1"}],
@@ -218,12 +211,11 @@ def test_malformed_config_is_a_checkpoint_error(saved: Path, changes: dict[str, 
         load_checkpoint(saved)
     except CheckpointError:
         return
-    except Exception as e:  # the gap: anything but CheckpointError
+    except Exception as e:  # anything but CheckpointError is the defect under test
         pytest.fail(f"{changes} raised {type(e).__name__}: {e}")
     pytest.fail(f"{changes} loaded without error")
 
 
-@pytest.mark.xfail(strict=True, reason="config gap: AstroConfig.from_dict turns tasks='ab' into ('a', 'b')")
 def test_string_tasks_are_refused(saved: Path) -> None:
     edit_config(saved, tasks="ab")
     with pytest.raises(CheckpointError):

@@ -379,14 +379,9 @@ def test_fp16_cache(model: AstroModel) -> None:
     assert 0 < max_diff(s16, s32) <= FP16_CACHE_ATOL, f"fp16 cache moved scores by {max_diff(s16, s32):.3g}"
 
 
-# ---- known gaps in model/astro.py (strict xfails: they fail once fixed, so the marker gets removed) ----
+# ---- extreme timestamps and float64 ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="astro.py embed_history: request.timestamp - h.timestamps wraps around in int64 for extreme "
-    "timestamps, so an event 2^63 s old is clamped to age 0 (a brand-new event) instead of the oldest bucket",
-)
 def test_age_of_extreme_timestamps_does_not_wrap(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(51), 2, 4, 8)
     h, req, cand = tensors(r)
@@ -398,12 +393,6 @@ def test_age_of_extreme_timestamps_does_not_wrap(model: AstroModel) -> None:
         assert torch.equal(model.split(ancient, req, cand), model.split(old, req, cand))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="astro.py score_candidates casts the cache with .float(), so the split path cannot run in float64 "
-    "(the dense paths can); .to(q.dtype) would keep fp16 caches working and allow an fp64 reference",
-)
 def test_split_runs_in_float64() -> None:
     model = make_model().double()
     h, req, cand = tensors(random_request(CFG, case_rng(52), 2, 5, 6))
