@@ -41,6 +41,10 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         opts.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: both composing models, the server and its
+        # clients share the CPU, and spinning pools starve them (2 threads: served p50 2.5x slower on
+        # 2 cores; docs/bench/report.md, "Findings and fixes"). No effect at 1 thread (no pool).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except (*ORT_ERRORS, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.NoSuchFile) as e:
