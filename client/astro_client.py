@@ -12,7 +12,8 @@
   call's candidate rows to a common ``N`` (repeating a row's last id: a candidate's score
   never depends on the other candidates) and :func:`assemble_scores` drops the padding
   and puts every score back in request order;
-- UNAVAILABLE is retried with exponential backoff inside the call's deadline
+- UNAVAILABLE (and NOT_FOUND for a model still loading) is retried with exponential backoff
+  inside the call's deadline
   (``timeout_s``); every other server error is raised at once as :class:`ServerError`
   carrying the server's message.
 
@@ -53,6 +54,14 @@ T = TypeVar("T")
 
 DEFAULT_URL = "127.0.0.1:8001"
 UNAVAILABLE = "StatusCode.UNAVAILABLE"  # how tritonclient spells grpc.StatusCode.UNAVAILABLE in .status()
+NOT_FOUND = "StatusCode.NOT_FOUND"
+LOADING = "has no available versions"  # Triton's NOT_FOUND for a known model whose versions are still loading
+
+
+def is_transient(e: InferenceServerException) -> bool:
+    """Worth retrying: the server is unreachable, or up but the model is still (re)loading.
+    A model name the server does not know at all is NOT_FOUND without LOADING, and is final."""
+    return e.status() == UNAVAILABLE or (e.status() == NOT_FOUND and LOADING in (e.message() or ""))
 
 
 # ---- errors ------------------------------------------------------------------------
@@ -341,7 +350,7 @@ class _ClientBase:
 
     def _retry_or_raise(self, e: InferenceServerException, what: str, attempt: int, deadline: float) -> float:
         """The sleep before the next attempt, or raise the mapped :class:`ServerError`."""
-        if e.status() == UNAVAILABLE and attempt <= self.retry.retries:
+        if is_transient(e) and attempt <= self.retry.retries:
             delay = self.retry.delay(attempt)
             if time.monotonic() + delay < deadline:
                 return delay
