@@ -1,0 +1,111 @@
+"""A bounded soak: 16 client threads against the real server for ASTRO_SOAK_SECONDS (default 30 s,
+loopback only, stops by itself). Zero errors, every answer equal to the PyTorch reference, and
+the server's resident memory (tritonserver + its Python-backend stubs) growth reported and bounded."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from client import AstroClient, ScoreRequest
+from model.astro import AstroModel, History, Request
+from model.blocks import stack_blocks
+from model.synthetic import SyntheticWorld, WorldSpec
+from serve.triton_server import TritonServer
+
+pytestmark = pytest.mark.server
+THREADS = 16
+SOAK_SECONDS = float(os.environ.get("ASTRO_SOAK_SECONDS", "30"))
+MAX_RSS_GROWTH_MB = 150  # after warmup: allocator caches settle; a leak per request would pass this fast
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:  # the process exited while we read
+            continue
+        children.setdefault(int(fields["PPid"]), []).append(int(fields["Pid"]))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
+def reference(model: AstroModel, r: ScoreRequest) -> npt.NDArray[np.float32]:
+    b = stack_blocks([r.history], model.cfg.blocks)
+    t = [torch.from_numpy(a) for a in (b.item_ids, b.behaviors, b.scenarios, b.timestamps)]
+    req = Request(torch.tensor([[r.scenario]]), torch.tensor([[r.timestamp]]))
+    with torch.no_grad():
+        out = torch.sigmoid(model.split(History(*t), req, torch.from_numpy(np.asarray(r.candidates))[None]))
+    return out[0].numpy()
+
+
+def test_soak(triton: TritonServer, small_model: AstroModel) -> None:
+    rng = np.random.default_rng()
+    world = SyntheticWorld(WorldSpec(seed=int(rng.integers(1000))))
+    pool = [
+        ScoreRequest(world.user(rng)[0], rng.integers(1, 10**9, size=int(rng.integers(16, 256))),
+                     int(rng.integers(0, 4)), 1_700_000_000)
+        for _ in range(48)
+    ]  # fmt: skip
+    expected = [reference(small_model, r) for r in pool]
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    mismatches: list[int] = []
+    stop = threading.Event()
+
+    def worker(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        with AstroClient(triton.grpc_url, timeout_s=30) as client:
+            while not stop.is_set():
+                i = int(local.integers(len(pool)))
+                t0 = time.perf_counter()
+                try:
+                    got = client.score(pool[i].history, pool[i].candidates, pool[i].scenario, pool[i].timestamp)
+                except Exception as e:  # every failure is collected and fails the test below
+                    errors.append(e)
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if not np.allclose(got, expected[i], atol=1e-5, rtol=0):
+                    mismatches.append(i)
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(THREADS)]
+    for t in threads:
+        t.start()
+    time.sleep(min(5.0, SOAK_SECONDS / 4))  # warmup: arenas and caches fill before the baseline
+    assert triton.pid is not None
+    rss_before, n_before, t_start = tree_rss_mb(triton.pid), len(latencies), time.perf_counter()
+    time.sleep(SOAK_SECONDS)
+    rss_after, n_after, elapsed = tree_rss_mb(triton.pid), len(latencies), time.perf_counter() - t_start
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    lat_ms = np.array(latencies) * 1000
+    print(
+        f"\nsoak: {THREADS} threads, {elapsed:.0f} s, {n_after - n_before} requests "
+        f"({(n_after - n_before) / elapsed:.1f}/s), latency p50 {np.percentile(lat_ms, 50):.1f} ms "
+        f"p99 {np.percentile(lat_ms, 99):.1f} ms, errors {len(errors)}, mismatches {len(mismatches)}, "
+        f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB ({rss_after - rss_before:+.0f} MB)"
+    )
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [], errors[:3]
+    assert mismatches == []
+    assert n_after - n_before >= THREADS, "the soak made almost no progress"
+    assert rss_after - rss_before < MAX_RSS_GROWTH_MB
