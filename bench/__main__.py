@@ -1,0 +1,339 @@
+"""``python -m bench`` (``make bench``): TURBO breakdown, runtimes, served Triton, FLOP limit, GPU.
+
+    python -m bench                # the full run (~10 min on 2 CPU cores) -> docs/bench/
+    python -m bench --quick        # smoke run (~2 min), written to a temp folder unless --out
+    python -m bench --threads 2    # another thread count for torch, ONNX Runtime and the served models
+
+Sections (docs/bench/report.md explains each):
+  (a) per-pair vs SUMI vs split, in-process PyTorch, the trained small checkpoint;
+  (b) the split graphs in PyTorch eager vs ONNX Runtime, fp32 and fp16 keys/values cache;
+  (c) the Triton ensemble (python target) over gRPC vs in-process ONNX Runtime, same requests;
+  (d) FLOPs per graph from the config against torch.matmul's measured rate;
+  (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one.
+Every ratio is taken inside one round of one run and reported as median and spread over rounds.
+Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import block_attention, machine, plots, report
+from bench.cli_types import int_list
+from bench.roofline import config_of, efficiency_rows, matmul_rate
+from bench.runtimes import run_runtimes
+from bench.served import handoff_bytes, run_served, wire_bytes
+from bench.turbo import device_sync, run_turbo
+from bench.workload import make_request, padding_fraction
+from export.__main__ import main as export_main
+from export.onnx_graphs import CACHE_DTYPES
+from export.parity import OrtPipeline, load_graph_paths
+from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "docs" / "bench"
+FINDINGS = Path(__file__).resolve().parent / "findings.md"  # the investigation's record, quoted in the report
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run measures; ``--quick`` swaps the whole set."""
+
+    block_lens: list[int]
+    candidates: list[int]
+    rounds: int
+    warmup: int
+    served_requests: int
+    served_rounds: int
+    concurrency: list[int]
+    cache_dtypes: list[str]
+
+
+FULL = Sizes([32, 128], [16, 64, 256, 1024], 11, 2, 128, 7, [1, 4, 16], ["fp32", "fp16"])
+QUICK = Sizes([32], [16, 64], 2, 1, 8, 1, [1, 4], ["fp32"])
+
+
+def dtype_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in CACHE_DTYPES]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {sorted(CACHE_DTYPES)}, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    f, q = FULL, QUICK
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: few shapes, rounds and requests")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where results.json, report.md and the plots go (default: {DEFAULT_OUT.relative_to(ROOT)}; "
+        "with --quick a temp folder, so a smoke run never overwrites the committed results)",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder (default: the trained small)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for torch, in-process ONNX Runtime and each served model instance (default 1: what "
+        "`python -m export` gives each Triton instance, so in-process and served compare at equal threads)",
+    )
+    p.add_argument(
+        "--block-lens",
+        type=int_list,
+        default=None,
+        help=f"history lengths Tb for (a) and (b) (default {f.block_lens}; quick {q.block_lens})",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int_list,
+        default=None,
+        help=f"candidate counts N for (a) and (b) (default {f.candidates}; quick {q.candidates})",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"timed rounds per cell of (a), (b) (default {f.rounds}; quick {q.rounds})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"untimed rounds before each cell (default {f.warmup}; quick {q.warmup})",
+    )
+    p.add_argument(
+        "--per-pair-full-max",
+        type=int,
+        default=64,
+        help="largest N at which per-pair is timed in full; above it, it is timed on a subset and scaled (default 64)",
+    )
+    p.add_argument(
+        "--per-pair-subset", type=int, default=16, help="candidates per-pair is timed on above --per-pair-full-max"
+    )
+    p.add_argument(
+        "--served-requests",
+        type=int,
+        default=None,
+        help=f"requests per phase of (c) (default {f.served_requests}; quick {q.served_requests})",
+    )
+    p.add_argument(
+        "--served-rounds",
+        type=int,
+        default=None,
+        help=f"in-process/served round pairs per concurrency (default {f.served_rounds}; quick {q.served_rounds})",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int_list,
+        default=None,
+        help=f"client concurrencies of (c) (default {f.concurrency}; quick {q.concurrency})",
+    )
+    p.add_argument(
+        "--cache-dtypes",
+        type=dtype_list,
+        default=None,
+        help=f"keys/values cache dtypes served in (c) (default {','.join(f.cache_dtypes)}; quick "
+        f"{','.join(q.cache_dtypes)}); (b) always times both",
+    )
+    p.add_argument("--served-block-len", type=int, default=128, help="Tb of the served requests (default 128)")
+    p.add_argument("--served-candidates", type=int, default=256, help="N of the served requests (default 256)")
+    p.add_argument("--served-batch", type=int, default=1, help="users per served request (default 1)")
+    p.add_argument(
+        "--time-cap", type=float, default=30.0, help="seconds after which a phase of (c) starts no new request"
+    )
+    p.add_argument("--matmul-size", type=int, default=1024, help="side of the square fp32 matrices of (d)")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the exported ONNX graphs and repositories here (default: temp)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every request")
+    p.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        help="measure nothing: re-render report.md and the plots from this results.json (into --out)",
+    )
+    a = p.parse_args(argv)
+    sizes = QUICK if a.quick else FULL
+    for name in ("block_lens", "candidates", "rounds", "warmup", "served_requests", "served_rounds", "concurrency"):
+        if getattr(a, name) is None:
+            setattr(a, name, getattr(sizes, name))
+    if a.cache_dtypes is None:
+        a.cache_dtypes = sizes.cache_dtypes
+    if a.out is None:
+        a.out = Path(tempfile.gettempdir()) / "astro-bench-quick" if a.quick else DEFAULT_OUT
+    if a.from_results is not None and not a.from_results.is_file():
+        p.error(f"--from-results: no file {a.from_results}")
+    if min(a.threads, a.rounds, a.served_requests, a.served_rounds, a.per_pair_subset, a.served_batch) < 1:
+        p.error(
+            "--threads, --rounds, --served-requests, --served-rounds, --per-pair-subset, --served-batch must be >= 1"
+        )
+    if a.warmup < 0 or a.time_cap <= 0:
+        p.error("--warmup must be >= 0 and --time-cap > 0")
+    return a
+
+
+class Progress:
+    """Progress lines on stderr with the elapsed time, so a long run shows where it is."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, line: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def export_repositories(
+    checkpoint: Path, work: Path, cache_dtypes: list[str], threads: int, say: Callable[[str], None]
+) -> dict[str, Path]:
+    """`python -m export --target python` per cache dtype; returns dtype -> repository (graphs in work/)."""
+    repos = {}
+    for dtype in cache_dtypes:
+        say(f"  python -m export --target python --cache-dtype {dtype} (parity skipped: (c) checks served == ORT)")
+        repo = work / f"repo-{dtype}"
+        args = ["--target", "python", "--cache-dtype", dtype, "--checkpoint", str(checkpoint)]
+        args += ["--out", str(repo), "--work-dir", str(work / "onnx"), "--threads", str(threads), "--skip-parity"]
+        if export_main(args) != 0:
+            raise SystemExit(f"bench: python -m export {shlex.join(args)} failed")
+        repos[dtype] = repo
+    return repos
+
+
+def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
+    torch.set_num_threads(a.threads)
+    torch.set_num_interop_threads(1)
+    info = machine.describe(a.threads)
+    say(f"machine: {info['cpu']}, {info['cpus_usable']} cores, {a.threads} thread(s), GPU: {info['gpu']}")
+    model = load_checkpoint(a.checkpoint)
+    cfg = model.cfg
+    cpu = torch.device("cpu")
+
+    say("[1/6] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
+    export_dtypes = list(CACHE_DTYPES)  # (b) times both; (c) serves a.cache_dtypes of them
+    repos = export_repositories(a.checkpoint, work, export_dtypes, a.threads, say)
+    pipes = {f"ort_{d}": OrtPipeline(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
+
+    say("[2/6] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
+    turbo_args = (a.block_lens, a.candidates, a.rounds, a.warmup, a.per_pair_full_max, a.per_pair_subset, a.seed, say)
+    turbo = run_turbo(model, cpu, *turbo_args)
+
+    say("[3/6] (b) runtimes: PyTorch eager vs ONNX Runtime fp32 / fp16 cache, CPU")
+    runtimes = run_runtimes(model, cpu, pipes, a.block_lens, a.candidates, a.rounds, a.warmup, a.seed, say)
+
+    say(f"[4/6] (c) served: Triton ensemble over gRPC vs in-process ONNX Runtime, concurrency {a.concurrency}")
+    requests = [
+        make_request(cfg, a.seed + i, a.served_batch, a.served_block_len, a.served_candidates)
+        for i in range(a.served_requests)
+    ]
+    served = []
+    triton_version = "not run"
+    for dtype in a.cache_dtypes:
+        levels, triton_version = run_served(
+            repos[dtype], dtype, pipes[f"ort_{dtype}"], requests, a.concurrency, a.served_rounds, a.time_cap, say
+        )
+        served += levels
+
+    say("[5/6] (d) limit: torch.matmul rate and block attention")
+    peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
+    say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
+    blocks = block_attention.run(cfg, a.block_lens, [1], a.warmup, max(3, a.rounds), a.seed)
+
+    say("[6/6] (e) CUDA GPU")
+    gpu: dict[str, Any] = {"device": machine.gpu_name()}
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        gpu["turbo"] = [c.to_dict() for c in run_turbo(load_checkpoint(a.checkpoint), dev, *turbo_args)]
+        gpu["runtimes"] = [
+            c.to_dict()
+            for c in run_runtimes(
+                load_checkpoint(a.checkpoint), dev, {}, a.block_lens, a.candidates, a.rounds, a.warmup, a.seed, say
+            )
+        ]
+        gpu["matmul_flops"] = matmul_rate(4096, max(3, a.rounds), dev, device_sync(dev)).to_dict()
+    else:
+        say(f"  {machine.NO_GPU} to PyTorch: (a) and (b) ran on the CPU only")
+
+    info["load_average_end"] = machine.load_average()
+    return {
+        "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if a.argv is None else a.argv)]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - say.elapsed)),
+        "seconds": say.elapsed,
+        "machine": {**info, "triton_server": triton_version},
+        "config": {**cfg.to_dict(), "checkpoint": str(a.checkpoint)},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("argv", "work_dir")
+        },
+        "turbo": [c.to_dict() for c in turbo],
+        "runtimes": [c.to_dict() for c in runtimes],
+        "served": {
+            "batch": a.served_batch,
+            "block_len": a.served_block_len,
+            "candidates": a.served_candidates,
+            "requests": a.served_requests,
+            "padding": sum(padding_fraction(r) for r in requests) / len(requests),
+            "handoff_bytes": {
+                d: handoff_bytes(cfg, a.served_batch, a.served_block_len, d) for d in sorted(CACHE_DTYPES)
+            },
+            "wire_bytes": wire_bytes(cfg, a.served_batch, a.served_block_len, a.served_candidates),
+            "levels": [lv.to_dict() for lv in served],
+        },
+        "matmul_flops": peak.to_dict(),
+        "block_attention": [
+            {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}
+            for r in blocks
+        ],
+        "gpu": gpu,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    a.argv = argv
+    say = Progress()
+    say(f"python -m bench: results -> {a.out}")
+    if a.from_results is not None:
+        results = json.loads(a.from_results.read_text())
+    elif a.work_dir is not None:
+        a.work_dir.mkdir(parents=True, exist_ok=True)
+        results = run(a, a.work_dir, say)
+    else:
+        with tempfile.TemporaryDirectory(prefix="astro-bench-") as tmp:
+            results = run(a, Path(tmp), say)
+    results["efficiency"] = efficiency_rows(
+        config_of(results), results["turbo"], results["runtimes"], results["matmul_flops"]["median"]
+    )
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    images = plots.write_all(results, a.out)
+    (a.out / "report.md").write_text(report.render(results, images, FINDINGS.read_text()))
+    say(f"done in {say.elapsed:.0f} s: {a.out / 'report.md'}, results.json, {len(images)} plots")
+    print(report.headline(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

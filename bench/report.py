@@ -1,0 +1,425 @@
+"""``docs/bench/report.md`` from a results dict: every number comes from ``results.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import roofline
+
+SPREAD_NOTE = (
+    "Ratios and times read **median [IQR] (min–max)** over the rounds of this run; a ratio is taken "
+    "inside each round (all contenders timed back to back, order rotating), then summarised."
+)
+PATH_NAMES = ("per_pair", "sumi", "split")
+OVERHEAD_LIMIT = 0.25  # serving overhead above this share of in-process time gets investigated
+EFFICIENCY_FLAG = 0.10  # a stage below this fraction of the matmul limit is "far from its limit"
+
+
+def ratio(s: dict[str, float], unit: str = "x") -> str:
+    return f"{s['median']:.2f}{unit} [{s['q1']:.2f}–{s['q3']:.2f}] ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def pct(s: dict[str, float]) -> str:
+    return (
+        f"{100 * s['median']:+.0f}% [{100 * s['q1']:+.0f}–{100 * s['q3']:+.0f}] "
+        f"({100 * s['min']:+.0f}–{100 * s['max']:+.0f})"
+    )
+
+
+def ms(s: dict[str, float]) -> str:
+    return f"{1e3 * s['median']:.3g} [{1e3 * s['q1']:.3g}–{1e3 * s['q3']:.3g}]"
+
+
+def kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def _span(fractions: list[float]) -> str:
+    lo, hi = 100 * min(fractions), 100 * max(fractions)
+    return f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}%–{hi:.0f}%"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(cells: list[dict[str, Any]], tb: int, n: int) -> dict[str, Any]:
+    return next(c for c in cells if c["block_len"] == tb and c["candidates"] == n)
+
+
+def headline(r: dict[str, Any]) -> str:
+    """The run's main ratios in a few lines (also printed at the end of ``python -m bench``)."""
+    t = r["turbo"]
+    tb, n = max(c["block_len"] for c in t), max(c["candidates"] for c in t)
+    big = _cell(t, tb, n)
+    lines = [
+        f"(a) Tb={tb} N={n}, {big['device']}: candidates/s over per-pair: split "
+        f"{ratio(big['speedup_vs_per_pair']['split'])}, SUMI {ratio(big['speedup_vs_per_pair']['sumi'])} "
+        f"(per-pair {big['per_pair_method']})",
+    ]
+    rt = _cell(r["runtimes"], tb, n)
+    for name, s in rt["speedup_vs_eager"].items():
+        lines.append(f"(b) Tb={tb} N={n}: {name} {ratio(s)} faster than PyTorch eager (encoder + scorer)")
+    for lv in r["served"]["levels"]:
+        lines.append(
+            f"(c) {lv['cache_dtype']} concurrency {lv['concurrency']}: served p50 latency "
+            f"{pct(lv['latency_overhead'])} vs in-process ONNX Runtime; "
+            f"throughput ratio {ratio(lv['throughput_ratio'])}"
+        )
+    return "\n".join(lines)
+
+
+def _machine(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    rows = [
+        ["CPU", f"{m['cpu']} ({m['cpus_usable']} usable of {m['logical_cpus']} logical CPUs)"],
+        ["threads", f"{m['threads']} (torch intra-op, ONNX Runtime intra-op, each served model instance)"],
+        ["GPU", m["gpu"]],
+        ["torch / onnxruntime / numpy", f"{m['torch']} / {m['onnxruntime']} / {m['numpy']}"],
+        [
+            "Triton server",
+            f"{m['triton_server']} (nvidia-pytriton {m['nvidia_pytriton']}), tritonclient {m['tritonclient']}",
+        ],
+        ["Python, OS", f"{m['python']}, {m['platform']}"],
+        [
+            "load average (1/5/15 min)",
+            f"start {m['load_average_start']}, end {m['load_average_end']}: above the core count means other "
+            "processes shared the CPU during the run",
+        ],
+    ]
+    return _table(["", ""], rows)
+
+
+def _turbo(r: dict[str, Any]) -> str:
+    cfg = roofline.config_of(r)
+    out = []
+    for tb in sorted({c["block_len"] for c in r["turbo"]}):
+        rows = []
+        for c in sorted((c for c in r["turbo"] if c["block_len"] == tb), key=lambda c: c["candidates"]):
+            n, lat, sp = c["candidates"], c["latency_s"], c["speedup_vs_per_pair"]
+            pp_flops = roofline.path_flops(cfg, "per_pair", 1, tb, n)
+            rows.append(
+                [
+                    str(n),
+                    f"{ms(lat['per_pair'])} ({c['per_pair_method']})",
+                    ms(lat["sumi"]),
+                    ms(lat["split"]),
+                    f"{c['candidates_per_s']['split']['median']:,.0f}",
+                    ratio(sp["sumi"]),
+                    ratio(sp["split"]),
+                    f"{pp_flops / roofline.path_flops(cfg, 'sumi', 1, tb, n):.1f}x / "
+                    f"{pp_flops / roofline.path_flops(cfg, 'split', 1, tb, n):.1f}x",
+                ]
+            )
+        pads = [c["padding"] for c in r["turbo"] if c["block_len"] == tb]
+        out.append(
+            f"**Tb = {tb}** (S = {cfg.n_blocks * tb} user-token slots, "
+            f"{_span(pads)} of them padding)\n\n"
+            + _table(
+                [
+                    "N",
+                    "per-pair ms",
+                    "SUMI ms",
+                    "split ms",
+                    "split cand/s",
+                    "SUMI vs per-pair",
+                    "split vs per-pair",
+                    "per-pair FLOPs / SUMI, / split",
+                ],
+                rows,
+            )
+        )
+    checks = [c for c in r["turbo"] if c["per_pair_scaling_check"] is not None]
+    if checks:
+        items = ", ".join(
+            f"Tb={c['block_len']} N={c['candidates']}: {ratio(c['per_pair_scaling_check'])}" for c in checks
+        )
+        out.append(
+            "Extrapolation check: where per-pair is timed in full, its first "
+            f"{r['settings']['per_pair_subset']} candidates are timed in the same rounds too; measured / "
+            f"(subset time x N / subset), per round (1.00 = exactly linear): {items}."
+        )
+    return "\n\n".join(out)
+
+
+def _runtimes(r: dict[str, Any]) -> str:
+    rows = []
+    for c in r["runtimes"]:
+        row = [str(c["block_len"]), str(c["candidates"])]
+        for st in c["seconds"].values():
+            row.append(f"{ms(st['encoder'])} + {ms(st['scorer'])}")
+        row += [ratio(s) for s in c["speedup_vs_eager"].values()]
+        rows.append(row)
+    names = list(r["runtimes"][0]["seconds"])
+    head = ["Tb", "N", *(f"{n} ms (encoder + scorer)" for n in names)]
+    head += [f"{n} vs eager" for n in r["runtimes"][0]["speedup_vs_eager"]]
+    return _table(head, rows)
+
+
+def _served(r: dict[str, Any]) -> str:
+    s = r["served"]
+    hb = s["handoff_bytes"]
+    parts = [
+        f"Workload: {s['requests']} distinct requests (B={s['batch']}, Tb={s['block_len']}, N={s['candidates']}, "
+        f"{100 * s['padding']:.0f}% of history slots padding), the same list for both sides at every concurrency. "
+        f"Request tensors {kib(s['wire_bytes']['request'])}, response {kib(s['wire_bytes']['response'])} per request.",
+        "Keys/values handed from `user_encoder` to `item_scorer` per request (B·L·H·S·dh per tensor, plus the "
+        "[B, S] bool mask): "
+        + ", ".join(
+            f"{d} cache {kib(b['total'])} (keys {kib(b['user_keys'])} + values {kib(b['user_values'])} + mask "
+            f"{b['user_mask']} B)"
+            for d, b in hb.items()
+        )
+        + ".",
+    ]
+    rows = []
+    for lv in s["levels"]:
+        lat = lv["latency_s"]
+        rows.append(
+            [
+                lv["cache_dtype"],
+                str(lv["concurrency"]),
+                " / ".join(f"{1e3 * lat['served'][q]:.2f}" for q in ("p50", "p95", "p99")),
+                " / ".join(f"{1e3 * lat['in_process'][q]:.2f}" for q in ("p50", "p95", "p99")),
+                f"{lv['throughput_rps']['served']['median']:.1f} / {lv['throughput_rps']['in_process']['median']:.1f}",
+                pct(lv["latency_overhead"]),
+                ratio(lv["throughput_ratio"]),
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "cache",
+                "concurrency",
+                "served p50/p95/p99 ms",
+                "in-process p50/p95/p99 ms",
+                "req/s served / in-process",
+                "served p50 over in-process",
+                "throughput served / in-process",
+            ],
+            rows,
+        )
+    )
+    srows = []
+    for lv in s["levels"]:
+        for model, phases in lv["server_ms_per_request"].items():
+            srows.append(
+                [
+                    lv["cache_dtype"],
+                    str(lv["concurrency"]),
+                    model,
+                    *(f"{phases[p]:.2f}" for p in ("queue", "compute_input", "compute_infer", "compute_output")),
+                    f"{lv['requests_per_execution'].get(model, float('nan')):.2f}",
+                ]
+            )
+    crows = [
+        [
+            lv["cache_dtype"],
+            str(lv["concurrency"]),
+            f"{lv['cpu_ms_per_request']['in_process']:.2f}",
+            *(f"{lv['cpu_ms_per_request'][k]:.2f}" for k in ("client", "tritonserver", "backend_stubs")),
+            f"{sum(v for k, v in lv['cpu_ms_per_request'].items() if k != 'in_process'):.2f}",
+        ]
+        for lv in s["levels"]
+        if "backend_stubs" in lv["cpu_ms_per_request"]
+    ]
+    if crows:
+        parts.append(
+            "CPU time per request (user + system, from `/proc`; the client, `tritonserver` and its Python-backend "
+            "stubs share this machine's cores, so every served CPU millisecond is one the ONNX Runtime work "
+            "cannot use):\n\n"
+            + _table(
+                [
+                    "cache",
+                    "concurrency",
+                    "in-process",
+                    "served: client",
+                    "tritonserver",
+                    "backend stubs",
+                    "served total",
+                ],
+                crows,
+            )
+        )
+    parts.append(
+        "Inside the server (Triton's statistics over the served phases, ms per request; for `astro` the "
+        "ensemble's own figures span both steps):\n\n"
+        + _table(
+            ["cache", "concurrency", "model", "queue", "compute input", "compute infer", "compute output", "req/exec"],
+            srows,
+        )
+    )
+    return "\n\n".join(parts)
+
+
+def _roofline(r: dict[str, Any]) -> str:
+    cfg = roofline.config_of(r)
+    peak = r["matmul_flops"]
+    eff = r["efficiency"]
+    shapes = sorted({(e["block_len"], e["candidates"]) for e in eff})
+    stages = list(dict.fromkeys(e["stage"] for e in eff))
+    by_key = {(e["stage"], e["block_len"], e["candidates"]): e for e in eff}
+    rows = [
+        [stage, *(f"{100 * by_key[(stage, tb, n)]['fraction_of_limit']:.0f}%" for tb, n in shapes)] for stage in stages
+    ]
+    gflop = [
+        ["encoder", *(f"{roofline.encoder_flops(cfg, 1, tb) / 1e9:.3f}" for tb, n in shapes)],
+        ["scorer", *(f"{roofline.scorer_flops(cfg, 1, tb, n) / 1e9:.3f}" for tb, n in shapes)],
+        *([p, *(f"{roofline.path_flops(cfg, p, 1, tb, n) / 1e9:.3f}" for tb, n in shapes)] for p in PATH_NAMES),
+    ]
+    head = ["", *(f"Tb={tb} N={n}" for tb, n in shapes)]
+    doc = (roofline.__doc__ or "").split("\n\n", 1)[1].strip()
+    return "\n\n".join(
+        [
+            doc,
+            f"Limit measured in this run: torch.matmul {r['settings']['matmul_size']}² fp32 at "
+            f"{r['machine']['threads']} thread(s) = **{peak['median'] / 1e9:.1f} GFLOP/s** "
+            f"[{peak['q1'] / 1e9:.1f}–{peak['q3'] / 1e9:.1f}] ({peak['min'] / 1e9:.1f}–{peak['max'] / 1e9:.1f}).",
+            "GFLOP per request (B = 1):\n\n" + _table(["graph / path", *head[1:]], gflop),
+            "Share of the limit reached (FLOPs / median time / limit; `results.json` has the times and GFLOP/s):\n\n"
+            + _table(["stage", *head[1:]], rows),
+        ]
+    )
+
+
+def _gpu(r: dict[str, Any]) -> str:
+    g = r["gpu"]
+    if "turbo" not in g:
+        return (
+            f"**{g['device']}** to PyTorch on this machine: every number in this report is CPU. "
+            "`python -m bench` runs (a) and the PyTorch half of (b) on `cuda` whenever "
+            "`torch.cuda.is_available()`, and records the device name here."
+        )
+    sub = {**r, "turbo": g["turbo"], "runtimes": g["runtimes"]}
+    return "\n\n".join(
+        [
+            f"Device: **{g['device']}**. Only the tables in this section are GPU numbers; torch.matmul on it: "
+            f"{g['matmul_flops']['median'] / 1e12:.1f} TFLOP/s.",
+            _turbo(sub),
+            _runtimes(sub),
+        ]
+    )
+
+
+def _blocks(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            str(b["block_len"]),
+            str(b["batch"]),
+            f"{b['blocks_ms']:.3f}",
+            f"{b['one_block_ms']:.3f}",
+            f"{b['one_block_ms'] / b['blocks_ms']:.2f}x",
+        ]
+        for b in r["block_attention"]
+    ]
+    return (
+        "From `bench.block_attention.run` (user encoder with the config's Nb blocks of Tb vs one block of Nb·Tb, "
+        "same tokens, random weights, full histories; median of its repeats, lower of two passes):\n\n"
+        + _table(["Tb", "B", "Nb blocks ms", "one block ms", "one / Nb"], rows)
+    )
+
+
+def _decomposition(r: dict[str, Any]) -> str:
+    """Where the served time goes at the lowest concurrency, per cache dtype (means throughout)."""
+    lines = []
+    for dtype in dict.fromkeys(lv["cache_dtype"] for lv in r["served"]["levels"]):
+        lv = min((x for x in r["served"]["levels"] if x["cache_dtype"] == dtype), key=lambda x: x["concurrency"])
+        stats = lv["server_ms_per_request"]
+        composing = [m for m in stats if m != "astro"]
+        served, local = 1e3 * lv["latency_s"]["served"]["mean"], 1e3 * lv["latency_s"]["in_process"]["mean"]
+        queue = sum(stats[m]["queue"] for m in composing)
+        io = sum(stats[m]["compute_input"] + stats[m]["compute_output"] for m in composing)
+        infer = sum(stats[m]["compute_infer"] for m in composing)
+        cpu = lv["cpu_ms_per_request"]
+        cpu_text = ""
+        if "backend_stubs" in cpu:
+            cpu_text = (
+                f"; CPU per request {cpu['client'] + cpu['tritonserver'] + cpu['backend_stubs']:.2f} ms served "
+                f"(client {cpu['client']:.2f}, tritonserver {cpu['tritonserver']:.2f}, stubs "
+                f"{cpu['backend_stubs']:.2f}) vs {cpu['in_process']:.2f} ms in-process"
+            )
+        lines.append(
+            f"- {dtype} cache, concurrency {lv['concurrency']}: served {served:.2f} ms vs in-process "
+            f"{local:.2f} ms (+{served - local:.2f} ms). Inside Triton: the two stubs' compute_infer "
+            f"{infer:.2f} ms (+{infer - local:.2f} ms over in-process ONNX Runtime: Python "
+            f"backend execute, stub round trips and ONNX Runtime running in two processes), queueing "
+            f"{queue:.2f} ms, tensors into/out of the stubs {io:.2f} ms; the remaining "
+            f"{served - infer - queue - io:.2f} ms is gRPC, the client and ensemble scheduling{cpu_text}."
+        )
+    return (
+        "Where the served time goes (mean latency per request, against the means of Triton's statistics):\n\n"
+        + "\n".join(lines)
+    )
+
+
+def _flags(r: dict[str, Any]) -> list[str]:
+    out = []
+    for lv in r["served"]["levels"]:
+        if lv["latency_overhead"]["median"] > OVERHEAD_LIMIT:
+            out.append(
+                f"serving overhead {pct(lv['latency_overhead'])} at concurrency {lv['concurrency']} "
+                f"({lv['cache_dtype']} cache) exceeds {100 * OVERHEAD_LIMIT:.0f}% of in-process time"
+            )
+    far = [e for e in r["efficiency"] if e["fraction_of_limit"] < EFFICIENCY_FLAG]
+    for stage in sorted({e["stage"] for e in far}):
+        worst = min((e for e in far if e["stage"] == stage), key=lambda e: e["fraction_of_limit"])
+        out.append(
+            f"{stage} reaches {100 * worst['fraction_of_limit']:.1f}% of the matmul limit at Tb={worst['block_len']} "
+            f"N={worst['candidates']} (below {100 * EFFICIENCY_FLAG:.0f}%)"
+        )
+    return out
+
+
+def render(r: dict[str, Any], images: list[str], findings: str) -> str:
+    flags = _flags(r)
+    return (
+        "\n\n".join(
+            [
+                "# ASTRO benchmarks",
+                "Generated by `python -m bench` from `results.json` in this folder; do not edit by hand. "
+                f"Reproduce with `make bench` (= `.venv/bin/python -m bench`). This run: `{r['command']}`, "
+                f"started {r['started']}, {r['seconds']:.0f} s.",
+                SPREAD_NOTE,
+                "## Machine",
+                _machine(r),
+                "## Headline",
+                "```\n" + headline(r) + "\n```",
+                "## (a) TURBO breakdown: per-pair vs SUMI vs split (PyTorch, CPU)",
+                "One user (B = 1), the trained `small` checkpoint, `torch.inference_mode`. Latency is per request; "
+                "the speedups are per-pair time / path time inside each round; the last column is what the FLOP "
+                "counts of (d) alone predict. Per-pair above N = "
+                f"{r['settings']['per_pair_full_max']} is timed on its first {r['settings']['per_pair_subset']} "
+                "candidates in each round and scaled by N / subset: per-pair is N independent passes of one shape, "
+                "so its time is linear in N (checked below on the fully measured cells).",
+                _turbo(r),
+                "![TURBO](turbo.png)",
+                "## (b) Runtimes: PyTorch eager vs ONNX Runtime (CPU)",
+                "The export wrappers in PyTorch eager against the exported graphs in ONNX Runtime (`OrtPipeline`), "
+                "same request, same intra-op threads; ratio = eager total / runtime total per round (> 1: faster).",
+                _runtimes(r),
+                "![runtimes](runtimes.png)",
+                "## (c) Served: Triton ensemble over gRPC vs in-process ONNX Runtime",
+                "`python -m export --target python` into a temp folder, served by the `tritonserver` of the "
+                "nvidia-pytriton wheel on free loopback ports; one gRPC client per client thread. The in-process "
+                "side runs the same ONNX files through `OrtPipeline` from as many threads. Overhead = served p50 / "
+                "in-process p50 − 1, per round.",
+                _served(r),
+                "![served](served.png)",
+                "## (d) Limit: FLOPs per graph vs the machine's matmul rate (CPU)",
+                _roofline(r),
+                "![roofline](roofline.png)",
+                "## (e) GPU",
+                _gpu(r),
+                "## Block attention (bench/block_attention.py)",
+                _blocks(r),
+                "## Findings and fixes",
+                "Flags raised by this run's numbers:\n\n" + ("\n".join(f"- {f}" for f in flags) if flags else "- none"),
+                _decomposition(r),
+                findings.strip(),
+                "Plots: " + ", ".join(f"`{i}`" for i in images) + ".",
+            ]
+        )
+        + "\n"
+    )

@@ -1,0 +1,139 @@
+"""FLOPs of each graph per request, counted from the config, and the machine's matmul rate.
+
+A multiply-add counts 2 FLOPs. d = d_model, F = ffn_mult, L layers, T tasks, B users,
+Nb blocks of Tb slots, S = Nb·Tb user tokens, N candidates. Only matrix products are
+counted (embedding gathers, LayerNorm, softmax, GELU and masking are O(tokens·d) or
+O(scores) element-wise work and are left out), over the padded shapes the graphs
+really compute.
+
+Per layer and token, the dense projections cost QKV 6d² + output 2d² + FFN 4F·d² = (8 + 4F)·d².
+
+* user encoder: L·6·B·S·d² (QKV of every layer: the last layer's keys/values are cached)
+  + (L−1)·[(2 + 4F)·B·S·d² (output + FFN) + 4·B·Nb·Tb²·d (QKᵀ and A·V inside each block)]
+* item scorer: L·[(8 + 4F)·B·N·d² + 4·B·N·S·d (candidate x user attention)] + 2·B·N·d² + 2·B·N·d·T (head);
+  each candidate's score against its own key is element-wise (4·B·N·d per layer), not counted
+* dense pass over M = S + n tokens (SUMI: n = N; per-pair: n = 1, repeated N times):
+  L·[(8 + 4F)·B·M·d² + 4·B·M²·d] + 2·B·n·d² + 2·B·n·d·T
+
+The limit is the rate of ``torch.matmul`` on large square fp32 matrices at the benchmark's
+thread count: what this machine's BLAS reaches on the friendliest possible shape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench.timing import Stats, no_sync
+from model.config import AstroConfig
+
+
+def _dense_per_token(cfg: AstroConfig) -> int:
+    """(8 + 4F)·d²: QKV, output projection and FFN of one token in one layer."""
+    return (8 + 4 * cfg.ffn_mult) * cfg.d_model**2
+
+
+def _head(cfg: AstroConfig, rows: int) -> int:
+    d = cfg.d_model
+    return 2 * rows * d * d + 2 * rows * d * cfg.n_tasks
+
+
+def encoder_flops(cfg: AstroConfig, batch: int, block_len: int) -> int:
+    d, nb, layers = cfg.d_model, cfg.n_blocks, cfg.n_layers
+    s = nb * block_len
+    qkv = layers * 6 * batch * s * d * d
+    rest = (layers - 1) * ((2 + 4 * cfg.ffn_mult) * batch * s * d * d + 4 * batch * nb * block_len**2 * d)
+    return qkv + rest
+
+
+def scorer_flops(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> int:
+    d, s, n = cfg.d_model, cfg.n_blocks * block_len, candidates
+    per_layer = _dense_per_token(cfg) * batch * n + 4 * batch * n * s * d
+    return cfg.n_layers * per_layer + _head(cfg, batch * n)
+
+
+def dense_flops(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> int:
+    """One dense pass over the user tokens and ``candidates`` candidates (the SUMI path)."""
+    m = cfg.n_blocks * block_len + candidates
+    per_layer = _dense_per_token(cfg) * batch * m + 4 * batch * m * m * cfg.d_model
+    return cfg.n_layers * per_layer + _head(cfg, batch * candidates)
+
+
+def path_flops(cfg: AstroConfig, path: str, batch: int, block_len: int, candidates: int) -> int:
+    """FLOPs of one request through a TURBO path: ``per_pair``, ``sumi`` or ``split``."""
+    if path == "per_pair":
+        return candidates * dense_flops(cfg, batch, block_len, 1)
+    if path == "sumi":
+        return dense_flops(cfg, batch, block_len, candidates)
+    if path == "split":
+        return encoder_flops(cfg, batch, block_len) + scorer_flops(cfg, batch, block_len, candidates)
+    raise ValueError(f"unknown path {path!r}; expected per_pair, sumi or split")
+
+
+def matmul_rate(
+    size: int, repeats: int, device: torch.device, sync: Callable[[], None] = no_sync, min_seconds: float = 0.2
+) -> Stats:
+    """FLOP/s of ``torch.matmul`` on two fp32 ``size x size`` matrices, at the current thread count.
+
+    Each sample times enough back-to-back products to last ``min_seconds``, so the
+    clock's resolution and one-off stalls do not set the rate.
+    """
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    flops = 2 * size**3
+    torch.matmul(a, b)  # warm up: BLAS thread pool, allocator
+    sync()
+    t0 = time.perf_counter()
+    torch.matmul(a, b)
+    sync()
+    per_call = max(time.perf_counter() - t0, 1e-6)
+    calls = max(1, round(min_seconds / per_call))
+    rates = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.matmul(a, b)
+        sync()
+        rates.append(calls * flops / (time.perf_counter() - t0))
+    return Stats.of(rates)
+
+
+def config_of(results: dict[str, Any]) -> AstroConfig:
+    """The model config a results dict was measured with."""
+    return AstroConfig.from_dict({k: v for k, v in results["config"].items() if k != "checkpoint"})
+
+
+def efficiency_rows(
+    cfg: AstroConfig, turbo: list[dict[str, Any]], runtimes: list[dict[str, Any]], peak: float
+) -> list[dict[str, Any]]:
+    """Each timed stage's FLOPs / median time, as a fraction of ``peak`` FLOP/s (results-dict cells, B = 1)."""
+    rows = []
+
+    def add(stage: str, tb: int, n: int, flops: int, seconds: float) -> None:
+        rate = flops / seconds
+        rows.append(
+            {
+                "stage": stage,
+                "block_len": tb,
+                "candidates": n,
+                "gflop": flops / 1e9,
+                "median_ms": 1e3 * seconds,
+                "gflops_per_s": rate / 1e9,
+                "fraction_of_limit": rate / peak,
+            }
+        )
+
+    for c in runtimes:
+        tb, n = c["block_len"], c["candidates"]
+        for runtime, stages in c["seconds"].items():
+            add(f"{runtime} encoder", tb, n, encoder_flops(cfg, 1, tb), stages["encoder"]["median"])
+            add(f"{runtime} scorer", tb, n, scorer_flops(cfg, 1, tb, n), stages["scorer"]["median"])
+    for c in turbo:
+        tb, n = c["block_len"], c["candidates"]
+        for path in ("per_pair", "sumi", "split"):
+            add(f"torch {path}", tb, n, path_flops(cfg, path, 1, tb, n), c["latency_s"][path]["median"])
+    return rows

@@ -1,0 +1,321 @@
+"""(c) The real Triton ensemble over gRPC against in-process ONNX Runtime, on the same requests.
+
+A python-target model repository (Python backend running the exported ONNX graphs with ONNX
+Runtime) is served by :class:`serve.triton_server.TritonServer` on free loopback ports; the
+same fixed list of requests is sent at each concurrency by that many client threads, each with
+its own gRPC client. The in-process side runs the very same ONNX files through
+:class:`export.parity.OrtPipeline` (the split graphs chained as the ensemble chains them) with
+the same intra-op thread count, from the same number of threads. Each round runs both sides
+once (order rotating), so the serving overhead is a ratio taken inside one round of one run.
+
+Bounded: every phase sends at most ``len(requests)`` requests and stops starting new ones after
+``time_cap_s``; the server listens on 127.0.0.1 only and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as grpcclient
+
+from bench.timing import Stats, rotated
+from export.parity import OrtPipeline
+from model.config import AstroConfig
+from model.random_inputs import RandomRequest
+from model.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER
+from serve.triton_server import TritonServer
+
+SIDES = ("in_process", "served")
+CPU_PARTS = ("in_process", "client", "tritonserver", "backend_stubs")  # whose CPU time is counted
+SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+CACHE_ITEMSIZE = {"fp32": 4, "fp16": 2}
+MATCH_ATOL = 1e-5  # served and in-process run the same ONNX file in the same ONNX Runtime
+
+
+class BenchError(RuntimeError):
+    """The served model does not answer like the in-process graphs: timing it would be meaningless."""
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float
+    p95: float
+    p99: float
+    mean: float  # comparable with Triton's statistics, which are sums over requests
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Percentiles:
+        a = np.asarray(samples, dtype=np.float64)
+        p50, p95, p99 = np.percentile(a, [50, 95, 99])
+        return cls(float(p50), float(p95), float(p99), float(a.mean()))
+
+
+@dataclass(frozen=True)
+class Phase:
+    latencies: list[float]  # seconds per request, completed ones
+    wall: float  # seconds from the first start to the last completion
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall
+
+
+@dataclass(frozen=True)
+class ServedLevel:
+    cache_dtype: str
+    concurrency: int
+    requests_per_phase: int  # completed, the smallest over phases
+    latency_s: dict[str, Percentiles]  # side -> pooled over rounds
+    throughput_rps: dict[str, Stats]  # side -> per round
+    latency_overhead: Stats  # served p50 / in-process p50 - 1, per round
+    throughput_ratio: Stats  # served / in-process requests per second, per round
+    server_ms_per_request: dict[str, dict[str, float]]  # model -> phase -> ms (Triton statistics)
+    cpu_ms_per_request: dict[str, float]  # CPU_PARTS -> CPU ms per request (empty without /proc)
+    requests_per_execution: dict[str, float]  # model -> inference count / execution count (dynamic batching)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cache_dtype": self.cache_dtype,
+            "concurrency": self.concurrency,
+            "requests_per_phase": self.requests_per_phase,
+            "latency_s": {k: vars(v) for k, v in self.latency_s.items()},
+            "throughput_rps": {k: v.to_dict() for k, v in self.throughput_rps.items()},
+            "latency_overhead": self.latency_overhead.to_dict(),
+            "throughput_ratio": self.throughput_ratio.to_dict(),
+            "server_ms_per_request": self.server_ms_per_request,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
+            "requests_per_execution": self.requests_per_execution,
+        }
+
+
+def server_cpu_seconds(pgid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the server's process group, from ``/proc``:
+    ``tritonserver`` itself and its Python-backend stubs; empty where there is no ``/proc``."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"tritonserver": 0.0, "backend_stubs": 0.0}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime (11) stime (12)
+            part = "tritonserver" if int(entry.name) == pgid else "backend_stubs"
+            out[part] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def handoff_bytes(cfg: AstroConfig, batch: int, block_len: int, cache_dtype: str) -> dict[str, int]:
+    """Bytes user_encoder hands item_scorer per request: keys + values [B, L, H, S, dh] and mask [B, S] bool."""
+    s = cfg.n_blocks * block_len
+    kv = batch * cfg.n_layers * cfg.n_heads * s * cfg.head_dim * CACHE_ITEMSIZE[cache_dtype]
+    return {"user_keys": kv, "user_values": kv, "user_mask": batch * s, "total": 2 * kv + batch * s}
+
+
+def wire_bytes(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> dict[str, int]:
+    """Tensor bytes of one ensemble request and its response (int64 inputs, fp32 scores), before framing."""
+    request = 8 * batch * (4 * cfg.n_blocks * block_len + 2 + candidates)
+    return {"request": request, "response": 4 * batch * candidates * cfg.n_tasks}
+
+
+def run_phase(
+    workers: Sequence[Callable[[RandomRequest], object]], requests: Sequence[RandomRequest], cap: float
+) -> Phase:
+    """Send ``requests`` from ``len(workers)`` threads (worker i calls ``workers[i]``), each taking the next one."""
+    lock = threading.Lock()
+    next_index = 0
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    start = time.perf_counter()
+    deadline = start + cap
+
+    def loop(call: Callable[[RandomRequest], object]) -> None:
+        nonlocal next_index
+        while True:
+            with lock:
+                if next_index >= len(requests) or time.perf_counter() > deadline or errors:
+                    return
+                req = requests[next_index]
+                next_index += 1
+            t0 = time.perf_counter()
+            try:
+                call(req)
+            except Exception as e:  # re-raised in the caller's thread below
+                with lock:
+                    errors.append(e)
+                return
+            t1 = time.perf_counter()
+            with lock:
+                latencies.append(t1 - t0)
+
+    threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return Phase(latencies, time.perf_counter() - start)
+
+
+def infer_fn(url: str) -> Callable[[RandomRequest], npt.NDArray[np.float32]]:
+    client = grpcclient.InferenceServerClient(url)
+    outputs = [grpcclient.InferRequestedOutput(SCORES_OUTPUT)]
+
+    def infer(req: RandomRequest) -> npt.NDArray[np.float32]:
+        inputs = []
+        for name, arr in req.as_dict().items():
+            inp = grpcclient.InferInput(name, list(arr.shape), "INT64")
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        scores: npt.NDArray[np.float32] = client.infer(ENSEMBLE, inputs, outputs=outputs).as_numpy(SCORES_OUTPUT)
+        return scores
+
+    return infer
+
+
+def _in_process_fn(pipe: OrtPipeline) -> Callable[[RandomRequest], npt.NDArray[np.float32]]:
+    return lambda req: pipe.score(req, pipe.encode(req))
+
+
+def server_counters(client: Any) -> dict[str, dict[str, int]]:
+    """model -> cumulative counters from Triton's statistics (ns per phase, inference and execution counts)."""
+    stats = client.get_inference_statistics(as_json=True)
+    out: dict[str, dict[str, int]] = {}
+    for m in stats.get("model_stats", []):
+        inf = m.get("inference_stats", {})
+        c = {p: int(inf.get(p, {}).get("ns", 0)) for p in SERVER_PHASES}
+        c["success"] = int(inf.get("success", {}).get("count", 0))
+        c["inference_count"] = int(m.get("inference_count", 0))
+        c["execution_count"] = int(m.get("execution_count", 0))
+        out[m["name"]] = c
+    return out
+
+
+def add_delta(
+    total: dict[str, dict[str, int]], before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> None:
+    """total[model][counter] += after - before."""
+    for model, values in after.items():
+        acc = total.setdefault(model, dict.fromkeys(values, 0))
+        for k, v in values.items():
+            acc[k] += v - before.get(model, {}).get(k, 0)
+
+
+def per_request_ms(counters: dict[str, dict[str, int]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """(model -> phase -> ms per request, model -> requests per execution) from summed counters."""
+    per_request: dict[str, dict[str, float]] = {}
+    batching: dict[str, float] = {}
+    for name in (ENSEMBLE, USER_ENCODER, ITEM_SCORER):
+        c = counters.get(name, {})
+        done = c.get("success", 0)
+        if done <= 0:
+            continue
+        per_request[name] = {p: c[p] / done / 1e6 for p in SERVER_PHASES}
+        if c.get("execution_count", 0) > 0:
+            batching[name] = c["inference_count"] / c["execution_count"]
+    return per_request, batching
+
+
+def check_same_answers(
+    served: Callable[[RandomRequest], npt.NDArray[np.float32]],
+    local: Callable[[RandomRequest], npt.NDArray[np.float32]],
+    req: RandomRequest,
+) -> float:
+    """Max |served - in-process| on one request; raises :class:`BenchError` beyond ``MATCH_ATOL``."""
+    a, b = served(req), local(req)
+    if a.shape != b.shape:
+        raise BenchError(f"served scores {list(a.shape)} vs in-process {list(b.shape)}")
+    diff = float(np.abs(a - b).max())
+    if diff > MATCH_ATOL:
+        raise BenchError(f"served scores differ from in-process ONNX Runtime by {diff:.3e} > {MATCH_ATOL}")
+    return diff
+
+
+def run_served(
+    repository: Path,
+    cache_dtype: str,
+    pipe: OrtPipeline,
+    requests: Sequence[RandomRequest],
+    concurrencies: Sequence[int],
+    rounds: int,
+    time_cap_s: float,
+    progress: Callable[[str], None],
+) -> tuple[list[ServedLevel], str]:
+    """Serve ``repository``, time both sides at each concurrency; returns the levels and Triton's version."""
+    local = _in_process_fn(pipe)
+    with TritonServer(repository) as server:
+        t0 = time.perf_counter()
+        server.start(ready_models=[ENSEMBLE], timeout_s=180)
+        progress(f"  tritonserver ready in {time.perf_counter() - t0:.1f} s at {server.grpc_url} ({cache_dtype} cache)")
+        admin = grpcclient.InferenceServerClient(server.grpc_url)
+        server_pid = server.pid
+        assert server_pid is not None, "a started server has a process id"
+        version = str(admin.get_server_metadata(as_json=True).get("version", "unknown"))
+        served = infer_fn(server.grpc_url)
+        diff = check_same_answers(served, local, requests[0])
+        progress(f"  served == in-process on request 0 (max |diff| {diff:.1e})")
+        for r in requests[: min(4, len(requests))]:  # warm both sides: sessions, channels, allocator
+            local(r)
+            served(r)
+        levels = []
+        for c in concurrencies:
+            phases: dict[str, list[Phase]] = {s: [] for s in SIDES}
+            clients = [infer_fn(server.grpc_url) for _ in range(c)]
+            served_counters: dict[str, dict[str, int]] = {}
+            cpu = dict.fromkeys(CPU_PARTS, 0.0)
+            for i in range(rounds):
+                for side in rotated(SIDES, i):
+                    own0, group0 = time.process_time(), server_cpu_seconds(server_pid)
+                    if side == "served":
+                        before = server_counters(admin)
+                        phases[side].append(run_phase(clients, requests, time_cap_s))
+                        add_delta(served_counters, before, server_counters(admin))
+                        cpu["client"] += time.process_time() - own0
+                        for part, sec in server_cpu_seconds(server_pid).items():
+                            cpu[part] += sec - group0[part]
+                    else:
+                        phases[side].append(run_phase([local] * c, requests, time_cap_s))
+                        cpu["in_process"] += time.process_time() - own0
+            per_request, batching = per_request_ms(served_counters)
+            done = {s: sum(len(p.latencies) for p in phases[s]) for s in SIDES}
+            has_proc = bool(server_cpu_seconds(server_pid))
+            p50 = {s: [float(np.median(p.latencies)) for p in phases[s]] for s in SIDES}
+            tput = {s: [p.throughput for p in phases[s]] for s in SIDES}
+            level = ServedLevel(
+                cache_dtype=cache_dtype,
+                concurrency=c,
+                requests_per_phase=min(len(p.latencies) for s in SIDES for p in phases[s]),
+                latency_s={s: Percentiles.of([x for p in phases[s] for x in p.latencies]) for s in SIDES},
+                throughput_rps={s: Stats.of(tput[s]) for s in SIDES},
+                latency_overhead=Stats.of([a / b - 1 for a, b in zip(p50["served"], p50["in_process"], strict=True)]),
+                throughput_ratio=Stats.of([a / b for a, b in zip(tput["served"], tput["in_process"], strict=True)]),
+                server_ms_per_request=per_request,
+                requests_per_execution=batching,
+                cpu_ms_per_request={
+                    part: 1e3 * sec / done["in_process" if part == "in_process" else "served"]
+                    for part, sec in cpu.items()
+                    if has_proc or part in ("in_process", "client")
+                },
+            )
+            levels.append(level)
+            progress(
+                f"  concurrency {c} ({cache_dtype}): served p50 {1e3 * level.latency_s['served'].p50:.2f} ms, "
+                f"in-process p50 {1e3 * level.latency_s['in_process'].p50:.2f} ms "
+                f"(overhead {100 * level.latency_overhead.median:+.0f}%), throughput "
+                f"{level.throughput_rps['served'].median:.1f} vs {level.throughput_rps['in_process'].median:.1f} req/s"
+            )
+        admin.close()
+    return levels, version

@@ -1,0 +1,85 @@
+"""Timing on a shared machine: interleaved rounds, per-round ratios, medians with their spread.
+
+Every cell of a benchmark runs its contenders once per round, in an order that rotates
+from round to round, so a burst of load from another process lands on all of them
+alike. A ratio is computed inside each round (same load, same moment) and summarised
+over rounds as median, quartiles and min/max: never a ratio of two medians taken at
+different times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def no_sync() -> None:
+    """CPU work is finished when the call returns: nothing to wait for."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of repeated samples (seconds, rates or ratios): median, quartiles, extremes, count."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Stats:
+        assert len(samples) > 0, "Stats.of needs at least one sample"
+        a = np.asarray(samples, dtype=np.float64)
+        q1, med, q3 = np.percentile(a, [25, 50, 75])
+        return cls(float(med), float(q1), float(q3), float(a.min()), float(a.max()), int(a.size))
+
+    def scaled(self, factor: float) -> Stats:
+        """The same summary in other units (factor > 0 keeps the order of the quantiles)."""
+        assert factor > 0, f"scale factor must be positive, got {factor}"
+        return Stats(
+            self.median * factor, self.q1 * factor, self.q3 * factor, self.min * factor, self.max * factor, self.n
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def per_round_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> Stats:
+    """numerator[i] / denominator[i] for each round i, summarised."""
+    assert len(numerator) == len(denominator), f"rounds differ: {len(numerator)} vs {len(denominator)}"
+    return Stats.of([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """``names`` starting at position ``round_index`` (mod len): no contender always runs first."""
+    k = round_index % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def interleaved_rounds(
+    contenders: Mapping[str, Callable[[], object]],
+    rounds: int,
+    warmup: int,
+    sync: Callable[[], None] = no_sync,
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender, one sample per round, rounds interleaved (see module doc)."""
+    assert rounds >= 1 and warmup >= 0, f"rounds={rounds} must be >= 1 and warmup={warmup} >= 0"
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    sync()
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in rotated(names, r):
+            sync()
+            t0 = time.perf_counter()
+            contenders[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times

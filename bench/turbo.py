@@ -1,0 +1,138 @@
+"""(a) TURBO breakdown: per-pair vs SUMI single pass vs split, in-process PyTorch, same weights.
+
+For each history length Tb and candidate count N, one user (B = 1) with a ragged
+history and N candidates goes through the three paths of :class:`~model.astro.AstroModel`:
+
+* ``per_pair``: one full dense pass per candidate (the classic ranking baseline);
+* ``sumi``: one dense pass over the user tokens and all N candidates (M-FALCON mask);
+* ``split``: ``encode_user`` once, then ``score_candidates`` reusing the cached keys/values.
+
+The paths run interleaved, one call each per round (:mod:`bench.timing`); the speedup of
+a path is per-pair time / path time inside each round. Per-pair costs N identical passes,
+so beyond ``per_pair_full_max`` candidates it is timed on its first ``per_pair_subset``
+candidates in the same round and scaled by N / subset (its time is linear in N: the passes
+are independent and equal in shape). The cells where per-pair is timed in full also time the
+subset in the same rounds, which checks that scaling: ``scaling_check`` = full time / (subset
+time x N / subset), per round (1 = exactly linear).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+
+from bench.timing import Stats, interleaved_rounds, per_round_ratio
+from bench.workload import make_request, padding_fraction, to_torch
+from model.astro import AstroModel
+
+PATHS = ("per_pair", "sumi", "split")
+SUBSET = "per_pair_subset"  # per-pair on the first candidates only, timed to check the extrapolation
+
+
+@dataclass(frozen=True)
+class TurboCell:
+    device: str
+    block_len: int
+    candidates: int
+    padding: float  # share of history slots that are padding
+    per_pair_timed_candidates: int  # N when measured in full, else the subset it was scaled from
+    latency_s: dict[str, Stats]  # per request (B = 1), per path
+    candidates_per_s: dict[str, Stats]
+    speedup: dict[str, Stats]  # per-pair time / path time, per round
+    scaling_check: Stats | None  # measured per-pair / subset-scaled per-pair, per round (full cells only)
+
+    @property
+    def per_pair_method(self) -> str:
+        if self.per_pair_timed_candidates == self.candidates:
+            return "measured"
+        k = self.per_pair_timed_candidates
+        return f"extrapolated: {k} candidates timed, x{self.candidates / k:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "block_len": self.block_len,
+            "candidates": self.candidates,
+            "padding": self.padding,
+            "per_pair_timed_candidates": self.per_pair_timed_candidates,
+            "per_pair_method": self.per_pair_method,
+            "latency_s": {k: v.to_dict() for k, v in self.latency_s.items()},
+            "candidates_per_s": {k: v.to_dict() for k, v in self.candidates_per_s.items()},
+            "speedup_vs_per_pair": {k: v.to_dict() for k, v in self.speedup.items()},
+            "per_pair_scaling_check": None if self.scaling_check is None else self.scaling_check.to_dict(),
+        }
+
+
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What to wait on before reading the clock: the CUDA stream on a GPU, nothing on the CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+@torch.inference_mode()
+def run_turbo(
+    model: AstroModel,
+    device: torch.device,
+    block_lens: list[int],
+    candidate_counts: list[int],
+    rounds: int,
+    warmup: int,
+    per_pair_full_max: int,
+    per_pair_subset: int,
+    seed: int,
+    progress: Callable[[str], None],
+) -> list[TurboCell]:
+    model = model.to(device).eval()
+    sync = device_sync(device)
+    cells = []
+    total = len(block_lens) * len(candidate_counts)
+    for tb in block_lens:
+        for n in candidate_counts:
+            req = make_request(model.cfg, seed, 1, tb, n)
+            t = to_torch(req, device)
+            subset = min(per_pair_subset, n)
+            timed = n if n <= per_pair_full_max else subset
+            contenders: dict[str, Callable[[], object]] = {
+                "per_pair": partial(model.per_pair, t.history, t.request, t.candidates[:, :timed]),
+                "sumi": partial(model.sumi, t.history, t.request, t.candidates),
+                "split": partial(model.split, t.history, t.request, t.candidates),
+            }
+            check = timed == n and subset < n
+            if check:
+                contenders[SUBSET] = partial(model.per_pair, t.history, t.request, t.candidates[:, :subset])
+            times = interleaved_rounds(contenders, rounds, warmup, sync)
+            times["per_pair"] = [s * n / timed for s in times["per_pair"]]
+            scaled = [s * n / subset for s in times.get(SUBSET, [])]
+            latency = {p: Stats.of(times[p]) for p in PATHS}
+            cells.append(
+                TurboCell(
+                    device=device_label(device),
+                    block_len=tb,
+                    candidates=n,
+                    padding=padding_fraction(req),
+                    per_pair_timed_candidates=timed,
+                    latency_s=latency,
+                    candidates_per_s={p: Stats.of([n / s for s in times[p]]) for p in PATHS},
+                    speedup={p: per_round_ratio(times["per_pair"], times[p]) for p in PATHS if p != "per_pair"},
+                    scaling_check=per_round_ratio(times["per_pair"], scaled) if check else None,
+                )
+            )
+            c = cells[-1]
+            progress(
+                f"  [{len(cells)}/{total}] {c.device} Tb={tb} N={n}: per-pair {1e3 * latency['per_pair'].median:.1f} ms"
+                f" ({c.per_pair_method}), SUMI {1e3 * latency['sumi'].median:.2f} ms"
+                f" (x{c.speedup['sumi'].median:.1f}), split {1e3 * latency['split'].median:.2f} ms"
+                f" (x{c.speedup['split'].median:.1f})"
+            )
+    return cells

@@ -1,0 +1,80 @@
+"""The benchmark package: FLOP formulas against the model's real matrix products, and a
+``python -m bench --quick`` run end to end. Timings are printed by the benchmark, never asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.__main__ import main as bench_main
+from bench.machine import NO_GPU
+from bench.roofline import dense_flops, encoder_flops, path_flops, scorer_flops
+from bench.timing import Stats, per_round_ratio
+from bench.workload import make_request, to_torch
+from model.astro import AstroModel
+from model.config import AstroConfig
+
+
+def counted(fn: object) -> int:
+    """FLOPs of the matrix products (mm, addmm, bmm, ...) torch really runs inside ``fn()``."""
+    assert callable(fn)
+    with FlopCounterMode(display=False) as mode:
+        fn()
+    return int(mode.get_total_flops())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize(("batch", "block_len", "n"), [(1, 1, 1), (2, 5, 7), (3, 12, 40)])
+def test_flop_formulas_equal_counted_matmuls(preset: str, batch: int, block_len: int, n: int) -> None:
+    cfg = AstroConfig.from_name(preset)
+    block_len = min(block_len, cfg.max_block_len)
+    torch.manual_seed(0)
+    model = AstroModel(cfg).eval()
+    t = to_torch(make_request(cfg, 0, batch, block_len, n), torch.device("cpu"))
+    with torch.inference_mode():
+        cache = model.encode_user(t.history, t.request)
+        assert counted(lambda: model.encode_user(t.history, t.request)) == encoder_flops(cfg, batch, block_len)
+        assert counted(lambda: model.score_candidates(t.candidates, t.request, cache)) == scorer_flops(
+            cfg, batch, block_len, n
+        )
+        assert counted(lambda: model.sumi(t.history, t.request, t.candidates)) == dense_flops(cfg, batch, block_len, n)
+        pp = path_flops(cfg, "per_pair", batch, block_len, n)
+        assert counted(lambda: model.per_pair(t.history, t.request, t.candidates)) == pp
+
+
+def test_per_round_ratio_pairs_rounds() -> None:
+    s = per_round_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert (s.median, s.min, s.max, s.n) == (2.0, 2.0, 3.0, 3)
+    assert Stats.of([1.0, 2.0, 3.0, 4.0]).scaled(1e3).median == 2500.0
+
+
+@pytest.mark.server
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    rc = bench_main(["--quick", "--out", str(out), "--concurrency", "1,2", "--served-requests", "6"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {(c["block_len"], c["candidates"]) for c in results["turbo"]} == {(32, 16), (32, 64)}
+    for cell in results["turbo"]:
+        assert cell["per_pair_method"] == "measured" and cell["device"] == "cpu"
+        assert set(cell["speedup_vs_per_pair"]) == {"sumi", "split"}
+    assert set(results["runtimes"][0]["seconds"]) == {"torch_eager", "ort_fp32", "ort_fp16"}
+    levels = results["served"]["levels"]
+    assert [(lv["cache_dtype"], lv["concurrency"]) for lv in levels] == [("fp32", 1), ("fp32", 2)]
+    assert all(lv["requests_per_phase"] == 6 for lv in levels)
+    assert (
+        results["served"]["handoff_bytes"]["fp16"]["user_keys"] * 2
+        == results["served"]["handoff_bytes"]["fp32"]["user_keys"]
+    )
+    assert results["efficiency"] and results["matmul_flops"]["median"] > 0
+    if not torch.cuda.is_available():
+        assert results["gpu"] == {"device": NO_GPU}
+    report = (out / "report.md").read_text()
+    for heading in ("## Machine", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## Findings and fixes"):
+        assert heading in report, heading
+    for png in ("turbo.png", "runtimes.png", "served.png", "roofline.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
