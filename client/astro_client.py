@@ -315,9 +315,13 @@ class _ClientBase:
         private_key: str | Path | None = None,
         certificate_chain: str | Path | None = None,
         spec: ServingSpec | None = None,
+        max_in_flight: int = 4,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight} must be >= 1")
+        self.max_in_flight = max_in_flight
         self.url = url
         self.model = model
         self.timeout_s = float(timeout_s)
@@ -344,6 +348,11 @@ class _ClientBase:
         if spec is not None:
             check_spec(spec)
         self._spec = spec
+        self._open()
+
+    def _open(self) -> None:
+        """Per-client setup once the options are parsed (locks, the gRPC channel)."""
+        raise NotImplementedError
 
     def _parse_config(self, config: Mapping[str, Any]) -> ServingSpec:
         return spec_from_model_config(config, self.model)
@@ -376,38 +385,10 @@ class AstroClient(_ClientBase):
     ``backoff_max_s``). ``headers`` go with every call (keys lowercased, as gRPC requires).
     With ``ssl=True``, the PEM files ``root_certificates``, ``private_key`` and
     ``certificate_chain`` go to ``tritonclient``. Pass ``spec`` to skip fetching it.
+    ``max_in_flight`` is for :class:`AsyncAstroClient`; this client sends chunks in order.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model: str = ENSEMBLE,
-        *,
-        timeout_s: float = 10.0,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        backoff_max_s: float = 1.0,
-        headers: Mapping[str, str] | None = None,
-        ssl: bool = False,
-        root_certificates: str | Path | None = None,
-        private_key: str | Path | None = None,
-        certificate_chain: str | Path | None = None,
-        spec: ServingSpec | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            model,
-            timeout_s=timeout_s,
-            retries=retries,
-            backoff_s=backoff_s,
-            backoff_max_s=backoff_max_s,
-            headers=headers,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            spec=spec,
-        )
+    def _open(self) -> None:
         self._spec_lock = threading.Lock()
         self._triton = grpcclient.InferenceServerClient(**self._triton_kwargs)
 
@@ -535,40 +516,7 @@ class AsyncAstroClient(_ClientBase):
     ``async with`` or ``await close()``.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model: str = ENSEMBLE,
-        *,
-        timeout_s: float = 10.0,
-        retries: int = 2,
-        backoff_s: float = 0.05,
-        backoff_max_s: float = 1.0,
-        headers: Mapping[str, str] | None = None,
-        ssl: bool = False,
-        root_certificates: str | Path | None = None,
-        private_key: str | Path | None = None,
-        certificate_chain: str | Path | None = None,
-        spec: ServingSpec | None = None,
-        max_in_flight: int = 4,
-    ) -> None:
-        super().__init__(
-            url,
-            model,
-            timeout_s=timeout_s,
-            retries=retries,
-            backoff_s=backoff_s,
-            backoff_max_s=backoff_max_s,
-            headers=headers,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            spec=spec,
-        )
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight={max_in_flight} must be >= 1")
-        self.max_in_flight = max_in_flight
+    def _open(self) -> None:
         self._spec_lock = asyncio.Lock()
         self._triton_client: Any = None
 
