@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.__main__ import main as export_main
-from export.onnx_graphs import OPSET, CacheDType, GraphPaths, check_graph
+from export.onnx_graphs import OPSET, CacheDType, GraphPaths, check_graph, export_graphs
 from export.parity import TOLERANCES, OrtPipeline, ParityError, Shape, check_ort_parity, shape_grid, torch_split
 from export.repository import TARGETS, composing_config, ensemble_config, write_repository
 from export.repository_check import RepositoryError, check_repository, wiring_errors
@@ -22,6 +23,7 @@ from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.config import AstroConfig
 from model.random_inputs import random_request
 from model.serving_spec import ENSEMBLE, ITEM_SCORER, USER_ENCODER, ServingSpec
+from serve.triton_server import TritonServer
 
 
 def random_grid(cfg: AstroConfig, rng: np.random.Generator, count: int) -> list[Shape]:
@@ -66,8 +68,6 @@ def test_ort_matches_pytorch_over_shapes(
 
 def test_trained_model_fp16_cache_keeps_rankings(small_model: AstroModel, tmp_path: Path) -> None:
     """On the trained model, the fp16 cache keeps each user's top-10 candidates (>= 90% overlap)."""
-    from export.onnx_graphs import export_graphs
-
     paths = export_graphs(small_model, tmp_path, "fp16", progress=lambda _: None)
     shapes = [Shape(4, 64, 200, 1), Shape(2, small_model.cfg.max_block_len, 500)]
     report = check_ort_parity(small_model, paths, "fp16", shapes, seed=7, progress=lambda _: None)
@@ -97,9 +97,9 @@ def test_ort_scores_are_finite_for_empty_history(
 def test_generated_configs_parse_and_wire(target: str, cache_dtype: str) -> None:
     cfg = AstroConfig.from_name("small")
     configs = {
-        USER_ENCODER: composing_config(cfg, USER_ENCODER, target, cache_dtype, threads=2),  # type: ignore[arg-type]
-        ITEM_SCORER: composing_config(cfg, ITEM_SCORER, target, cache_dtype, threads=2),  # type: ignore[arg-type]
-        ENSEMBLE: ensemble_config(cfg, target, cache_dtype),  # type: ignore[arg-type]
+        USER_ENCODER: composing_config(cfg, USER_ENCODER, target, cache_dtype, threads=2),
+        ITEM_SCORER: composing_config(cfg, ITEM_SCORER, target, cache_dtype, threads=2),
+        ENSEMBLE: ensemble_config(cfg, target, cache_dtype),
     }
     parsed = {k: text_format.Parse(text_format.MessageToString(v), mc.ModelConfig()) for k, v in configs.items()}
     assert wiring_errors(parsed) == []
@@ -153,7 +153,7 @@ def test_repository_on_disk_is_complete(tiny_graphs: Callable[[CacheDType], Grap
     files = {USER_ENCODER: paths.user_encoder, ITEM_SCORER: paths.item_scorer}
     for target in ("python", "onnxruntime"):
         root = tmp_path / target
-        write_repository(root, cfg, target, files, "fp32", progress=lambda _: None)  # type: ignore[arg-type]
+        write_repository(root, cfg, target, files, "fp32", progress=lambda _: None)
         configs = check_repository(root)
         assert set(configs) == {ENSEMBLE, USER_ENCODER, ITEM_SCORER}
         assert (root / USER_ENCODER / "1" / "model.onnx").is_file()
@@ -172,13 +172,8 @@ def test_export_cli_produces_a_checked_repository(exported_repo: Path) -> None:
 
 
 @pytest.mark.server
-def test_exported_repository_loads_in_real_triton(triton: object) -> None:
+def test_exported_repository_loads_in_real_triton(triton: TritonServer) -> None:
     """Smoke-load: the fixture raises with the server's log unless every model became ready."""
-    import tritonclient.grpc as grpcclient
-
-    from serve.triton_server import TritonServer
-
-    assert isinstance(triton, TritonServer)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     for name in (ENSEMBLE, USER_ENCODER, ITEM_SCORER):
         assert client.is_model_ready(name), name
