@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): TURBO breakdown, runtimes, served Triton, FLOP limit, GPU.
 
-    python -m bench                # the full run (~10 min on 2 CPU cores) -> docs/bench/
-    python -m bench --quick        # smoke run (~2 min), written to a temp folder unless --out
+    python -m bench                # the full run (3-4 min on 2 CPU cores) -> docs/bench/
+    python -m bench --quick        # smoke run (about 1 min), written to a temp folder unless --out
     python -m bench --threads 2    # another thread count for torch, ONNX Runtime and the served models
 
 Sections (docs/bench/report.md explains each):
