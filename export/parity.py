@@ -99,6 +99,9 @@ class OrtPipeline:
     def __init__(self, paths: GraphPaths, threads: int = 0) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # as the served model does: idle pool threads sleep instead of spinning on the cores the other stage needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.user = ort.InferenceSession(str(paths.user_encoder), opts, providers=["CPUExecutionProvider"])
         self.scorer = ort.InferenceSession(str(paths.item_scorer), opts, providers=["CPUExecutionProvider"])
 

@@ -132,6 +132,12 @@ class AstroModel(nn.Module):
         """Ids in [0, n) pass; anything else maps to the learned unknown slot n."""
         return torch.where((x >= 0) & (x < n), x, torch.full_like(x, n))
 
+    @staticmethod
+    def _mask_bias(valid: Tensor) -> Tensor:
+        """Additive attention bias: 0 for a real key, MASK_LOGIT for padding (same shape as ``valid``)."""
+        zero = torch.zeros((), dtype=torch.float32, device=valid.device)
+        return torch.where(valid, zero, torch.full_like(zero, MASK_LOGIT))
+
     def temperatures(self, request_scenario: Tensor) -> Tensor:
         """request_scenario [B, 1] -> tau [B, Nb+1, L, H] (index Nb: the candidate's own key)."""
         raw = self.temperature_raw[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
@@ -171,7 +177,7 @@ class AstroModel(nn.Module):
         x, valid = self.embed_history(h, request)
         b, nb, tb, _ = x.shape
         tau = self.temperatures(request.scenario)[:, :nb]  # [B, Nb, L, H]
-        key_ok = valid[:, :, None, None, :]  # [B, Nb, 1, 1, Tb]
+        key_bias = self._mask_bias(valid)[:, :, None, None, :]  # [B, Nb, 1, 1, Tb], built once for all layers
         scale = 1.0 / math.sqrt(self.cfg.head_dim)
         keys, values = [], []
         for li, layer in enumerate(self.stack):
@@ -181,8 +187,7 @@ class AstroModel(nn.Module):
             values.append(v)
             if li == len(self.stack) - 1:
                 break  # the last layer's user outputs feed nothing: only its keys/values are needed
-            att = (q @ k.transpose(-1, -2)) * scale  # [B, Nb, H, Tb, Tb]
-            att = att.masked_fill(~key_ok, MASK_LOGIT).softmax(-1)
+            att = ((q * scale) @ k.transpose(-1, -2) + key_bias).softmax(-1)  # [B, Nb, H, Tb, Tb]
             x = layer.finish(x, att @ v)
         # (B, Nb, H, Tb, dh) per layer -> (B, L, H, Nb*Tb, dh), block-major token order
         k_all = torch.stack(keys, 1).transpose(2, 3).reshape(b, len(keys), self.cfg.n_heads, nb * tb, -1)
@@ -192,19 +197,21 @@ class AstroModel(nn.Module):
     def score_candidates(self, cand_item_ids: Tensor, request: Request, cache: UserCache) -> Tensor:
         """M-FALCON: each candidate attends to all valid user tokens and itself. -> logits [B, N, T]."""
         c = self.embed_candidates(cand_item_ids, request)  # [B, N, d]
-        s = cache.mask.shape[1]
         tau_self = self.temperatures(request.scenario)[:, -1]  # [B, L, H]
-        user_ok = cache.mask[:, None, None, :]  # [B, 1, 1, S]
+        s = cache.mask.shape[1]
+        bias = self._mask_bias(cache.mask).to(c.dtype)  # [B, S], built once for all layers
+        user_bias = bias.repeat_interleave(self.cfg.n_heads, 0)[:, None, :]  # [B*H, 1, S]
         scale = 1.0 / math.sqrt(self.cfg.head_dim)
         for li, layer in enumerate(self.stack):
             q, k, v = layer.qkv_heads(c)  # [B, H, N, dh]
+            q = q * scale  # on [B, H, N, dh], not on the N x S logits
             k = k / tau_self[:, li, :, None, None]
             uk = cache.keys[:, li].to(q.dtype)  # [B, H, S, dh]; an fp16 cache is computed on in fp32
             uv = cache.values[:, li].to(q.dtype)
-            att_user = (q @ uk.transpose(-1, -2)) * scale  # [B, H, N, S]
-            att_user = att_user.masked_fill(~user_ok, MASK_LOGIT)
-            att_self = (q * k).sum(-1, keepdim=True) * scale  # [B, H, N, 1]
-            att = torch.cat([att_user, att_self], -1).softmax(-1)  # [B, H, N, S+1]
+            # [B*H, N, S]: bias + q @ ukᵀ in one fused call (scale and mask cost no extra pass)
+            att_user = torch.baddbmm(user_bias, q.flatten(0, 1), uk.flatten(0, 1).transpose(-1, -2))
+            att_self = (q * k).sum(-1, keepdim=True)  # [B, H, N, 1]: each candidate's own key
+            att = torch.cat([att_user.view(*q.shape[:3], s), att_self], -1).softmax(-1)  # [B, H, N, S+1]
             y = att[..., :s] @ uv + att[..., s:] * v  # [B, H, N, dh]
             c = layer.finish(c, y)
         return self.logits(c)
