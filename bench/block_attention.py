@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.cli_types import int_list
 from model.astro import AstroModel, History, Request
 from model.config import PRESETS, AstroConfig, BlockSpec
 from model.random_inputs import NOW
@@ -129,16 +130,6 @@ def table(cfg: AstroConfig, rows: list[Row], threads: int, repeats: int) -> str:
             f"{r.ratio:>10.2f}"
         )
     return "\n".join(lines)
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def main(argv: list[str] | None = None) -> None:
