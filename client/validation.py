@@ -104,7 +104,7 @@ def check_non_negative(field: str, arr: I64) -> None:
         raise RequestError(
             field,
             f"value {int(arr[idx])} at index {idx} is negative ({int(bad.sum())} negative in all); "
-            "ids and unix timestamps must be >= 0",
+            "unix timestamps must be >= 0",
         )
 
 
@@ -121,11 +121,11 @@ def _join(prefix: str, name: str) -> str:
 
 
 def validate_history(history: EventHistory, field: str = "history") -> EventHistory:
-    """The history with four equal-length 1-D int64 fields; item ids and timestamps ``>= 0``.
+    """The history with four equal-length 1-D int64 fields; timestamps ``>= 0``.
 
-    Behaviour and scenario ids outside the known ranges are legal (the graphs map them
-    to an "unknown" slot), so only their dtype is checked. Item id 0 is padding and
-    is dropped when blocks are built.
+    Item ids are any int64 (the graphs hash them, negative ones too); behaviour and scenario
+    ids outside the known ranges are legal (the graphs map them to an "unknown" slot), so only
+    their dtype is checked. Item id 0 is padding and is dropped when blocks are built.
     """
     if not isinstance(history, EventHistory):
         raise RequestError(field, f"must be a model.blocks.EventHistory, got {type(history).__name__}")
@@ -135,16 +135,14 @@ def validate_history(history: EventHistory, field: str = "history") -> EventHist
         raise RequestError(
             field, "fields must have equal lengths, got " + " ".join(f"{k}={v}" for k, v in lengths.items())
         )
-    check_non_negative(f"{field}.item_ids", arrays["item_ids"])
     check_non_negative(f"{field}.timestamps", arrays["timestamps"])
     return EventHistory(**arrays)
 
 
 def validate_candidates(candidates: object, field: str = "candidates") -> I64:
-    """``[N]`` int64 candidate ids, ``N >= 1``, none negative. Any N: the client chunks long lists."""
-    arr = as_int64_array(field, candidates, ndim=1, allow_empty=False)
-    check_non_negative(field, arr)
-    return arr
+    """``[N]`` int64 candidate ids (any value: the graphs hash them), ``N >= 1``. Any N: the client
+    chunks long lists."""
+    return as_int64_array(field, candidates, ndim=1, allow_empty=False)
 
 
 def validate_request(request: ScoreRequest, field: str = "") -> ScoreRequest:
@@ -218,7 +216,7 @@ def validate_inputs(inputs: Mapping[str, Any], spec: ServingSpec) -> dict[str, I
             f"N={n} candidates per user is outside [1, max_candidates={spec.max_candidates}]; "
             "AstroClient.score chunks longer lists",
         )
-    for name in ("hist_item_ids", "hist_timestamps", "request_timestamp", CANDIDATE_INPUT):
+    for name in ("hist_timestamps", "request_timestamp"):
         check_non_negative(name, arrays[name])
     return arrays
 

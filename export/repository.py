@@ -129,7 +129,7 @@ def composing_config(cfg: AstroConfig, graph: str, target: Target, cache_dtype: 
     return c
 
 
-def ensemble_config(cfg: AstroConfig, target: Target, cache_dtype: str) -> mc.ModelConfig:
+def ensemble_config(cfg: AstroConfig, cache_dtype: str) -> mc.ModelConfig:
     inputs, outputs = ensemble_io(cfg)
     c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=cfg.max_batch_size)
     c.input.extend(_tensor(t, mc.ModelInput) for t in inputs)
@@ -142,12 +142,8 @@ def ensemble_config(cfg: AstroConfig, target: Target, cache_dtype: str) -> mc.Mo
             step.input_map[t.name] = t.name  # explicit maps: ensemble tensor names equal graph names
         for t in g_out:
             step.output_map[t.name] = t.name
-    params = {
-        **ServingSpec.from_config(cfg).to_parameters(),
-        "cache_dtype": cache_dtype,
-        "target": target,
-        "preset": cfg.name,
-    }
+    # identical across targets: what a target changes lives in the composing models' configs
+    params = {**ServingSpec.from_config(cfg).to_parameters(), "cache_dtype": cache_dtype, "preset": cfg.name}
     for k, v in params.items():
         c.parameters[k].string_value = v
     return c
@@ -200,7 +196,7 @@ def write_repository(
         progress(f"  wrote {graph}/ ({dest.name}, config.pbtxt)")
     (out / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version dir
     config_path = out / ENSEMBLE / "config.pbtxt"
-    write_config(config_path, ensemble_config(cfg, target, cache_dtype))
+    write_config(config_path, ensemble_config(cfg, cache_dtype))
     written.append(config_path)
     progress(f"  wrote {ENSEMBLE}/ (ensemble config.pbtxt)")
     return written

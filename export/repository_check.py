@@ -24,6 +24,19 @@ def load_config(path: Path) -> mc.ModelConfig:
         raise RepositoryError(f"{path}: not a valid Triton ModelConfig: {e}") from e
 
 
+def _missing_files(model_dir: Path, c: mc.ModelConfig) -> list[str]:
+    """The files the model's platform or backend will open, absent from its version directories."""
+    if c.backend == "python":
+        needed = ["model.py", c.parameters["onnx_file"].string_value or "model.onnx"]
+    else:
+        default = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx"}.get(c.platform, "")
+        needed = [c.default_model_filename or default]
+    versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        return ["no version directory"]
+    return [f"{v.name}/{f} is missing" for v in versions for f in needed if not (v / f).is_file()]
+
+
 def _sig(t: mc.ModelInput | mc.ModelOutput) -> tuple[str, list[int]]:
     return mc.DataType.Name(t.data_type), list(t.dims)
 
@@ -36,10 +49,7 @@ def check_repository(root: Path) -> dict[str, mc.ModelConfig]:
         if c.name != name:
             errors.append(f"{name}/config.pbtxt names the model {c.name!r}")
         if c.platform != "ensemble":
-            versions = [p for p in (root / name).iterdir() if p.is_dir() and p.name.isdigit()]
-            files = [f for v in versions for f in v.iterdir() if f.is_file()]
-            if not files:
-                errors.append(f"{name}: no version directory with a model file")
+            errors += [f"{name}: {e}" for e in _missing_files(root / name, c)]
     if ENSEMBLE not in configs:
         raise RepositoryError(f"{root}: no {ENSEMBLE}/config.pbtxt (run `make export`)")
     errors += wiring_errors(configs)

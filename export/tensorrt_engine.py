@@ -290,14 +290,16 @@ def precision_flags(precision: Precision | str) -> PrecisionFlags:
 #    INormalizationLayer already computes in fp32 by default (its ``compute_precision``); the
 #    pin also keeps its input and output, the residual stream, in fp32;
 #  * REDUCE: sums/means over d_model or S accumulate rounding error in fp16;
-#  * SELECT (ONNX Where, i.e. masked_fill): the mask logit -1e9 (model.astro.MASK_LOGIT) is
-#    -inf in fp16, and a fully masked row (an empty block) then softmaxes to NaN instead of
-#    the finite uniform weights fp32 gives.
+#  * SELECT (ONNX Where): builds the additive padding bias and masks the dense reference path.
+#    The mask logit itself (model.astro.MASK_LOGIT = -3e4) is chosen finite in fp16 (whose
+#    range ends at -65504), so the bias Add, an ELEMENTWISE layer that may run in fp16, never
+#    turns a fully masked row (an empty block) into -inf and a NaN softmax.
 FP32_LAYER_TYPES = frozenset({"SOFTMAX", "RAGGED_SOFTMAX", "NORMALIZATION", "REDUCE", "SELECT"})
 # Element-wise layer types kept in fp32 only when their (ONNX node) name shows they belong
 # to a normalisation, a softmax or an exp/log/pow/sqrt chain: a LayerNorm or softmax that
-# the exporter decomposed into ReduceMean/Sub/Pow/Sqrt/Div or Exp/ReduceSum/Div, the
-# softplus of the dynamic temperature, and the sigmoid that turns logits into scores.
+# an exporter decomposed into ReduceMean/Sub/Pow/Sqrt/Div or Exp/ReduceSum/Div, a softplus
+# or sigmoid. torch's dynamo exporter names most nodes generically (``node_Add_12``), so for
+# our graphs this is a safety net: what must stay fp32 there is pinned by type above.
 NAME_GATED_LAYER_TYPES = frozenset({"UNARY", "ELEMENTWISE", "ACTIVATION"})
 FP32_NAME_TOKENS = frozenset(
     {

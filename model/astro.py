@@ -27,7 +27,9 @@ from torch import Tensor, nn
 from model.config import AstroConfig
 
 TIME_LIMIT = 2**62 - 1  # timestamps are clamped to ±TIME_LIMIT s so that their difference fits in int64
-MASK_LOGIT = -1e9  # finite, so a fully masked row (an empty block) softmaxes to finite weights
+# Additive logit of a padding key: exp(-3e4 - max) is 0 in fp32, and it is finite in fp16 (range
+# +-65504), so a fully masked row (an empty block) softmaxes to finite weights on every precision.
+MASK_LOGIT = -3e4
 
 
 class History(NamedTuple):
@@ -146,7 +148,9 @@ class AstroModel(nn.Module):
     def embed_history(self, h: History, request: Request) -> tuple[Tensor, Tensor]:
         """-> user tokens [B, Nb, Tb, d] and valid mask [B, Nb, Tb]."""
         nb, tb = h.item_ids.shape[-2:]
-        slot = torch.arange(tb, device=h.item_ids.device)
+        # clamped: a Tb above max_block_len (which only the python target and TensorRT profiles refuse)
+        # reuses the last position row instead of reading another block's rows or past the table
+        slot = torch.arange(tb, device=h.item_ids.device).clamp(max=self.cfg.max_block_len - 1)
         pos = torch.arange(nb, device=slot.device)[:, None] * self.cfg.max_block_len + slot  # [Nb, Tb]
         now = request.timestamp.clamp(-TIME_LIMIT, TIME_LIMIT)[:, :, None]  # [B, 1, 1]
         age = (now - h.timestamps.clamp(-TIME_LIMIT, TIME_LIMIT)).clamp(min=0)  # [B, Nb, Tb]; future events -> 0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from export.repository_check import load_config
 from serve.triton_server import (
     MODEL_CONTROL_MODES,
     GrpcTls,
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def not_servable_here(repository: Path, models: Sequence[str]) -> list[str]:
+    """Models of the repository that need another backend than Python (tensorrt_plan, onnxruntime_onnx)."""
+    paths = {m: repository / m / "config.pbtxt" for m in models}
+    configs = {m: load_config(p) for m, p in paths.items() if p.is_file()}
+    return [f"{m} ({c.platform})" for m, c in configs.items() if c.platform not in ("", "ensemble")]
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """First Ctrl-C/SIGTERM: unwind (the ``with`` block stops the server); later ones are ignored meanwhile."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -120,6 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"error: model repository '{repository}' {what}.\n"
             "Run `make export` first to export the ASTRO model and write the Triton model repository.",
+            file=sys.stderr,
+        )
+        return 2
+    foreign = not_servable_here(repository, models)
+    if foreign:
+        print(
+            f"error: {', '.join(foreign)} in '{repository}' need a Triton backend the nvidia-pytriton server lacks "
+            "(it has the Python backend only). Serve this repository in the NGC container (README: 'Model "
+            "repository targets'), or re-export for this server: python -m export --target python",
             file=sys.stderr,
         )
         return 2

@@ -94,27 +94,23 @@ class TritonPythonModel:
         return feeds
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                results = self.session.run(self.outputs, self._feeds(request))
-            except RequestRejected as e:
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-                    )
-                )
-                continue
-            except ORT_ERRORS as e:  # ONNX Runtime's own errors, with its message
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(f"{self.name}: ONNX Runtime failed: {e}")
-                    )
-                )
-                continue
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request: Any) -> Any:
+        """One request's response; a failure becomes that request's error, never the batch's."""
+        try:
+            results = self.session.run(self.outputs, self._feeds(request))
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r)) for n, r in zip(self.outputs, results, strict=True)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
+        except RequestRejected as e:
+            return pb_utils.InferenceResponse(
+                output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+            )
+        except ORT_ERRORS as e:  # ONNX Runtime's own errors, with its message
+            error = f"{self.name}: ONNX Runtime failed: {e}"
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error))
+        except pb_utils.TritonModelException as e:  # e.g. building an output tensor
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{self.name}: {e}"))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
         del self.session

@@ -138,8 +138,9 @@ def test_client_rejects_before_sending(triton: TritonServer) -> None:
     with AstroClient(triton.grpc_url) as client:
         with pytest.raises(RequestError, match=r"candidates.*empty"):
             client.score(history, [], 0, 1_700_000_000)
-        with pytest.raises(RequestError, match="-3"):
-            client.score(history, [1, -3], 0, 1_700_000_000)
+        with pytest.raises(RequestError, match=r"timestamp.*-3"):
+            client.score(history, [1, 2], 0, -3)
+        assert client.score(history, [1, -3], 0, 1_700_000_000).shape == (2, CFG.n_tasks)  # signed ids are legal
         bad = EventHistory(np.array([1, 2]), np.array([0]), np.array([0, 0]), np.array([1, 2]))
         with pytest.raises(RequestError, match="behaviors"):
             client.score(bad, [1], 0, 1_700_000_000)

@@ -134,13 +134,15 @@ def test_history_fields_must_be_ints_not_cast(field: str, bad: Any, dtype: str) 
     raises([f"history.{field}", f"dtype {dtype}"], validate_request, ScoreRequest(EventHistory(**fields), [1], 0, 0))
 
 
-def test_negative_history_item_id_names_index_and_value() -> None:
+def test_negative_item_ids_are_legal() -> None:
+    """Item ids are signed int64 hashed inside the graph: negative ones are valid ids, not errors."""
     h = history(5)
     items = h.item_ids.copy()
     items[3] = -42
-    items[4] = -1
-    bad = EventHistory(items, h.behaviors, h.scenarios, h.timestamps)
-    raises(["history.item_ids", "-42", "index 3", "2 negative", ">= 0"], validate_request, ScoreRequest(bad, [1], 0, 0))
+    items[4] = -(2**63)
+    odd = EventHistory(items, h.behaviors, h.scenarios, h.timestamps)
+    out = validate_request(ScoreRequest(odd, [-7, 2**63 - 1], 0, 0))
+    assert out.history.item_ids[3] == -42 and list(out.candidates) == [-7, 2**63 - 1]
 
 
 def test_negative_history_timestamp_is_refused() -> None:
@@ -167,7 +169,6 @@ def test_out_of_range_behaviours_and_scenarios_are_legal() -> None:
         ([1, 2.5], ["candidates", "dtype float64"]),
         ([True, False], ["candidates", "dtype bool"]),
         (["a", "b"], ["candidates", "dtype <U1"]),
-        ([5, -7, 9], ["candidates", "-7", "index 1", ">= 0"]),
         (np.array([1, 2**63], dtype=np.uint64), ["candidates", str(2**63), "index 1", "int64 maximum"]),
         ([1, 2**70], ["candidates", "dtype object"]),
         ([[1], [2, 3]], ["candidates"]),  # ragged
@@ -201,8 +202,8 @@ def test_not_a_history_or_request() -> None:
 
 
 def test_batch_errors_name_the_request_index() -> None:
-    batch = [request(), ScoreRequest(history(), [1, -3], 0, 0)]
-    err = raises(["requests[1].candidates", "-3", "index 1"], AstroClient._prepare, batch)
+    batch = [request(), ScoreRequest(history(), [], 0, 0)]
+    err = raises(["requests[1].candidates", "empty"], AstroClient._prepare, batch)
     assert err.field == "requests[1].candidates"
 
 
@@ -226,8 +227,7 @@ def test_valid_call_inputs_pass() -> None:
         (lambda d: d.update(request_scenario=np.ones((2, 2), I64)), ["request_scenario", "(2, 2)", "[B, 1]"]),
         (lambda d: d.update(hist_scenarios=np.ones((2, 3, 5), I64)), ["hist_scenarios", "(2, 3, 5)", "(2, 3, 4)"]),
         (lambda d: d.update(request_timestamp=np.full((2, 1), -9, I64)), ["request_timestamp", "-9", "index (0, 0)"]),
-        (lambda d: d[CANDIDATE_INPUT].__setitem__((1, 2), -4), ["cand_item_ids", "-4", "index (1, 2)"]),
-        (lambda d: d["hist_item_ids"].__setitem__((0, 1, 3), -1), ["hist_item_ids", "-1", "index (0, 1, 3)"]),
+        (lambda d: d["hist_timestamps"].__setitem__((0, 1, 3), -1), ["hist_timestamps", "-1", "index (0, 1, 3)"]),
     ],
 )
 def test_call_input_errors(change: Any, parts: list[str]) -> None:
@@ -488,7 +488,7 @@ def test_health_against_a_closed_port_says_not_ready(closed_port: int) -> None:
 
 def test_request_errors_raise_before_any_network_call(closed_port: int) -> None:
     with AstroClient(f"127.0.0.1:{closed_port}", retries=0) as c:
-        raises(["candidates", "-1"], c.score, history(), [-1], 0, 0)
+        raises(["candidates", "empty"], c.score, history(), [], 0, 0)
 
 
 # ---- over gRPC to a stub of Triton's protocol ---------------------------------------------
@@ -705,9 +705,9 @@ def test_cli_score_list_and_errors(
     out = json.loads(capsys.readouterr().out)
     assert [o["candidates"] for o in out] == [[11, 12, 13], [5]]
 
-    f.write_text(json.dumps(cli_request(candidates=[1, -2])))
+    f.write_text(json.dumps(cli_request(candidates=[1, 2.5])))
     assert main(["score", str(f), "--url", url]) == 2
-    assert "candidates: value -2 at index 1" in capsys.readouterr().err
+    assert "candidates" in capsys.readouterr().err
     f.write_text("{not json")
     assert main(["score", str(f), "--url", url]) == 2
     assert "input: is not valid JSON" in capsys.readouterr().err

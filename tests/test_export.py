@@ -99,7 +99,7 @@ def test_generated_configs_parse_and_wire(target: str, cache_dtype: str) -> None
     configs = {
         USER_ENCODER: composing_config(cfg, USER_ENCODER, target, cache_dtype, threads=2),
         ITEM_SCORER: composing_config(cfg, ITEM_SCORER, target, cache_dtype, threads=2),
-        ENSEMBLE: ensemble_config(cfg, target, cache_dtype),
+        ENSEMBLE: ensemble_config(cfg, cache_dtype),
     }
     parsed = {k: text_format.Parse(text_format.MessageToString(v), mc.ModelConfig()) for k, v in configs.items()}
     assert wiring_errors(parsed) == []
@@ -129,11 +129,19 @@ def test_generated_configs_parse_and_wire(target: str, cache_dtype: str) -> None
     assert list(kv.dims) == [cfg.n_layers, cfg.n_heads, -1, cfg.head_dim]
 
 
-def test_ensemble_config_is_identical_across_targets() -> None:
-    cfg = AstroConfig.from_name("small")
-    texts = {t: text_format.MessageToString(ensemble_config(cfg, t, "fp32")) for t in TARGETS}
-    stripped = {t: s.replace(f'string_value: "{t}"', "") for t, s in texts.items()}  # the "target" parameter
-    assert len(set(stripped.values())) == 1
+def test_ensemble_config_is_identical_across_targets(
+    tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path
+) -> None:
+    """The written ensemble config.pbtxt does not depend on the target (ensemble_config takes none);
+    the composing models' do."""
+    cfg = AstroConfig.from_name("tiny")
+    paths = tiny_graphs("fp32")
+    files = {USER_ENCODER: paths.user_encoder, ITEM_SCORER: paths.item_scorer}
+    for target in ("python", "onnxruntime"):
+        write_repository(tmp_path / target, cfg, target, files, "fp32", progress=lambda _: None)
+    ensembles = {(tmp_path / t / ENSEMBLE / "config.pbtxt").read_text() for t in ("python", "onnxruntime")}
+    composing = {(tmp_path / t / USER_ENCODER / "config.pbtxt").read_text() for t in ("python", "onnxruntime")}
+    assert len(ensembles) == 1 and len(composing) == 2
 
 
 def test_wiring_check_catches_mismatch() -> None:
@@ -141,7 +149,7 @@ def test_wiring_check_catches_mismatch() -> None:
     configs = {
         USER_ENCODER: composing_config(cfg, USER_ENCODER, "python", "fp16", 1),
         ITEM_SCORER: composing_config(cfg, ITEM_SCORER, "python", "fp32", 1),  # cache dtype disagrees
-        ENSEMBLE: ensemble_config(cfg, "python", "fp32"),
+        ENSEMBLE: ensemble_config(cfg, "fp32"),
     }
     errors = wiring_errors(configs)
     assert any("user_keys" in e and "TYPE_FP16" in e for e in errors), errors
@@ -159,6 +167,9 @@ def test_repository_on_disk_is_complete(tiny_graphs: Callable[[CacheDType], Grap
         assert (root / USER_ENCODER / "1" / "model.onnx").is_file()
         assert (root / ENSEMBLE / "1").is_dir()
         assert ((root / ITEM_SCORER / "1" / "model.py").is_file()) == (target == "python")
+    (tmp_path / "python" / USER_ENCODER / "1" / "model.onnx").unlink()  # model.py alone is not enough
+    with pytest.raises(RepositoryError, match=r"user_encoder: 1/model.onnx is missing"):
+        check_repository(tmp_path / "python")
     shutil.rmtree(tmp_path / "python" / ITEM_SCORER / "1")
     with pytest.raises(RepositoryError, match="item_scorer: no version directory"):
         check_repository(tmp_path / "python")
@@ -167,7 +178,7 @@ def test_repository_on_disk_is_complete(tiny_graphs: Callable[[CacheDType], Grap
 def test_export_cli_produces_a_checked_repository(exported_repo: Path) -> None:
     configs = check_repository(exported_repo)
     params = {k: v.string_value for k, v in configs[ENSEMBLE].parameters.items()}
-    assert params["target"] == "python" and params["preset"] == "small"
+    assert params["preset"] == "small" and configs[USER_ENCODER].backend == "python"
     assert (exported_repo / USER_ENCODER / "1" / "model.py").is_file()
 
 

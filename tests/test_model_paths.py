@@ -398,3 +398,13 @@ def test_split_runs_in_float64() -> None:
     h, req, cand = tensors(random_request(CFG, case_rng(52), 2, 5, 6))
     with torch.no_grad():
         torch.testing.assert_close(model.split(h, req, cand), model.sumi(h, req, cand), atol=1e-12, rtol=0)
+
+
+def test_block_length_above_the_limit_stays_in_bounds() -> None:
+    """Only the python target and TensorRT profiles refuse Tb > max_block_len; the graph itself must stay
+    total: extra slots reuse the last position row instead of reading another block's rows."""
+    model = make_model()
+    h, req, cand = tensors(random_request(CFG, case_rng(53), 2, CFG.max_block_len + 5, 4))
+    with torch.no_grad():
+        out = model.split(h, req, cand)
+    assert out.shape == (2, 4, CFG.n_tasks) and torch.isfinite(out).all()

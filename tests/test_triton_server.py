@@ -14,13 +14,18 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from export.onnx_graphs import CacheDType, GraphPaths
+from export.repository import write_repository
+from model.config import AstroConfig
+from model.serving_spec import ITEM_SCORER, USER_ENCODER
+from serve.__main__ import main as serve_main
 from serve.triton_server import (
     TritonInstall,
     TritonNotFoundError,
@@ -254,3 +259,15 @@ def test_cli_serves_until_sigterm(add_one_repo: Path, grpcclient: Any) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_cli_refuses_a_repository_for_another_backend(
+    tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make serve` on a repository exported for the NGC container says so instead of failing inside Triton."""
+    paths = tiny_graphs("fp32")
+    files = {USER_ENCODER: paths.user_encoder, ITEM_SCORER: paths.item_scorer}
+    write_repository(tmp_path, AstroConfig.from_name("tiny"), "onnxruntime", files, "fp32", progress=lambda _: None)
+    assert serve_main(["--repository", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "user_encoder (onnxruntime_onnx)" in err and "--target python" in err
