@@ -30,7 +30,7 @@ from bench.timing import Stats, rotated
 from export.parity import OrtPipeline
 from model.config import AstroConfig
 from model.random_inputs import RandomRequest
-from model.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER
+from model.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from serve.triton_server import TritonServer
 
 SIDES = ("in_process", "served")
@@ -121,7 +121,7 @@ def handoff_bytes(cfg: AstroConfig, batch: int, block_len: int, cache_dtype: str
     """Bytes user_encoder hands item_scorer per request: keys + values [B, L, H, S, dh] and mask [B, S] bool."""
     s = cfg.n_blocks * block_len
     kv = batch * cfg.n_layers * cfg.n_heads * s * cfg.head_dim * CACHE_ITEMSIZE[cache_dtype]
-    return {"user_keys": kv, "user_values": kv, "user_mask": batch * s, "total": 2 * kv + batch * s}
+    return {USER_KEYS: kv, USER_VALUES: kv, USER_MASK: batch * s, "total": 2 * kv + batch * s}
 
 
 def wire_bytes(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> dict[str, int]:

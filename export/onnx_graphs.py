@@ -20,14 +20,14 @@ from torch.export import Dim
 
 from model.astro import AstroModel, ItemScorer, UserEncoder
 from model.config import AstroConfig
-from model.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
+from model.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
 
 # torch.onnx logs a warning per torchvision op it cannot register; torchvision is not a dependency
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10's ONNX parser
 CacheDType = Literal["fp32", "fp16"]
 CACHE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
-CACHE_OUTPUTS = ("user_keys", "user_values", "user_mask")
+CACHE_OUTPUTS = CACHE_TENSORS
 USER_ENCODER_INPUTS = (*HISTORY_INPUTS, *REQUEST_INPUTS)
 ITEM_SCORER_INPUTS = (CANDIDATE_INPUT, "request_scenario", *CACHE_OUTPUTS)
 

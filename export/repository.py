@@ -29,6 +29,9 @@ from model.serving_spec import (
     REQUEST_INPUTS,
     SCORES_OUTPUT,
     USER_ENCODER,
+    USER_KEYS,
+    USER_MASK,
+    USER_VALUES,
     ServingSpec,
 )
 
@@ -60,9 +63,9 @@ def graph_io(cfg: AstroConfig, cache_dtype: str) -> dict[str, tuple[list[TensorS
     s_limit_mask = ((1, "user tokens S = Nb*Tb", s_max),)
     cache_type = CACHE_TYPES[cache_dtype]
     cache = [
-        TensorSpec("user_keys", cache_type, kv_dims, s_limit_kv),
-        TensorSpec("user_values", cache_type, kv_dims, s_limit_kv),
-        TensorSpec("user_mask", "TYPE_BOOL", (-1,), s_limit_mask),
+        TensorSpec(USER_KEYS, cache_type, kv_dims, s_limit_kv),
+        TensorSpec(USER_VALUES, cache_type, kv_dims, s_limit_kv),
+        TensorSpec(USER_MASK, "TYPE_BOOL", (-1,), s_limit_mask),
     ]
     history = [TensorSpec(n, "TYPE_INT64", (nb, -1), tb_limit) for n in HISTORY_INPUTS]
     request = [TensorSpec(n, "TYPE_INT64", (1,)) for n in REQUEST_INPUTS]

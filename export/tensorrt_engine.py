@@ -63,6 +63,9 @@ from model.serving_spec import (
     REQUEST_INPUTS,
     SCORES_OUTPUT,
     USER_ENCODER,
+    USER_KEYS,
+    USER_MASK,
+    USER_VALUES,
 )
 
 if TYPE_CHECKING:  # only for annotations: the module itself never needs TensorRT to import
@@ -77,10 +80,6 @@ log = logging.getLogger(__name__)
 Graph = Literal["user_encoder", "item_scorer"]
 GRAPHS: tuple[Graph, ...] = get_args(Graph)
 assert set(GRAPHS) == {USER_ENCODER, ITEM_SCORER}, "graph names drifted from model.serving_spec"
-
-# The cached keys/values and mask handed from the user encoder to the item scorer.
-USER_KEYS, USER_VALUES, USER_MASK = "user_keys", "user_values", "user_mask"
-CACHE_TENSORS = (USER_KEYS, USER_VALUES, USER_MASK)
 
 INSTALL_HINT = (
     "TensorRT engines need the TensorRT Python package and an NVIDIA GPU: on a GPU host run "

@@ -22,6 +22,9 @@ HISTORY_INPUTS = ("hist_item_ids", "hist_behaviors", "hist_scenarios", "hist_tim
 REQUEST_INPUTS = ("request_scenario", "request_timestamp")  # [B, 1]
 CANDIDATE_INPUT = "cand_item_ids"  # [B, N]
 SCORES_OUTPUT = "scores"  # FP32 [B, N, n_tasks]
+# What user_encoder hands item_scorer inside the ensemble: keys, values [B, L, H, S, dh], mask [B, S] bool.
+USER_KEYS, USER_VALUES, USER_MASK = "user_keys", "user_values", "user_mask"
+CACHE_TENSORS = (USER_KEYS, USER_VALUES, USER_MASK)
 
 
 @dataclass(frozen=True)
