@@ -24,11 +24,7 @@ import numpy.typing as npt
 import pytest
 
 from export.tensorrt_engine import (
-    CACHE_TENSORS,
     GRAPHS,
-    USER_KEYS,
-    USER_MASK,
-    USER_VALUES,
     EngineMetadata,
     build_engine,
     expected_dtypes,
@@ -39,7 +35,7 @@ from export.tensorrt_engine import (
 )
 from model.config import AstroConfig
 from model.random_inputs import random_request
-from model.serving_spec import CANDIDATE_INPUT, SCORES_OUTPUT
+from model.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, SCORES_OUTPUT, USER_KEYS, USER_MASK, USER_VALUES
 
 if TYPE_CHECKING:
     import onnxruntime

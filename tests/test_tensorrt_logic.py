@@ -13,11 +13,7 @@ from pathlib import Path
 import pytest
 
 from export.tensorrt_engine import (
-    CACHE_TENSORS,
     GRAPHS,
-    USER_KEYS,
-    USER_MASK,
-    USER_VALUES,
     EngineMetadata,
     Graph,
     Precision,
@@ -37,7 +33,16 @@ from export.tensorrt_engine import (
     tensorrt_available,
 )
 from model.config import PRESETS, AstroConfig
-from model.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
+from model.serving_spec import (
+    CACHE_TENSORS,
+    CANDIDATE_INPUT,
+    HISTORY_INPUTS,
+    REQUEST_INPUTS,
+    SCORES_OUTPUT,
+    USER_KEYS,
+    USER_MASK,
+    USER_VALUES,
+)
 
 ALL_PRESETS = sorted(PRESETS)
 
