@@ -40,6 +40,7 @@ from export.__main__ import main as export_main
 from export.onnx_graphs import CACHE_DTYPES
 from export.parity import OrtPipeline, load_graph_paths
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from model.config import AstroConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"
@@ -223,6 +224,20 @@ def export_repositories(
     return repos
 
 
+def check_shapes(a: argparse.Namespace, cfg: AstroConfig) -> None:
+    """The default shapes suit the `small` preset; refuse, before any work, ones another checkpoint's
+    config cannot take (the served requests must fit its limits; in-process paths only its Tb)."""
+    problems = [f"Tb={tb} > max_block_len={cfg.max_block_len}" for tb in a.block_lens if tb > cfg.max_block_len]
+    if a.served_block_len > cfg.max_block_len:
+        problems.append(f"--served-block-len {a.served_block_len} > max_block_len={cfg.max_block_len}")
+    if a.served_candidates > cfg.max_candidates:
+        problems.append(f"--served-candidates {a.served_candidates} > max_candidates={cfg.max_candidates}")
+    if a.served_batch > cfg.max_batch_size:
+        problems.append(f"--served-batch {a.served_batch} > max_batch_size={cfg.max_batch_size}")
+    if problems:
+        raise SystemExit(f"error: the {cfg.name!r} checkpoint cannot take these shapes: {'; '.join(problems)}")
+
+
 def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
@@ -230,6 +245,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     say(f"machine: {info['cpu']}, {info['cpus_usable']} cores, {a.threads} thread(s), GPU: {info['gpu']}")
     model = load_checkpoint(a.checkpoint)
     cfg = model.cfg
+    check_shapes(a, cfg)
     cpu = torch.device("cpu")
 
     say("[1/6] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
