@@ -365,6 +365,11 @@ class _ClientBase:
                 return delay
         raise _server_error(e, what, self.url, attempt) from e
 
+    def _health_report(self) -> dict[str, Any]:
+        """What health() fills in: nothing confirmed yet."""
+        return {"url": self.url, "model": self.model, "server_live": False, "server_ready": False,
+                "model_ready": False, "ready": False, "error": None}  # fmt: skip
+
     @staticmethod
     def _prepare(requests: Sequence[ScoreRequest]) -> list[ScoreRequest]:
         return [validate_request(r, f"requests[{i}]") for i, r in enumerate(requests)]
@@ -463,15 +468,7 @@ class AstroClient(_ClientBase):
     # -- health
     def health(self) -> dict[str, Any]:
         """``{url, model, server_live, server_ready, model_ready, ready, error}``; one attempt each, never raises."""
-        out: dict[str, Any] = {
-            "url": self.url,
-            "model": self.model,
-            "server_live": False,
-            "server_ready": False,
-            "model_ready": False,
-            "ready": False,
-            "error": None,
-        }
+        out = self._health_report()
         probes: list[tuple[str, Callable[[float], bool]]] = [
             ("server_live", lambda t: bool(self._triton.is_server_live(headers=self.headers, client_timeout=t))),
             ("server_ready", lambda t: bool(self._triton.is_server_ready(headers=self.headers, client_timeout=t))),
@@ -600,15 +597,7 @@ class AsyncAstroClient(_ClientBase):
 
     async def health(self) -> dict[str, Any]:
         """As :meth:`AstroClient.health`."""
-        out: dict[str, Any] = {
-            "url": self.url,
-            "model": self.model,
-            "server_live": False,
-            "server_ready": False,
-            "model_ready": False,
-            "ready": False,
-            "error": None,
-        }
+        out = self._health_report()
         c = self._client()
         probes: list[tuple[str, Callable[[float], Awaitable[bool]]]] = [
             ("server_live", lambda t: c.is_server_live(headers=self.headers, client_timeout=t)),
