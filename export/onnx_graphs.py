@@ -27,9 +27,8 @@ logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(loggin
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10's ONNX parser
 CacheDType = Literal["fp32", "fp16"]
 CACHE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
-CACHE_OUTPUTS = CACHE_TENSORS
 USER_ENCODER_INPUTS = (*HISTORY_INPUTS, *REQUEST_INPUTS)
-ITEM_SCORER_INPUTS = (CANDIDATE_INPUT, "request_scenario", *CACHE_OUTPUTS)
+ITEM_SCORER_INPUTS = (CANDIDATE_INPUT, "request_scenario", *CACHE_TENSORS)
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def export_graphs(
             UserEncoder(model, dtype).eval(),
             user_args,
             USER_ENCODER_INPUTS,
-            CACHE_OUTPUTS,
+            CACHE_TENSORS,
             (hist_dims,) * 4 + (req_dims,) * 2,
             paths.user_encoder,
         ),

@@ -81,8 +81,9 @@ def graph_io(cfg: AstroConfig, cache_dtype: str) -> dict[str, tuple[list[TensorS
 
 def ensemble_io(cfg: AstroConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The public contract (DESIGN.md section 3)."""
-    user_in, _ = graph_io(cfg, "fp32")[USER_ENCODER]
-    scorer_in, scorer_out = graph_io(cfg, "fp32")[ITEM_SCORER]
+    io = graph_io(cfg, "fp32")  # the cache dtype only changes tensors inside the ensemble
+    user_in, _ = io[USER_ENCODER]
+    scorer_in, scorer_out = io[ITEM_SCORER]
     return [*user_in, scorer_in[0]], scorer_out
 
 

@@ -53,7 +53,6 @@ class TritonPythonModel:
         self.outputs = [t["name"] for t in config["output"]]
         # {input: [[axis, what, max], ...]}: the dynamic axes' limits from the model config
         self.limits: dict[str, list[list[Any]]] = json.loads(params.get("input_limits", "{}"))
-        self.max_batch = int(config["max_batch_size"])
         onnx_inputs = {i.name for i in self.session.get_inputs()}
         missing = {n for n, _, _ in self.inputs} - onnx_inputs
         if missing:
