@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from model.blocks import EventHistory, stack_blocks
 from model.config import AstroConfig
 
 I64 = npt.NDArray[np.int64]
@@ -29,6 +30,22 @@ class RandomRequest:
     request_scenario: I64  # [B, 1]
     request_timestamp: I64
     cand_item_ids: I64  # [B, N]
+
+    @classmethod
+    def from_history(
+        cls, history: EventHistory, candidates: npt.ArrayLike, scenario: int, timestamp: int, cfg: AstroConfig
+    ) -> RandomRequest:
+        """One user's flat history as a batch-1 request, cut into blocks by the client's own helper."""
+        b = stack_blocks([history], cfg.blocks)
+        return cls(
+            b.item_ids,
+            b.behaviors,
+            b.scenarios,
+            b.timestamps,
+            np.array([[scenario]], np.int64),
+            np.array([[timestamp]], np.int64),
+            np.asarray(candidates, np.int64).reshape(1, -1),
+        )
 
     def as_dict(self) -> dict[str, I64]:
         return dict(self.__dict__)

@@ -11,13 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 
 from client import AstroClient, EventHistory, RequestError
-from model.astro import AstroModel, History, Request
+from export.parity import torch_per_pair
+from model.astro import AstroModel
 from model.config import AstroConfig
-from model.random_inputs import random_request
+from model.random_inputs import RandomRequest, random_request
 from model.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT
 from serve.triton_server import TritonServer
 
@@ -123,12 +123,7 @@ def test_odd_but_legal_values_score_like_pytorch(
     triton: TritonServer, small_model: AstroModel, case: str, arrays: Arrays
 ) -> None:
     served = send(triton.grpc_url, arrays)[SCORES_OUTPUT]
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
-    h = History(t["hist_item_ids"], t["hist_behaviors"], t["hist_scenarios"], t["hist_timestamps"])
-    with torch.no_grad():
-        ref = torch.sigmoid(
-            small_model.per_pair(h, Request(t["request_scenario"], t["request_timestamp"]), t["cand_item_ids"])
-        ).numpy()
+    ref = torch_per_pair(small_model, RandomRequest(**arrays))
     assert np.isfinite(served).all() and ((served > 0) & (served < 1)).all(), case
     np.testing.assert_allclose(served, ref, atol=1e-5, rtol=0, err_msg=case)
 

@@ -14,12 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest
-from model.astro import AstroModel, History, Request
-from model.blocks import stack_blocks
+from export.parity import torch_per_pair
+from model.astro import AstroModel
 from model.random_inputs import RandomRequest, random_request
 from model.serving_spec import ENSEMBLE, SCORES_OUTPUT, ServingSpec
 from model.synthetic import SyntheticWorld, WorldSpec
@@ -29,21 +28,12 @@ pytestmark = pytest.mark.server
 FP32_ATOL = 1e-5
 
 
-def per_pair(model: AstroModel, req: RandomRequest) -> npt.NDArray[np.float32]:
-    """The reference: every candidate scored by its own full pass. -> probabilities [B, N, T]."""
-    t = {k: torch.from_numpy(v) for k, v in req.as_dict().items()}
-    h = History(t["hist_item_ids"], t["hist_behaviors"], t["hist_scenarios"], t["hist_timestamps"])
-    with torch.no_grad():
-        logits = model.per_pair(h, Request(t["request_scenario"], t["request_timestamp"]), t["cand_item_ids"])
-    return torch.sigmoid(logits).numpy()
-
-
 def per_pair_sample(model: AstroModel, req: RandomRequest, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     """Per-pair reference for candidates ``idx`` only: a candidate's score does not depend on the
     other candidates (M-FALCON mask, tested in test_model_paths), so a sample is an exact check
     at a fraction of the per-pair cost."""
     sub = RandomRequest(**{**req.as_dict(), "cand_item_ids": req.cand_item_ids[:, idx]})
-    return per_pair(model, sub)
+    return torch_per_pair(model, sub)
 
 
 def sample_idx(n: int, rng: np.random.Generator, k: int = 48) -> npt.NDArray[np.int64]:
@@ -61,22 +51,6 @@ def raw_infer(url: str, req: RandomRequest) -> npt.NDArray[np.float32]:
     result = client.infer(ENSEMBLE, inputs, outputs=[grpcclient.InferRequestedOutput(SCORES_OUTPUT)])
     out: npt.NDArray[np.float32] = result.as_numpy(SCORES_OUTPUT)
     return out
-
-
-def as_request(
-    history: EventHistory, candidates: npt.NDArray[np.int64], scenario: int, ts: int, model: AstroModel
-) -> RandomRequest:
-    """One user's flat history as the block tensors the reference takes (the client's own helper)."""
-    b = stack_blocks([history], model.cfg.blocks)
-    return RandomRequest(
-        b.item_ids,
-        b.behaviors,
-        b.scenarios,
-        b.timestamps,
-        np.array([[scenario]]),
-        np.array([[ts]]),
-        candidates[None].astype(np.int64),
-    )
 
 
 def users(n: int, seed: int) -> list[tuple[EventHistory, int]]:
@@ -103,7 +77,11 @@ def test_raw_tritonclient_matches_per_pair(triton: TritonServer, small_model: As
         served = raw_infer(triton.grpc_url, req)
         assert served.shape == (b, n, cfg.n_tasks) and served.dtype == np.float32
         np.testing.assert_allclose(
-            served, per_pair(small_model, req), atol=FP32_ATOL, rtol=0, err_msg=f"B={b} Tb={tb} N={n} empty={empty}"
+            served,
+            torch_per_pair(small_model, req),
+            atol=FP32_ATOL,
+            rtol=0,
+            err_msg=f"B={b} Tb={tb} N={n} empty={empty}",
         )
         assert ((served > 0) & (served < 1)).all()
 
@@ -123,7 +101,9 @@ def test_client_scores_match_per_pair(triton: TritonServer, small_model: AstroMo
             cands = rng.integers(1, 10**9, size=int(rng.integers(1, 200)))
             served = client.score(history, cands, scenario, now)
             idx = sample_idx(len(cands), rng, k=16)
-            ref = per_pair_sample(small_model, as_request(history, cands, scenario, now, small_model), idx)[0]
+            ref = per_pair_sample(
+                small_model, RandomRequest.from_history(history, cands, scenario, now, small_model.cfg), idx
+            )[0]
             np.testing.assert_allclose(served[idx], ref, atol=FP32_ATOL, rtol=0)
 
 
@@ -140,7 +120,9 @@ def test_client_chunks_long_candidate_lists(triton: TritonServer, small_model: A
     m = small_model.cfg.max_candidates
     edges = np.array([e + d for e in range(0, n, m) for d in (-1, 0) if 0 <= e + d < n])
     idx = np.unique(np.concatenate([edges, sample_idx(n, rng)]))
-    ref = per_pair_sample(small_model, as_request(history, cands, scenario, 1_700_000_000, small_model), idx)[0]
+    ref = per_pair_sample(
+        small_model, RandomRequest.from_history(history, cands, scenario, 1_700_000_000, small_model.cfg), idx
+    )[0]
     np.testing.assert_allclose(served[idx], ref, atol=FP32_ATOL, rtol=0)
 
 
@@ -153,9 +135,8 @@ def test_batch_form_matches_single_calls(triton: TritonServer, small_model: Astr
     with AstroClient(triton.grpc_url) as client:
         batched = client.score_batch(reqs)
         for r, got in zip(reqs, batched, strict=True):
-            ref = per_pair(
-                small_model, as_request(r.history, np.asarray(r.candidates), r.scenario, r.timestamp, small_model)
-            )[0]
+            req = RandomRequest.from_history(r.history, r.candidates, r.scenario, r.timestamp, small_model.cfg)
+            ref = torch_per_pair(small_model, req)[0]
             np.testing.assert_allclose(got, ref, atol=FP32_ATOL, rtol=0)
 
 

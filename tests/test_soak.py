@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-import torch
 
 from client import AstroClient, ScoreRequest
-from model.astro import AstroModel, History, Request
-from model.blocks import stack_blocks
+from export.parity import torch_split
+from model.astro import AstroModel
+from model.random_inputs import RandomRequest
 from model.synthetic import SyntheticWorld, WorldSpec
 from serve.triton_server import TritonServer
 
@@ -49,12 +49,9 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def reference(model: AstroModel, r: ScoreRequest) -> npt.NDArray[np.float32]:
-    b = stack_blocks([r.history], model.cfg.blocks)
-    t = [torch.from_numpy(a) for a in (b.item_ids, b.behaviors, b.scenarios, b.timestamps)]
-    req = Request(torch.tensor([[r.scenario]]), torch.tensor([[r.timestamp]]))
-    with torch.no_grad():
-        out = torch.sigmoid(model.split(History(*t), req, torch.from_numpy(np.asarray(r.candidates))[None]))
-    return out[0].numpy()
+    """PyTorch split path (held to per-pair by test_model_paths) for one user -> [N, T]."""
+    req = RandomRequest.from_history(r.history, r.candidates, r.scenario, r.timestamp, model.cfg)
+    return torch_split(model, req, "fp32")[1][0]
 
 
 def test_soak(triton: TritonServer, small_model: AstroModel) -> None:
