@@ -36,11 +36,11 @@ from bench.runtimes import run_runtimes
 from bench.served import handoff_bytes, run_served, wire_bytes
 from bench.turbo import device_sync, run_turbo
 from bench.workload import make_request, padding_fraction
+from contract.config import AstroConfig
 from export.__main__ import main as export_main
 from export.onnx_graphs import CACHE_DTYPES
 from export.parity import OrtPipeline, load_graph_paths
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from model.config import AstroConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"

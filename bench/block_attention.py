@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from bench.cli_types import int_list
+from contract.config import PRESETS, AstroConfig, BlockSpec
 from model.astro import AstroModel, History, Request
-from model.config import PRESETS, AstroConfig, BlockSpec
 from model.random_inputs import NOW
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bench.timing import Stats, no_sync
-from model.config import AstroConfig
+from contract.config import AstroConfig
 
 
 def _dense_per_token(cfg: AstroConfig) -> int:

@@ -27,10 +27,10 @@ import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
 from bench.timing import Stats, rotated
+from contract.config import AstroConfig
+from contract.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from export.parity import OrtPipeline
-from model.config import AstroConfig
 from model.random_inputs import RandomRequest
-from model.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from serve.triton_server import TritonServer
 
 SIDES = ("in_process", "served")

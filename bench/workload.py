@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contract.config import AstroConfig
 from model.astro import History, Request
-from model.config import AstroConfig
 from model.random_inputs import RandomRequest, random_request
 
 

@@ -1,7 +1,7 @@
 """Python gRPC client of the ASTRO Triton ensemble ``astro`` (DESIGN.md section 3).
 
-Torch-free: imports numpy, tritonclient and the numpy-only ``model.config``,
-``model.blocks`` and ``model.serving_spec``; ``pip install .[client]`` is enough.
+Torch-free: imports numpy, tritonclient and the numpy-only ``contract.config``,
+``contract.blocks`` and ``contract.serving_spec``; ``pip install .[client]`` is enough.
 
     from client import AstroClient, EventHistory
     with AstroClient("127.0.0.1:8001") as c:
@@ -22,8 +22,8 @@ from client.astro_client import (
     split_evenly,
 )
 from client.validation import RequestError, ScoreRequest, validate_inputs, validate_request
-from model.blocks import EventHistory
-from model.serving_spec import ServingSpec
+from contract.blocks import EventHistory
+from contract.serving_spec import ServingSpec
 
 __all__ = [
     "AstroClient",

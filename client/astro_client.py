@@ -4,8 +4,8 @@
 (asyncio, over ``tritonclient.grpc.aio``) share everything but the I/O:
 
 - the served limits and block layout come from the ensemble's config ``parameters``
-  (:class:`~model.serving_spec.ServingSpec`), fetched once on first use and cached;
-- one user's history is cut into ``[Nb, Tb]`` blocks by :mod:`model.blocks`, the very
+  (:class:`~contract.serving_spec.ServingSpec`), fetched once on first use and cached;
+- one user's history is cut into ``[Nb, Tb]`` blocks by :mod:`contract.blocks`, the very
   code the model was trained with;
 - :func:`plan_calls` splits candidate lists longer than ``max_candidates`` and batches
   larger than ``max_batch_size`` into Triton calls; :func:`build_call_inputs` pads each
@@ -46,8 +46,8 @@ from client.validation import (
     validate_inputs,
     validate_request,
 )
-from model.blocks import EventHistory, stack_blocks
-from model.serving_spec import CANDIDATE_INPUT, ENSEMBLE, HISTORY_INPUTS, SCORES_OUTPUT, ServingSpec
+from contract.blocks import EventHistory, stack_blocks
+from contract.serving_spec import CANDIDATE_INPUT, ENSEMBLE, HISTORY_INPUTS, SCORES_OUTPUT, ServingSpec
 
 F32 = npt.NDArray[np.float32]
 T = TypeVar("T")

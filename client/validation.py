@@ -8,7 +8,7 @@ the field, the offending value and the limit:
   here: long candidate lists and large batches are split by the client.
 - :func:`validate_inputs`: the raw contract tensors of one Triton call
   (DESIGN.md section 3) against the limits the server publishes in its
-  :class:`~model.serving_spec.ServingSpec` (batch size, Nb, Tb, N).
+  :class:`~contract.serving_spec.ServingSpec` (batch size, Nb, Tb, N).
 
 numpy only: the client must install without torch.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.blocks import EventHistory
-from model.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, ServingSpec
+from contract.blocks import EventHistory
+from contract.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, ServingSpec
 
 I64 = npt.NDArray[np.int64]
 INT64_MAX = int(np.iinfo(np.int64).max)
@@ -128,7 +128,7 @@ def validate_history(history: EventHistory, field: str = "history") -> EventHist
     their dtype is checked. Item id 0 is padding and is dropped when blocks are built.
     """
     if not isinstance(history, EventHistory):
-        raise RequestError(field, f"must be a model.blocks.EventHistory, got {type(history).__name__}")
+        raise RequestError(field, f"must be a contract.blocks.EventHistory, got {type(history).__name__}")
     arrays = {name: as_int64_array(f"{field}.{name}", getattr(history, name), ndim=1) for name in HISTORY_FIELDS}
     lengths = {name: int(a.shape[0]) for name, a in arrays.items()}
     if len(set(lengths.values())) != 1:

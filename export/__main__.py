@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import cast
 
+from contract.serving_spec import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import CACHE_DTYPES, CacheDType, export_graphs
 from export.parity import check_ort_parity, shape_grid
 from export.repository import TARGETS, Target, write_repository
 from export.repository_check import check_repository
 from export.tensorrt_engine import Graph, Precision, build_engine, tensorrt_available
 from model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-from model.serving_spec import ITEM_SCORER, USER_ENCODER
 
 ROOT = Path(__file__).resolve().parent.parent
 

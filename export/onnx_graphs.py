@@ -18,9 +18,9 @@ import onnx
 import torch
 from torch.export import Dim
 
+from contract.config import AstroConfig
+from contract.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
 from model.astro import AstroModel, ItemScorer, UserEncoder
-from model.config import AstroConfig
-from model.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
 
 # torch.onnx logs a warning per torchvision op it cannot register; torchvision is not a dependency
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

@@ -15,11 +15,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+from contract.config import AstroConfig
+from contract.serving_spec import CACHE_TENSORS, SCORES_OUTPUT
 from export.onnx_graphs import CACHE_DTYPES, CacheDType, GraphPaths
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
-from model.config import AstroConfig
 from model.random_inputs import RandomRequest, random_request
-from model.serving_spec import CACHE_TENSORS, SCORES_OUTPUT
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.tensorrt_engine import metadata_path
-from model.config import AstroConfig
-from model.serving_spec import (
+from contract.config import AstroConfig
+from contract.serving_spec import (
     CANDIDATE_INPUT,
     ENSEMBLE,
     HISTORY_INPUTS,
@@ -34,6 +33,7 @@ from model.serving_spec import (
     USER_VALUES,
     ServingSpec,
 )
+from export.tensorrt_engine import metadata_path
 
 Target = Literal["tensorrt", "onnxruntime", "python"]
 TARGETS: tuple[Target, ...] = ("tensorrt", "onnxruntime", "python")

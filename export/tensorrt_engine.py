@@ -4,7 +4,7 @@ Written against the documented TensorRT 10 Python API and type-checked with
 ``tensorrt-stubs``. Two halves:
 
 * **Pure logic** (no TensorRT needed, unit-tested everywhere): the optimization
-  profile of each graph derived from :class:`~model.config.AstroConfig`
+  profile of each graph derived from :class:`~contract.config.AstroConfig`
   (:func:`profile_shapes`), the expected I/O of each graph and the check of a
   parsed network against it (:func:`io_mismatches`), the builder flags of each
   :class:`Precision` (:func:`precision_flags`), which layers stay in fp32 under
@@ -55,8 +55,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
-from model.config import AstroConfig
-from model.serving_spec import (
+from contract.config import AstroConfig
+from contract.serving_spec import (
     CANDIDATE_INPUT,
     HISTORY_INPUTS,
     ITEM_SCORER,
@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 
 Graph = Literal["user_encoder", "item_scorer"]
 GRAPHS: tuple[Graph, ...] = get_args(Graph)
-assert set(GRAPHS) == {USER_ENCODER, ITEM_SCORER}, "graph names drifted from model.serving_spec"
+assert set(GRAPHS) == {USER_ENCODER, ITEM_SCORER}, "graph names drifted from contract.serving_spec"
 
 INSTALL_HINT = (
     "TensorRT engines need the TensorRT Python package and an NVIDIA GPU: on a GPU host run "

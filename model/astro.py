@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import AstroConfig
+from contract.config import AstroConfig
 
 TIME_LIMIT = 2**62 - 1  # timestamps are clamped to ±TIME_LIMIT s so that their difference fits in int64
 # Additive logit of a padding key: exp(-3e4 - max) is 0 in fp32, and it is finite in fp16 (range

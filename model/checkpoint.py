@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contract.config import AstroConfig
 from model.astro import AstroModel
-from model.config import AstroConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

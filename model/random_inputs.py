@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model.blocks import EventHistory, stack_blocks
-from model.config import AstroConfig
+from contract.blocks import EventHistory, stack_blocks
+from contract.config import AstroConfig
 
 I64 = npt.NDArray[np.int64]
 NOW = 1_700_000_000  # a fixed "request time" (unix seconds) so runs are reproducible

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model.blocks import EventHistory, build_blocks
-from model.config import BEHAVIORS, SCENARIOS, AstroConfig
+from contract.blocks import EventHistory, build_blocks
+from contract.config import BEHAVIORS, SCENARIOS, AstroConfig
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from contract.config import AstroConfig
 from model.astro import AstroModel, History, Request
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from model.config import AstroConfig
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
 

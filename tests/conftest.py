@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract.config import AstroConfig
+from contract.serving_spec import ENSEMBLE
 from export.__main__ import main as export_main
 from export.onnx_graphs import CacheDType, GraphPaths, export_graphs
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from model.config import AstroConfig
-from model.serving_spec import ENSEMBLE
 from serve.triton_server import TritonServer
 
 

@@ -14,11 +14,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import AstroClient, EventHistory, RequestError
+from contract.config import AstroConfig
+from contract.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT
 from export.parity import torch_per_pair
 from model.astro import AstroModel
-from model.config import AstroConfig
 from model.random_inputs import RandomRequest, random_request
-from model.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT
 from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server

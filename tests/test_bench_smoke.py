@@ -15,8 +15,8 @@ from bench.machine import NO_GPU
 from bench.roofline import dense_flops, encoder_flops, path_flops, scorer_flops
 from bench.timing import Stats, per_round_ratio
 from bench.workload import make_request, to_torch
+from contract.config import AstroConfig
 from model.astro import AstroModel
-from model.config import AstroConfig
 
 
 def counted(fn: object) -> int:

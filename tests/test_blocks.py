@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.blocks import (
+from contract.blocks import (
     PAD_ITEM,
     BlockTensors,
     EventHistory,
@@ -25,7 +25,7 @@ from model.blocks import (
     build_blocks,
     stack_blocks,
 )
-from model.config import BEHAVIORS, AstroConfig, BlockSpec
+from contract.config import BEHAVIORS, AstroConfig, BlockSpec
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = AstroConfig.from_name("tiny")  # play: {play} 12, like: {like, share} 6, recent: all 4
@@ -181,7 +181,7 @@ def test_keeps_matches_blockspec() -> None:
 
 
 def test_blocks_module_is_torch_free() -> None:
-    code = "import sys, model.blocks, model.config; assert 'torch' not in sys.modules, 'model.blocks imported torch'"
+    code = "import sys, contract.blocks, contract.config; assert 'torch' not in sys.modules, 'contract imported torch'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from contract.config import AstroConfig
 from model.astro import AstroModel, History, Request
 from model.checkpoint import (
     CONFIG,
@@ -29,7 +30,6 @@ from model.checkpoint import (
     same_weights,
     save_checkpoint,
 )
-from model.config import AstroConfig
 from model.random_inputs import random_request
 from model.synthetic import SyntheticWorld, WorldSpec
 from model.train import aucs, popularity_scores, predict

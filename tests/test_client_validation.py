@@ -48,9 +48,9 @@ from client import (
     validate_request,
 )
 from client.__main__ import main, parse_header, request_from_json
-from model.blocks import build_blocks
-from model.config import AstroConfig
-from model.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, ServingSpec
+from contract.blocks import build_blocks
+from contract.config import AstroConfig
+from contract.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, ServingSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ServingSpec.from_config(AstroConfig.from_name("tiny"))  # max_batch_size=8, max_candidates=512, Tb<=12

@@ -13,6 +13,8 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contract.config import AstroConfig
+from contract.serving_spec import ENSEMBLE, ITEM_SCORER, USER_ENCODER, ServingSpec
 from export.__main__ import main as export_main
 from export.onnx_graphs import OPSET, CacheDType, GraphPaths, check_graph, export_graphs
 from export.parity import TOLERANCES, OrtPipeline, ParityError, Shape, check_ort_parity, shape_grid, torch_split
@@ -20,9 +22,7 @@ from export.repository import TARGETS, composing_config, ensemble_config, write_
 from export.repository_check import RepositoryError, check_repository, wiring_errors
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from model.config import AstroConfig
 from model.random_inputs import random_request
-from model.serving_spec import ENSEMBLE, ITEM_SCORER, USER_ENCODER, ServingSpec
 from serve.triton_server import TritonServer
 
 

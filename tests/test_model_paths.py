@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from contract.config import AstroConfig
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
-from model.config import AstroConfig
 from model.random_inputs import RandomRequest, random_request
 
 CFG = AstroConfig.from_name("tiny")

@@ -17,10 +17,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest
+from contract.serving_spec import ENSEMBLE, SCORES_OUTPUT, ServingSpec
 from export.parity import torch_per_pair
 from model.astro import AstroModel
 from model.random_inputs import RandomRequest, random_request
-from model.serving_spec import ENSEMBLE, SCORES_OUTPUT, ServingSpec
 from model.synthetic import SyntheticWorld, WorldSpec
 from serve.triton_server import TritonServer
 

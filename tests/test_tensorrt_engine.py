@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from contract.config import AstroConfig
+from contract.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, SCORES_OUTPUT, USER_KEYS, USER_MASK, USER_VALUES
 from export.tensorrt_engine import (
     GRAPHS,
     EngineMetadata,
@@ -33,9 +35,7 @@ from export.tensorrt_engine import (
     sha256_file,
     tensorrt_available,
 )
-from model.config import AstroConfig
 from model.random_inputs import random_request
-from model.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, SCORES_OUTPUT, USER_KEYS, USER_MASK, USER_VALUES
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -12,6 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import PRESETS, AstroConfig
+from contract.serving_spec import (
+    CACHE_TENSORS,
+    CANDIDATE_INPUT,
+    HISTORY_INPUTS,
+    REQUEST_INPUTS,
+    SCORES_OUTPUT,
+    USER_KEYS,
+    USER_MASK,
+    USER_VALUES,
+)
 from export.tensorrt_engine import (
     GRAPHS,
     EngineMetadata,
@@ -31,17 +42,6 @@ from export.tensorrt_engine import (
     profile_shapes,
     shape_mismatches,
     tensorrt_available,
-)
-from model.config import PRESETS, AstroConfig
-from model.serving_spec import (
-    CACHE_TENSORS,
-    CANDIDATE_INPUT,
-    HISTORY_INPUTS,
-    REQUEST_INPUTS,
-    SCORES_OUTPUT,
-    USER_KEYS,
-    USER_MASK,
-    USER_VALUES,
 )
 
 ALL_PRESETS = sorted(PRESETS)

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contract.config import AstroConfig
+from contract.serving_spec import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import CacheDType, GraphPaths
 from export.repository import write_repository
-from model.config import AstroConfig
-from model.serving_spec import ITEM_SCORER, USER_ENCODER
 from serve.__main__ import main as serve_main
 from serve.triton_server import (
     TritonInstall,

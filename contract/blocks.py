@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.config import BEHAVIORS, BlockSpec
+from contract.config import BEHAVIORS, BlockSpec
 
 I64 = npt.NDArray[np.int64]
 PAD_ITEM = 0  # item id 0 marks a padding slot; real items use any other int64 value

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from model.config import AstroConfig, BlockSpec
+from contract.config import AstroConfig, BlockSpec
 
 ENSEMBLE = "astro"
 USER_ENCODER = "user_encoder"
