@@ -22,7 +22,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ from bench.served import handoff_bytes, run_served, wire_bytes
 from bench.turbo import device_sync, run_turbo
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
+from contract.tensors import CACHE_DTYPES
 from export.__main__ import main as export_main
-from export.onnx_graphs import CACHE_DTYPES
 from export.parity import OrtPipeline, load_graph_paths
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
@@ -209,7 +209,7 @@ class Progress:
 
 
 def export_repositories(
-    checkpoint: Path, work: Path, cache_dtypes: list[str], threads: int, say: Callable[[str], None]
+    checkpoint: Path, work: Path, cache_dtypes: Sequence[str], threads: int, say: Callable[[str], None]
 ) -> dict[str, Path]:
     """`python -m export --target python` per cache dtype; returns dtype -> repository (graphs in work/)."""
     repos = {}
@@ -299,7 +299,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - say.elapsed)),
         "seconds": say.elapsed,
         "machine": {**info, "triton_server": triton_version},
-        "config": {**cfg.to_dict(), "checkpoint": str(a.checkpoint)},
+        "config": {**cfg.model_dump(), "checkpoint": str(a.checkpoint)},
         "settings": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("argv", "work_dir")
         },

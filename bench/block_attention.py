@@ -3,7 +3,7 @@
     python -m bench.block_attention --preset small --repeats 20 --threads 2
 
 ASTRO's multi-scale partitioning claims attention cost O(n²d/Nb) instead of O(n²d)
-(DESIGN.md section 1): the encoder runs Nb attentions of size Tb, not one of size
+: the encoder runs Nb attentions of size Tb, not one of size
 Nb·Tb. This measures it. For each Tb and batch size, the same tokens go through
 ``AstroModel.encode_user`` twice: as ``[B, Nb, Tb]`` under the preset's config, and
 as ``[B, 1, Nb·Tb]`` under a second config with a single block of ``max_len = Nb·Tb``
@@ -19,7 +19,6 @@ ratio is ~1 at small Tb (fixed per-call costs dominate) and approaches Nb as Tb 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -48,10 +47,8 @@ class Row:
 
 def one_block_config(cfg: AstroConfig, block_len: int) -> AstroConfig:
     """``cfg`` with its Nb blocks replaced by one block keeping every behaviour, ``max_len = Nb * Tb``."""
-    return dataclasses.replace(
-        cfg,
-        name=f"{cfg.name}-one-block",
-        blocks=(BlockSpec("all", (), cfg.n_blocks * block_len),),
+    return cfg.replace(
+        name=f"{cfg.name}-one-block", blocks=(BlockSpec(name="all", behaviors=(), max_len=cfg.n_blocks * block_len),)
     )
 
 
@@ -80,11 +77,11 @@ def as_one_block(h: History) -> History:
 @torch.no_grad()
 def median_ms(model: AstroModel, h: History, req: Request, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
-        model.encode_user(h, req)
+        model.encode_user(h, req.scenario)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        model.encode_user(h, req)
+        model.encode_user(h, req.scenario)
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
 

@@ -22,7 +22,7 @@ from bench.cli_types import int_list
 from bench.served import SERVER_PHASES, BenchError, add_delta, infer_fn, per_request_ms, run_phase, server_counters
 from bench.timing import Stats, rotated
 from bench.workload import make_request
-from contract.serving_spec import ENSEMBLE
+from contract.tensors import ENSEMBLE
 from model.checkpoint import DEFAULT_CHECKPOINT, load_config
 from serve.triton_server import TritonServer
 

@@ -104,7 +104,8 @@ def matmul_rate(
 
 def config_of(results: dict[str, Any]) -> AstroConfig:
     """The model config a results dict was measured with."""
-    return AstroConfig.from_dict({k: v for k, v in results["config"].items() if k != "checkpoint"})
+    config = {k: v for k, v in results["config"].items() if k != "checkpoint"}
+    return AstroConfig.model_validate(config, strict=False)
 
 
 def efficiency_rows(

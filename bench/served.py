@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 
 from bench.timing import Stats, rotated
 from contract.config import AstroConfig
-from contract.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
+from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from export.parity import OrtPipeline
 from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer

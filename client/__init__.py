@@ -1,4 +1,4 @@
-"""Python gRPC client of the ASTRO Triton ensemble ``astro`` (DESIGN.md section 3).
+"""Python gRPC client of the ASTRO Triton ensemble ``astro``.
 
 Torch-free: imports numpy, tritonclient and the numpy-only ``contract.config``,
 ``contract.blocks`` and ``contract.serving_spec``; ``pip install .[client]`` is enough.

@@ -27,7 +27,7 @@ import numpy as np
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
 from client.validation import HISTORY_FIELDS, I64, RequestError, ScoreRequest, as_int64_array
 from contract.blocks import EventHistory
-from contract.serving_spec import ENSEMBLE
+from contract.tensors import ENSEMBLE
 
 EXIT_OK, EXIT_SERVER, EXIT_USAGE = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""gRPC clients of the ``astro`` Triton ensemble (DESIGN.md section 3).
+"""gRPC clients of the ``astro`` Triton ensemble.
 
 :class:`AstroClient` (blocking, over ``tritonclient.grpc``) and :class:`AsyncAstroClient`
 (asyncio, over ``tritonclient.grpc.aio``) share everything but the I/O:
@@ -47,7 +47,8 @@ from client.validation import (
     validate_request,
 )
 from contract.blocks import EventHistory, stack_blocks
-from contract.serving_spec import CANDIDATE_INPUT, ENSEMBLE, HISTORY_INPUTS, SCORES_OUTPUT, ServingSpec
+from contract.serving_spec import ServingSpec
+from contract.tensors import CANDIDATE_INPUT, ENSEMBLE, HISTORY_INPUTS, SCORES_OUTPUT
 
 F32 = npt.NDArray[np.float32]
 T = TypeVar("T")
@@ -202,7 +203,7 @@ def build_call_inputs(rows: Sequence[ChunkRow], requests: Sequence[ScoreRequest]
     """
     users = sorted({r.request for r in rows})
     where = {u: k for k, u in enumerate(users)}
-    blocks = stack_blocks([requests[u].history for u in users], spec.blocks)  # [U, Nb, Tb] each
+    blocks = stack_blocks([requests[u].history for u in users], spec)  # [U, Nb, Tb] each
     take = np.array([where[r.request] for r in rows], dtype=np.int64)  # row -> unique user
 
     width = max(r.size for r in rows)

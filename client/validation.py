@@ -7,7 +7,7 @@ the field, the offending value and the limit:
   request scenario and time), normalised to int64 arrays. No server limit applies
   here: long candidate lists and large batches are split by the client.
 - :func:`validate_inputs`: the raw contract tensors of one Triton call
-  (DESIGN.md section 3) against the limits the server publishes in its
+  against the limits the server publishes in its
   :class:`~contract.serving_spec.ServingSpec` (batch size, Nb, Tb, N).
 
 numpy only: the client must install without torch.
@@ -23,7 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from contract.blocks import EventHistory
-from contract.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, ServingSpec
+from contract.serving_spec import ServingSpec
+from contract.tensors import CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS
 
 I64 = npt.NDArray[np.int64]
 INT64_MAX = int(np.iinfo(np.int64).max)

@@ -3,7 +3,7 @@
 numpy only: the client uses this very function, so client and model cannot
 disagree on how a history is cut into blocks. A block holds its newest
 ``max_len`` matching events, newest first (slot t = recency rank t, which is
-what the per-block position embedding indexes), right-padded with item id 0.
+what the relative position bias measures distances in), right-padded with item id 0.
 """
 
 from __future__ import annotations
@@ -11,17 +11,28 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from contract.config import BEHAVIORS, BlockSpec
+from contract.config import BlockSpec
 
 I64 = npt.NDArray[np.int64]
 PAD_ITEM = 0  # item id 0 marks a padding slot; real items use any other int64 value
 _I64_MIN, _I64_END = -(2**63), 2**63  # int64 holds [_I64_MIN, _I64_END)
 FIELDS = ("item_ids", "behaviors", "scenarios", "timestamps")
+
+
+class BlockLayout(Protocol):
+    """What cutting a history into blocks needs: the blocks and the behaviour vocabulary their
+    ``behaviors`` name. Both the model config and the served spec are one."""
+
+    @property
+    def blocks(self) -> tuple[BlockSpec, ...]: ...
+
+    @property
+    def behaviors(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -79,13 +90,16 @@ class BlockTensors:
         return int(self.item_ids.shape[-1])
 
 
-def block_lengths(history: EventHistory, blocks: Sequence[BlockSpec]) -> list[int]:
+def block_lengths(history: EventHistory, layout: BlockLayout) -> list[int]:
     """How many events each block keeps (padding items excluded)."""
     valid = history.item_ids != PAD_ITEM
-    return [min(b.max_len, int(np.count_nonzero(valid & _keeps(b, history.behaviors)))) for b in blocks]
+    return [
+        min(b.max_len, int(np.count_nonzero(valid & _keeps(b, layout.behaviors, history.behaviors))))
+        for b in layout.blocks
+    ]
 
 
-def build_blocks(history: EventHistory, blocks: Sequence[BlockSpec], block_len: int | None = None) -> BlockTensors:
+def build_blocks(history: EventHistory, layout: BlockLayout, block_len: int | None = None) -> BlockTensors:
     """Cut ``history`` into ``[Nb, Tb]`` tensors.
 
     ``block_len`` (Tb) defaults to the longest block this history fills (at least 1,
@@ -93,7 +107,7 @@ def build_blocks(history: EventHistory, blocks: Sequence[BlockSpec], block_len: 
     common value to stack several users into one batch. Events with item id 0 are
     dropped (0 is the padding id). Ties in timestamp keep the later event first.
     """
-    members = _block_members(history, blocks)
+    members = _block_members(history, layout)
     need = _needed_len(members)
     tb = need if block_len is None else block_len
     if tb < need:
@@ -101,31 +115,32 @@ def build_blocks(history: EventHistory, blocks: Sequence[BlockSpec], block_len: 
     return _fill(history, members, tb)
 
 
-def stack_blocks(users: Sequence[EventHistory], blocks: Sequence[BlockSpec]) -> BlockTensors:
+def stack_blocks(users: Sequence[EventHistory], layout: BlockLayout) -> BlockTensors:
     """Block tensors for several users, ``[B, Nb, Tb]`` with one shared Tb."""
     if not users:
         raise ValueError("stack_blocks needs at least one user")
-    members = [_block_members(h, blocks) for h in users]  # each user's blocks selected once
+    members = [_block_members(h, layout) for h in users]  # each user's blocks selected once
     tb = max(_needed_len(m) for m in members)
     per_user = [_fill(h, m, tb) for h, m in zip(users, members, strict=True)]
     return BlockTensors(*(np.stack([getattr(u, f) for u in per_user]) for f in FIELDS))
 
 
-def _keeps(spec: BlockSpec, behaviors: I64) -> npt.NDArray[np.bool_]:
-    """Which events ``spec`` keeps by behaviour: id i is ``BEHAVIORS[i]``; unknown ids only in all-keeping blocks."""
+def _keeps(spec: BlockSpec, vocabulary: Sequence[str], behaviors: I64) -> npt.NDArray[np.bool_]:
+    """Which events ``spec`` keeps by behaviour: id i is ``vocabulary[i]``; unknown ids only in all-keeping blocks."""
     if not spec.behaviors:
         return np.ones(behaviors.shape, dtype=bool)
-    kept_ids = [i for i, name in enumerate(BEHAVIORS) if name in spec.behaviors]
+    kept_ids = [i for i, name in enumerate(vocabulary) if name in spec.behaviors]
     return np.isin(behaviors, kept_ids)
 
 
-def _block_members(history: EventHistory, blocks: Sequence[BlockSpec]) -> list[I64]:
+def _block_members(history: EventHistory, layout: BlockLayout) -> list[I64]:
     """Per block, the indices of the events it holds, newest first, at most ``max_len``."""
     valid = history.item_ids != PAD_ITEM
     # newest first; stable on the reversed index so that, at equal timestamps, later events come first
     order = np.argsort(-history.timestamps[::-1], kind="stable")
     order = (len(history) - 1 - order).astype(np.int64)
-    return [order[(valid & _keeps(spec, history.behaviors))[order]][: spec.max_len] for spec in blocks]
+    keeps = [_keeps(spec, layout.behaviors, history.behaviors) for spec in layout.blocks]
+    return [order[(valid & keep)[order]][: spec.max_len] for spec, keep in zip(layout.blocks, keeps, strict=True)]
 
 
 def _needed_len(members: Sequence[I64]) -> int:

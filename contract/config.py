@@ -1,86 +1,88 @@
-"""The single source of truth for ASTRO: model dims, the block spec and every shape limit.
+"""The single source of truth for ASTRO: model dims, vocabularies, the block spec and every shape limit.
 
 Export, TensorRT profiles, every ``config.pbtxt`` and the client read these values;
-nothing restates a number by hand. This module imports no torch so that the
-client (``pip install .[client]``) can use it.
+nothing restates a number by hand. Validated by pydantic (frozen, unknown keys
+refused) with explicit checks, never ``assert``: the checks hold under ``python -O``.
+This module imports no torch so that the client (``pip install .[client]``) can use it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Self
 
-# Behaviours and scenarios of the synthetic music-app domain. Ids outside these
-# ranges are legal input: the graphs map them to a learned "unknown" slot.
-BEHAVIORS: tuple[str, ...] = ("play", "like", "share", "skip")
-SCENARIOS: tuple[str, ...] = ("home", "search", "radio", "playlist")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe in Triton parameters and CSV
 
 
-@dataclass(frozen=True)
-class BlockSpec:
-    """One sequence scale: the events of ``behaviors`` (all when empty), newest ``max_len`` kept."""
-
-    name: str
-    behaviors: tuple[str, ...]  # () keeps every behaviour (the short-term "recent" scale)
-    max_len: int
-
-    def keeps(self, behavior_id: int) -> bool:
-        if not self.behaviors:
-            return True
-        return 0 <= behavior_id < len(BEHAVIORS) and BEHAVIORS[behavior_id] in self.behaviors
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "behaviors": list(self.behaviors), "max_len": self.max_len}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BlockSpec:
-        return cls(name=str(d["name"]), behaviors=tuple(d["behaviors"]), max_len=int(d["max_len"]))
+class ConfigError(ValueError):
+    """A model config that cannot describe a model; the message names every offending field."""
 
 
-@dataclass(frozen=True)
-class AstroConfig:
-    name: str
-    d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
-    ffn_mult: int = 4  # FFN hidden = ffn_mult * d_model, the usual transformer ratio
-    dropout: float = 0.0  # serving graphs are exported in eval mode; training may raise it
-    tasks: tuple[str, ...] = ("play_complete", "like")
-    item_buckets: int = 20011  # prime, so modulo hashing spreads sequential ids evenly
-    n_behaviors: int = len(BEHAVIORS)
-    n_scenarios: int = len(SCENARIOS)
-    age_buckets: int = 32  # log2 buckets of seconds: bucket 31 covers ages >= 2^30 s (~34 years)
-    tau_min: float = 0.1  # lower bound of the dynamic temperature, keeps logits bounded
-    blocks: tuple[BlockSpec, ...] = field(
-        default_factory=lambda: (
-            BlockSpec("play", ("play",), 128),
-            BlockSpec("like", ("like", "share"), 32),
-            BlockSpec("recent", (), 16),
-        )
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class BlockSpec(_Frozen):
+    """One sequence scale (an MSE extraction strategy): the events of ``behaviors`` (all when
+    empty), newest ``max_len`` kept. Each block has its own stack of ATL layers."""
+
+    name: Name
+    behaviors: tuple[Name, ...]  # () keeps every behaviour (the short-term "recent" scale)
+    max_len: PositiveInt
+
+
+class AstroConfig(_Frozen):
+    name: Name
+    d_model: PositiveInt = 64
+    n_heads: PositiveInt = 4
+    n_layers: PositiveInt = 2  # ATL layers per block stack (the paper's Climber: 2)
+    ffn_mult: PositiveInt = 4  # FFN hidden = ffn_mult * d_model, the usual transformer ratio
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # serving graphs are exported in eval mode
+    tasks: tuple[Name, ...] = ("play_complete", "like")
+    # Vocabularies: id i of a history event's behaviour is behaviors[i]; ids outside a vocabulary are
+    # legal input and map to a learned "unknown" slot. The served ensemble publishes both.
+    behaviors: tuple[Name, ...] = ("play", "like", "share", "skip")
+    scenarios: tuple[Name, ...] = ("home", "search", "radio", "playlist")
+    item_buckets: PositiveInt = 20011  # prime, so modulo hashing spreads sequential ids evenly
+    position_buckets: PositiveInt = 8  # log2 buckets of a relative position distance, per sign (>= 2^7 share one)
+    time_buckets: PositiveInt = 24  # log2 buckets of a time difference in seconds, per sign (>= 2^23 s ~ 97 days)
+    tau_min: Annotated[float, Field(gt=0.0)] = 0.1  # lower bound of the dynamic temperature: bounded logits
+    relative_bias: bool = True  # ATL's relative position/time bias (False: the paper's "-ATL" ablation)
+    dynamic_temperature: bool = True  # ATL's learned temperature (False: fixed sqrt(dh), the "-ATL" ablation)
+    bgf: bool = True  # bit-wise gating fusion of the block outputs (False: mean of the blocks, "-BGF")
+    blocks: tuple[BlockSpec, ...] = (
+        BlockSpec(name="play", behaviors=("play",), max_len=48),
+        BlockSpec(name="like", behaviors=("like", "share"), max_len=48),
+        BlockSpec(name="recent", behaviors=(), max_len=48),
     )
-    max_batch_size: int = 16  # users per request: Triton max_batch_size and TRT profile max
-    max_candidates: int = 1024  # N per user per request; the client chunks longer lists
+    max_batch_size: PositiveInt = 16  # users per request: Triton max_batch_size and TRT profile max
+    max_candidates: PositiveInt = 1024  # N per user per request; the client chunks longer lists
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"config field {f.name}={value!r} must be a positive integer")
-            if f.type == "float" and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"config field {f.name}={value!r} must be a non-negative number")
-        if not (self.tasks and all(isinstance(t, str) and t for t in self.tasks)):
-            raise ValueError(f"tasks={self.tasks!r} must be a non-empty list of task names")
-        assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} not divisible by n_heads={self.n_heads}"
-        assert self.blocks, "at least one block is required"
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
+        if self.d_model % self.n_heads:
+            problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not self.tasks:
+            problems.append("tasks is empty: name at least one task")
+        if not self.blocks:
+            problems.append("blocks is empty: at least one block is required")
+        for field in ("tasks", "behaviors", "scenarios"):
+            names = getattr(self, field)
+            if len(set(names)) != len(names):
+                problems.append(f"{field}={list(names)} repeats a name")
         names = [b.name for b in self.blocks]
-        assert len(set(names)) == len(names), f"block names must be unique, got {names}"
+        if len(set(names)) != len(names):
+            problems.append(f"block names {names} repeat a name")
         for b in self.blocks:
-            unknown = set(b.behaviors) - set(BEHAVIORS)
-            assert not unknown, f"block {b.name!r} names unknown behaviours {sorted(unknown)}"
-            assert b.max_len >= 1, f"block {b.name!r} max_len={b.max_len} must be >= 1"
-        assert self.max_batch_size >= 1 and self.max_candidates >= 1
+            unknown = sorted(set(b.behaviors) - set(self.behaviors))
+            if unknown:
+                problems.append(f"block {b.name!r} names behaviours {unknown} outside behaviors={list(self.behaviors)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     # ---- derived shapes -------------------------------------------------
     @property
@@ -96,6 +98,14 @@ class AstroConfig:
         return len(self.tasks)
 
     @property
+    def n_behaviors(self) -> int:
+        return len(self.behaviors)
+
+    @property
+    def n_scenarios(self) -> int:
+        return len(self.scenarios)
+
+    @property
     def max_block_len(self) -> int:
         """Largest Tb a request may carry: the longest block."""
         return max(b.max_len for b in self.blocks)
@@ -106,35 +116,39 @@ class AstroConfig:
         return self.n_blocks * self.max_block_len
 
     # ---- (de)serialisation: the JSON half of a checkpoint ----------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["tasks"] = list(self.tasks)
-        d["blocks"] = [b.to_dict() for b in self.blocks]
-        return d
-
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AstroConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")
-        kw = dict(d)
-        tasks = kw.get("tasks", list(cls.tasks))
-        if not isinstance(tasks, list | tuple):
-            raise ValueError(f"tasks={tasks!r} must be a list of task names")
-        kw["tasks"] = tuple(tasks)
-        if "blocks" in kw:
-            kw["blocks"] = tuple(BlockSpec.from_dict(b) for b in kw["blocks"])
-        return cls(**kw)
+    def from_json(cls, text: str) -> AstroConfig:
+        """Parse and validate; raises :class:`ConfigError` with one line naming every bad field."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as e:
+            raise ConfigError(describe(e)) from None
+
+    def replace(self, **changes: Any) -> AstroConfig:
+        """A validated copy with ``changes`` (pydantic's ``model_copy`` skips validation)."""
+        try:
+            return AstroConfig.model_validate({**self.model_dump(), **changes}, strict=False)
+        except ValidationError as e:
+            raise ConfigError(describe(e)) from None
 
     @classmethod
     def from_name(cls, name: str) -> AstroConfig:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name]
+
+
+def describe(e: ValidationError) -> str:
+    """One line for every problem pydantic found, each naming its field."""
+    parts = []
+    for err in e.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
 
 
 PRESETS: dict[str, AstroConfig] = {
@@ -145,23 +159,46 @@ PRESETS: dict[str, AstroConfig] = {
         n_heads=2,
         n_layers=2,
         item_buckets=1009,
-        blocks=(BlockSpec("play", ("play",), 12), BlockSpec("like", ("like", "share"), 6), BlockSpec("recent", (), 4)),
+        blocks=(
+            BlockSpec(name="play", behaviors=("play",), max_len=12),
+            BlockSpec(name="like", behaviors=("like", "share"), max_len=12),
+            BlockSpec(name="recent", behaviors=(), max_len=12),
+        ),
         max_batch_size=8,
         max_candidates=512,
     ),
-    # small: the embedded, trained default; trains in minutes and serves fast on 2 CPU cores.
+    # small: the embedded, trained default; equal blocks of 48 (the paper's equal-length MSE);
+    # trains in minutes and serves fast on 2 CPU cores.
     "small": AstroConfig(name="small"),
-    # paper: sized like a production ranking model (long play history) for GPU benchmarks.
-    "paper": AstroConfig(
-        name="paper",
-        d_model=256,
-        n_heads=8,
-        n_layers=4,
+    # climber: the paper's Climber configuration, 2 layers and 200 retained events (4 blocks of 50).
+    # d_model and heads are ours (the paper does not give them).
+    "climber": AstroConfig(
+        name="climber",
+        d_model=128,
+        n_heads=4,
+        n_layers=2,
         item_buckets=1_000_003,
         blocks=(
-            BlockSpec("play", ("play",), 1024),
-            BlockSpec("like", ("like", "share"), 256),
-            BlockSpec("recent", (), 64),
+            BlockSpec(name="play", behaviors=("play",), max_len=50),
+            BlockSpec(name="like", behaviors=("like", "share"), max_len=50),
+            BlockSpec(name="skip", behaviors=("skip",), max_len=50),
+            BlockSpec(name="recent", behaviors=(), max_len=50),
+        ),
+        max_batch_size=64,
+        max_candidates=2048,
+    ),
+    # climber-large: the paper's Climber-large, 12 layers and 800 retained events (4 blocks of 200).
+    "climber-large": AstroConfig(
+        name="climber-large",
+        d_model=256,
+        n_heads=8,
+        n_layers=12,
+        item_buckets=1_000_003,
+        blocks=(
+            BlockSpec(name="play", behaviors=("play",), max_len=200),
+            BlockSpec(name="like", behaviors=("like", "share"), max_len=200),
+            BlockSpec(name="skip", behaviors=("skip",), max_len=200),
+            BlockSpec(name="recent", behaviors=(), max_len=200),
         ),
         max_batch_size=64,
         max_candidates=2048,

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import cast
 
-from contract.serving_spec import ITEM_SCORER, USER_ENCODER
-from export.onnx_graphs import CACHE_DTYPES, CacheDType, export_graphs
+from contract.tensors import CACHE_DTYPES, ITEM_SCORER, USER_ENCODER, CacheDType
+from export.onnx_graphs import export_graphs
 from export.parity import check_ort_parity, shape_grid
 from export.repository import TARGETS, Target, write_repository
 from export.repository_check import check_repository

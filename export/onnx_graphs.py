@@ -12,23 +12,29 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import onnx
 import torch
 from torch.export import Dim
 
 from contract.config import AstroConfig
-from contract.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, HISTORY_INPUTS, REQUEST_INPUTS, SCORES_OUTPUT
+from contract.tensors import (
+    DTYPES,
+    ITEM_SCORER,
+    USER_ENCODER,
+    USER_TOKENS,
+    Axis,
+    CacheDType,
+    Tensor,
+    axis_sizes,
+    graph_io,
+)
 from model.astro import AstroModel, ItemScorer, UserEncoder
 
 # torch.onnx logs a warning per torchvision op it cannot register; torchvision is not a dependency
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT 10's ONNX parser
-CacheDType = Literal["fp32", "fp16"]
-CACHE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
-USER_ENCODER_INPUTS = (*HISTORY_INPUTS, *REQUEST_INPUTS)
-ITEM_SCORER_INPUTS = (CANDIDATE_INPUT, "request_scenario", *CACHE_TENSORS)
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,8 @@ class GraphPaths:
     item_scorer: Path
 
 
-def _example_sizes(cfg: AstroConfig) -> tuple[int, int, int]:
-    """Example (B, Tb, N) for tracing: >= 2 (torch.export specialises sizes 0 and 1) and unlike any
+def _example_sizes(cfg: AstroConfig) -> dict[str, int]:
+    """Example axis sizes for tracing: >= 2 (torch.export specialises sizes 0 and 1) and unlike any
     static dim or each other (it may treat equal sizes as the same symbol, "duck sizing")."""
     taken = {cfg.n_blocks, cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.d_model, cfg.n_tasks}
     chosen: list[int] = []
@@ -48,27 +54,36 @@ def _example_sizes(cfg: AstroConfig) -> tuple[int, int, int]:
             raise ValueError(f"cannot trace with a dynamic axis whose maximum is {limit}: raise it to >= 2")
         taken.update({size, size * cfg.n_blocks})
         chosen.append(size)
-    return chosen[0], chosen[1], chosen[2]
+    return axis_sizes(cfg, *chosen)
 
 
-def _example(cfg: AstroConfig, cache_dtype: torch.dtype) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Example inputs for both graphs. Values do not matter, sizes do, and every input must be its
-    own tensor: torch.export treats one tensor passed twice as one aliased input of the graph."""
-    b, tb, n = _example_sizes(cfg)
-    s = cfg.n_blocks * tb
+def torch_dtype(name: str) -> torch.dtype:
+    """A contract dtype name ("fp16", "int64", ...) as torch's dtype."""
+    dtype: torch.dtype = getattr(torch, DTYPES[name].torch)
+    return dtype
 
-    def hist() -> torch.Tensor:
-        return torch.ones(b, cfg.n_blocks, tb, dtype=torch.int64)
 
-    def req() -> torch.Tensor:
-        return torch.ones(b, 1, dtype=torch.int64)
+def _example(tensors: list[Tensor], sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+    """Example inputs. Values do not matter, sizes do, and every input must be its own tensor:
+    torch.export treats one tensor passed twice as one aliased input of the graph."""
+    return tuple(torch.ones(t.shape(sizes), dtype=torch_dtype(t.dtype.name)) for t in tensors)
 
-    def kv() -> torch.Tensor:
-        return torch.zeros(b, cfg.n_layers, cfg.n_heads, s, cfg.head_dim, dtype=cache_dtype)
 
-    user = (hist(), hist(), hist(), hist(), req(), req())
-    scorer = (torch.ones(b, n, dtype=torch.int64), req(), kv(), kv(), torch.ones(b, s, dtype=torch.bool))
-    return user, scorer
+def _dynamic_shapes(tensors: list[Tensor], cfg: AstroConfig) -> tuple[dict[int, Any], ...]:
+    """torch.export dims from the declarations; S = Nb*Tb is a derived dim of Tb, so the exporter
+    knows the cache's token axis and the history's block axis agree."""
+    dims: dict[str, Any] = {}
+    for t in tensors:
+        for axis in t.axes.values():
+            if axis is not USER_TOKENS:
+                dims.setdefault(axis.symbol, Dim(axis.symbol, min=1, max=axis.limit(cfg)))
+    block_len = dims.get("block_len") or Dim("block_len", min=1, max=cfg.max_block_len)
+    dims[USER_TOKENS.symbol] = cfg.n_blocks * block_len
+
+    def dim(axis: Axis) -> Any:
+        return dims[axis.symbol]
+
+    return tuple({i: dim(a) for i, a in t.axes.items()} for t in tensors)
 
 
 def export_graphs(
@@ -79,37 +94,16 @@ def export_graphs(
 ) -> GraphPaths:
     """Export both graphs into ``out_dir``; every file passes onnx.checker and shape inference."""
     cfg = model.cfg
-    dtype = CACHE_DTYPES[cache_dtype]
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    batch = Dim("batch", min=1, max=cfg.max_batch_size)
-    block_len = Dim("block_len", min=1, max=cfg.max_block_len)
-    cands = Dim("candidates", min=1, max=cfg.max_candidates)
-    tokens = Dim("user_tokens", min=1, max=cfg.max_user_tokens)
-    user_args, scorer_args = _example(cfg, dtype)
-    hist_dims = {0: batch, 2: block_len}
-    req_dims = {0: batch}
-    kv_dims = {0: batch, 3: tokens}
+    sizes = _example_sizes(cfg)
     paths = GraphPaths(out_dir / "user_encoder.onnx", out_dir / "item_scorer.onnx")
-    jobs = (
-        (
-            UserEncoder(model, dtype).eval(),
-            user_args,
-            USER_ENCODER_INPUTS,
-            CACHE_TENSORS,
-            (hist_dims,) * 4 + (req_dims,) * 2,
-            paths.user_encoder,
-        ),
-        (
-            ItemScorer(model).eval(),
-            scorer_args,
-            ITEM_SCORER_INPUTS,
-            (SCORES_OUTPUT,),
-            ({0: batch, 1: cands}, req_dims, kv_dims, kv_dims, {0: batch, 1: tokens}),
-            paths.item_scorer,
-        ),
-    )
-    for module, args, inputs, outputs, dyn, path in jobs:
+    modules: dict[str, tuple[torch.nn.Module, Path]] = {
+        USER_ENCODER: (UserEncoder(model, torch_dtype(cache_dtype)).eval(), paths.user_encoder),
+        ITEM_SCORER: (ItemScorer(model).eval(), paths.item_scorer),
+    }
+    for graph, (module, path) in modules.items():
+        inputs, outputs = graph_io(cfg, graph, cache_dtype)
         progress(f"  exporting {path.name} (opset {OPSET}, cache {cache_dtype})")
         with torch.no_grad(), warnings.catch_warnings():
             # the exporter narrates renames of our named axes and deprecations inside torch: not ours to act on
@@ -117,16 +111,17 @@ def export_graphs(
             warnings.filterwarnings("ignore", category=FutureWarning)
             program = torch.onnx.export(
                 module,
-                args,
+                _example(inputs, sizes),
                 dynamo=True,
                 opset_version=OPSET,
-                input_names=list(inputs),
-                output_names=list(outputs),
-                dynamic_shapes=dyn,
+                input_names=[t.name for t in inputs],
+                output_names=[t.name for t in outputs],
+                dynamic_shapes=_dynamic_shapes(inputs, cfg),
                 external_data=False,
                 verbose=False,
             )
-        assert program is not None
+        if program is None:
+            raise RuntimeError(f"torch.onnx.export returned no program for {graph}")
         program.save(str(path))
         check_graph(path)
     return paths

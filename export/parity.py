@@ -16,8 +16,8 @@ import onnxruntime as ort
 import torch
 
 from contract.config import AstroConfig
-from contract.serving_spec import CACHE_TENSORS, SCORES_OUTPUT
-from export.onnx_graphs import CACHE_DTYPES, CacheDType, GraphPaths
+from contract.tensors import CACHE_TENSORS, SCORES_OUTPUT, CacheDType
+from export.onnx_graphs import GraphPaths, torch_dtype
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
 from model.random_inputs import RandomRequest, random_request
 
@@ -121,7 +121,7 @@ def torch_split(
     """PyTorch reference for both graphs: (cache outputs, scores)."""
     t = {k: torch.from_numpy(v) for k, v in req.as_dict().items()}
     with torch.no_grad():
-        keys, values, mask = UserEncoder(model, CACHE_DTYPES[cache_dtype])(
+        keys, values, mask = UserEncoder(model, torch_dtype(cache_dtype))(
             *(
                 t[k]
                 for k in (

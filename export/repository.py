@@ -1,10 +1,11 @@
 """Triton model repository generator: one code path for the ``tensorrt``, ``onnxruntime``
-and ``python`` targets (DESIGN.md section 4).
+and ``python`` targets.
 
 Every ``config.pbtxt`` is built as a ``ModelConfig`` protobuf from the :class:`AstroConfig`
-and printed with ``text_format``: ``max_batch_size``, dims, limits and engine profiles
-agree by construction, and nothing is hand-edited. The ensemble ``astro`` is identical
-across targets and publishes the serving limits and block spec as ``parameters``.
+and printed with ``text_format``; ``max_batch_size``, dims, limits and warmup shapes come
+from the tensor declarations in ``contract/tensors.py``, so they agree by construction and
+nothing is hand-edited. The ensemble ``astro`` is identical across targets and publishes
+the serving limits, vocabularies and block spec as ``parameters``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,100 +20,63 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contract.config import AstroConfig
-from contract.serving_spec import (
-    CANDIDATE_INPUT,
+from contract.serving_spec import ServingSpec
+from contract.tensors import (
+    CACHE_DTYPES,
+    CANDIDATES,
     ENSEMBLE,
-    HISTORY_INPUTS,
-    ITEM_SCORER,
-    REQUEST_INPUTS,
-    SCORES_OUTPUT,
-    USER_ENCODER,
-    USER_KEYS,
-    USER_MASK,
-    USER_VALUES,
-    ServingSpec,
+    GRAPHS,
+    CacheDType,
+    Tensor,
+    graph_io,
+    max_sizes,
 )
 from export.tensorrt_engine import metadata_path
 
 Target = Literal["tensorrt", "onnxruntime", "python"]
 TARGETS: tuple[Target, ...] = ("tensorrt", "onnxruntime", "python")
-CACHE_TYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent.parent / "serve" / "onnx_python_model.py"
 QUEUE_DELAY_US = 200  # dynamic batching window: small against a "tens of milliseconds" budget
 WARMUP_CANDIDATES = 64  # warmup request size: a typical ranking request, not the worst case
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input/output. ``dims`` exclude the batch axis; -1 marks a dynamic axis whose
-    largest legal size is in ``limits`` as {axis (with batch): (what it is, max)}."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
-    limits: tuple[tuple[int, str, int], ...] = ()
+def _tensor(t: Tensor, cls: type[mc.ModelInput] | type[mc.ModelOutput]) -> mc.ModelInput | mc.ModelOutput:
+    return cls(name=t.name, data_type=mc.DataType.Value(t.dtype.triton), dims=t.triton_dims())
 
 
-def graph_io(cfg: AstroConfig, cache_dtype: str) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
-    """(inputs, outputs) of both composing models, in the order of the ONNX graphs."""
-    nb, tb_max, s_max = cfg.n_blocks, cfg.max_block_len, cfg.max_user_tokens
-    kv_dims = (cfg.n_layers, cfg.n_heads, -1, cfg.head_dim)  # [L, H, S, dh]
-    tb_limit = ((2, "block length Tb (max_block_len)", tb_max),)
-    s_limit_kv = ((3, "user tokens S = Nb*Tb", s_max),)
-    s_limit_mask = ((1, "user tokens S = Nb*Tb", s_max),)
-    cache_type = CACHE_TYPES[cache_dtype]
-    cache = [
-        TensorSpec(USER_KEYS, cache_type, kv_dims, s_limit_kv),
-        TensorSpec(USER_VALUES, cache_type, kv_dims, s_limit_kv),
-        TensorSpec(USER_MASK, "TYPE_BOOL", (-1,), s_limit_mask),
-    ]
-    history = [TensorSpec(n, "TYPE_INT64", (nb, -1), tb_limit) for n in HISTORY_INPUTS]
-    request = [TensorSpec(n, "TYPE_INT64", (1,)) for n in REQUEST_INPUTS]
-    candidates = TensorSpec(
-        CANDIDATE_INPUT, "TYPE_INT64", (-1,), ((1, "candidates N (max_candidates)", cfg.max_candidates),)
-    )
-    scores = TensorSpec(SCORES_OUTPUT, "TYPE_FP32", (-1, cfg.n_tasks))
+def input_limits(cfg: AstroConfig, inputs: list[Tensor]) -> dict[str, list[list[int | str]]]:
+    """What the Python backend checks, per input: [axis, symbol (equal symbols must agree), what, max]."""
     return {
-        USER_ENCODER: (history + request, cache),
-        ITEM_SCORER: ([candidates, request[0], *cache], [scores]),
+        t.name: [[i, axis.symbol, axis.what, limit] for i, axis, limit in t.limits(cfg)]
+        for t in inputs
+        if t.limits(cfg)
     }
 
 
-def ensemble_io(cfg: AstroConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The public contract (DESIGN.md section 3)."""
-    io = graph_io(cfg, "fp32")  # the cache dtype only changes tensors inside the ensemble
-    user_in, _ = io[USER_ENCODER]
-    scorer_in, scorer_out = io[ITEM_SCORER]
-    return [*user_in, scorer_in[0]], scorer_out
-
-
-def _tensor(t: TensorSpec, cls: type[mc.ModelInput] | type[mc.ModelOutput]) -> mc.ModelInput | mc.ModelOutput:
-    return cls(name=t.name, data_type=mc.DataType.Value(t.data_type), dims=list(t.dims))
-
-
-def _warmup(inputs: list[TensorSpec]) -> mc.ModelWarmup:
+def _warmup(cfg: AstroConfig, inputs: list[Tensor]) -> mc.ModelWarmup:
     """One batch-1 request of zeros: dynamic axes at their limit (full blocks), candidates at a
     typical count. Zero ids are padding, so the request exercises the empty-history path too."""
     warm = mc.ModelWarmup(name="zeros", batch_size=1)
+    sizes = max_sizes(cfg) | {CANDIDATES.symbol: min(WARMUP_CANDIDATES, cfg.max_candidates)}
     for t in inputs:
-        maxima = {axis - 1: limit for axis, _, limit in t.limits}
-        dims = [maxima[i] if d == -1 else d for i, d in enumerate(t.dims)]
-        if t.name == CANDIDATE_INPUT:
-            dims = [min(WARMUP_CANDIDATES, dims[0])]
         warm.inputs[t.name].CopyFrom(
-            mc.ModelWarmup.Input(data_type=mc.DataType.Value(t.data_type), dims=dims, zero_data=True)
+            mc.ModelWarmup.Input(
+                data_type=mc.DataType.Value(t.dtype.triton), dims=list(t.shape(sizes)[1:]), zero_data=True
+            )
         )
     return warm
 
 
-def composing_config(cfg: AstroConfig, graph: str, target: Target, cache_dtype: str, threads: int) -> mc.ModelConfig:
-    inputs, outputs = graph_io(cfg, cache_dtype)[graph]
+def composing_config(
+    cfg: AstroConfig, graph: str, target: Target, cache_dtype: CacheDType, threads: int
+) -> mc.ModelConfig:
+    inputs, outputs = graph_io(cfg, graph, cache_dtype)
     c = mc.ModelConfig(name=graph, max_batch_size=cfg.max_batch_size)
     c.input.extend(_tensor(t, mc.ModelInput) for t in inputs)
     c.output.extend(_tensor(t, mc.ModelOutput) for t in outputs)
     c.version_policy.latest.num_versions = 1
     c.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
-    c.model_warmup.append(_warmup(inputs))
+    c.model_warmup.append(_warmup(cfg, inputs))
     if target == "tensorrt":
         c.platform = "tensorrt_plan"
         c.default_model_filename = "model.plan"
@@ -128,26 +91,25 @@ def composing_config(cfg: AstroConfig, graph: str, target: Target, cache_dtype: 
         c.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
         c.parameters["onnx_file"].string_value = "model.onnx"
         c.parameters["intra_op_threads"].string_value = str(threads)
-        limits = {t.name: [[axis, what, limit] for axis, what, limit in t.limits] for t in inputs if t.limits}
+        limits = input_limits(cfg, inputs)
         c.parameters["input_limits"].string_value = json.dumps(limits, separators=(",", ":"))
     return c
 
 
-def ensemble_config(cfg: AstroConfig, cache_dtype: str) -> mc.ModelConfig:
-    inputs, outputs = ensemble_io(cfg)
+def ensemble_config(cfg: AstroConfig, cache_dtype: CacheDType) -> mc.ModelConfig:
+    inputs, outputs = graph_io(cfg, ENSEMBLE)
     c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=cfg.max_batch_size)
     c.input.extend(_tensor(t, mc.ModelInput) for t in inputs)
     c.output.extend(_tensor(t, mc.ModelOutput) for t in outputs)
-    io = graph_io(cfg, cache_dtype)
-    for graph in (USER_ENCODER, ITEM_SCORER):
-        g_in, g_out = io[graph]
+    for graph in GRAPHS:
+        g_in, g_out = graph_io(cfg, graph, cache_dtype)
         step = c.ensemble_scheduling.step.add(model_name=graph, model_version=-1)
         for t in g_in:
             step.input_map[t.name] = t.name  # explicit maps: ensemble tensor names equal graph names
         for t in g_out:
             step.output_map[t.name] = t.name
     # identical across targets: what a target changes lives in the composing models' configs
-    params = {**ServingSpec.from_config(cfg).to_parameters(), "cache_dtype": cache_dtype, "preset": cfg.name}
+    params = {**ServingSpec.from_config(cfg).to_parameters(), "cache_dtype": cache_dtype}
     for k, v in params.items():
         c.parameters[k].string_value = v
     return c
@@ -167,7 +129,7 @@ def write_repository(
     cfg: AstroConfig,
     target: Target,
     model_files: dict[str, Path],
-    cache_dtype: str,
+    cache_dtype: CacheDType,
     version: int = 1,
     threads: int = 1,
     progress: Callable[[str], None] = print,
@@ -178,11 +140,11 @@ def write_repository(
     Returns the config paths written."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if cache_dtype not in CACHE_TYPES:
-        raise ValueError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_TYPES)}")
+    if cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for graph in (USER_ENCODER, ITEM_SCORER):
+    for graph in GRAPHS:
         vdir = out / graph / str(version)
         if vdir.exists():
             shutil.rmtree(vdir)

@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from contract.serving_spec import ENSEMBLE
+from contract.tensors import ENSEMBLE
 
 
 class RepositoryError(ValueError):

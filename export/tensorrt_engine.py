@@ -56,16 +56,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 from contract.config import AstroConfig
-from contract.serving_spec import (
-    CANDIDATE_INPUT,
-    HISTORY_INPUTS,
-    ITEM_SCORER,
-    REQUEST_INPUTS,
-    SCORES_OUTPUT,
+from contract.tensors import (
+    BATCH,
+    BLOCK_LEN,
+    CACHE_DTYPES,
+    CANDIDATES,
+    GRAPH_IO,
+    TENSORS,
     USER_ENCODER,
     USER_KEYS,
-    USER_MASK,
+    USER_TOKENS,
     USER_VALUES,
+    Axis,
+    Tensor,
+    graph_io,
 )
 
 if TYPE_CHECKING:  # only for annotations: the module itself never needs TensorRT to import
@@ -79,7 +83,6 @@ log = logging.getLogger(__name__)
 
 Graph = Literal["user_encoder", "item_scorer"]
 GRAPHS: tuple[Graph, ...] = get_args(Graph)
-assert set(GRAPHS) == {USER_ENCODER, ITEM_SCORER}, "graph names drifted from contract.serving_spec"
 
 INSTALL_HINT = (
     "TensorRT engines need the TensorRT Python package and an NVIDIA GPU: on a GPU host run "
@@ -130,8 +133,8 @@ def _range(*dims: _Dims | int) -> ShapeRange:
     return ShapeRange(tuple(d.min for d in ds), tuple(d.opt for d in ds), tuple(d.max for d in ds))
 
 
-def _symbolic_dims(cfg: AstroConfig) -> tuple[_Dims, _Dims, _Dims, _Dims]:
-    """B, Tb, S and N of a request.
+def _axis_dims(cfg: AstroConfig) -> dict[str, _Dims]:
+    """(min, opt, max) of every dynamic axis of the tensor declarations.
 
     Minimum 1 everywhere (one user, a history cut to one slot per block, one candidate).
     Maximum: the config's limits, which Triton's ``max_batch_size`` and the client share.
@@ -146,58 +149,50 @@ def _symbolic_dims(cfg: AstroConfig) -> tuple[_Dims, _Dims, _Dims, _Dims]:
     S is always Nb * Tb (the encoder flattens Nb blocks of Tb tokens), at every point.
     """
     nb = cfg.n_blocks
-    b = _Dims(1, math.ceil(cfg.max_batch_size / 2), cfg.max_batch_size)
     tb = _Dims(1, cfg.max_block_len, cfg.max_block_len)
-    s = _Dims(nb * tb.min, nb * tb.opt, nb * tb.max)
-    n = _Dims(1, math.ceil(cfg.max_candidates / 2), cfg.max_candidates)
-    return b, tb, s, n
+    return {
+        BATCH.symbol: _Dims(1, math.ceil(cfg.max_batch_size / 2), cfg.max_batch_size),
+        BLOCK_LEN.symbol: tb,
+        USER_TOKENS.symbol: _Dims(nb * tb.min, nb * tb.opt, nb * tb.max),
+        CANDIDATES.symbol: _Dims(1, math.ceil(cfg.max_candidates / 2), cfg.max_candidates),
+    }
 
 
-def _cache_ranges(cfg: AstroConfig) -> dict[str, ShapeRange]:
-    b, _, s, _ = _symbolic_dims(cfg)
-    kv = _range(b, cfg.n_layers, cfg.n_heads, s, cfg.head_dim)  # [B, L, H, S, dh]
-    return {USER_KEYS: kv, USER_VALUES: kv, USER_MASK: _range(b, s)}  # mask: [B, S]
+def _ranges(cfg: AstroConfig, tensors: Sequence[Tensor]) -> dict[str, ShapeRange]:
+    dims = _axis_dims(cfg)
+    return {t.name: _range(*(dims[d.symbol] if isinstance(d, Axis) else d for d in t.dims)) for t in tensors}
 
 
 def profile_shapes(cfg: AstroConfig, graph: Graph) -> dict[str, ShapeRange]:
-    """The optimization profile of ``graph``: (min, opt, max) for every input, from ``cfg`` only."""
-    b, tb, _, n = _symbolic_dims(cfg)
-    history = _range(b, cfg.n_blocks, tb)  # [B, Nb, Tb]
-    request = _range(b, 1)  # [B, 1]
-    if graph == USER_ENCODER:
-        return {**dict.fromkeys(HISTORY_INPUTS, history), **dict.fromkeys(REQUEST_INPUTS, request)}
-    if graph == ITEM_SCORER:
-        return {CANDIDATE_INPUT: _range(b, n), "request_scenario": request, **_cache_ranges(cfg)}
-    raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    """The optimization profile of ``graph``: (min, opt, max) for every input, from the declarations."""
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    return _ranges(cfg, graph_io(cfg, graph)[0])
 
 
 def output_shapes(cfg: AstroConfig, graph: Graph) -> dict[str, ShapeRange]:
     """The shapes each graph's outputs take over the profile (what the next step receives)."""
-    if graph == USER_ENCODER:
-        return _cache_ranges(cfg)
-    if graph == ITEM_SCORER:
-        b, _, _, n = _symbolic_dims(cfg)
-        return {SCORES_OUTPUT: _range(b, n, cfg.n_tasks)}  # [B, N, T]
-    raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    return _ranges(cfg, graph_io(cfg, graph)[1])
 
 
 # ---------------------------------------------------------------------------------------
 # Expected network I/O, checked right after parsing (names, then dtypes, then shapes)
 # ---------------------------------------------------------------------------------------
 FLOAT_DTYPES = frozenset({"FLOAT", "HALF", "BF16"})  # TensorRT DataType names
-CACHE_DTYPE_NAMES = {"FLOAT": "fp32", "HALF": "fp16"}  # DataType name -> the export's cache dtype
+TRT_DTYPE_NAMES = {"int64": "INT64", "bool": "BOOL", "fp32": "FLOAT", "fp16": "HALF"}  # contract -> TensorRT
+CACHE_DTYPE_NAMES = {TRT_DTYPE_NAMES[d]: d for d in CACHE_DTYPES}  # DataType name -> the export's cache dtype
 
 
 def expected_dtypes(graph: Graph) -> dict[str, frozenset[str]]:
-    """Allowed TensorRT dtype names of every I/O tensor (ids INT64, mask BOOL, scores FLOAT)."""
+    """Allowed TensorRT dtype names of every I/O tensor, from the declarations (the cache: any cache dtype)."""
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    inputs, outputs = GRAPH_IO[graph]
+    decls = [TENSORS[n] for n in (*inputs, *outputs)]
     cache = frozenset(CACHE_DTYPE_NAMES)
-    kv = {USER_KEYS: cache, USER_VALUES: cache, USER_MASK: frozenset({"BOOL"})}
-    i64 = frozenset({"INT64"})
-    if graph == USER_ENCODER:
-        return {**dict.fromkeys((*HISTORY_INPUTS, *REQUEST_INPUTS), i64), **kv}
-    if graph == ITEM_SCORER:
-        return {CANDIDATE_INPUT: i64, "request_scenario": i64, **kv, SCORES_OUTPUT: frozenset({"FLOAT"})}
-    raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    return {t.name: cache if t.dtype == "cache" else frozenset({TRT_DTYPE_NAMES[t.dtype]}) for t in decls}
 
 
 def shape_mismatches(name: str, declared: Sequence[int], rng: ShapeRange) -> list[str]:
@@ -725,7 +720,7 @@ def build_engine(
 def _load_config(spec: str) -> AstroConfig:
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        return AstroConfig.from_dict(json.loads(path.read_text()))
+        return AstroConfig.from_json(path.read_text())
     return AstroConfig.from_name(spec)
 
 

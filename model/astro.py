@@ -1,24 +1,30 @@
-"""ASTRO in PyTorch: embeddings, block attention with dynamic temperature, M-FALCON scoring.
+"""ASTRO in PyTorch: per-block ATL stacks with relative position/time bias, BGF fusion, M-FALCON scoring.
 
-Three execution paths share one set of weights (DESIGN.md section 2):
+The parts the paper's body states (Climber, CIKM'25, section 3): a separate stack of ATL
+layers per sequence block (MSE), ATL logits = q·k + a relative position/time bias divided
+by a temperature learned per block and scenario (every layer of every block), and the
+bit-wise gating fusion (BGF) of the block outputs. The exact bias and temperature forms,
+the fusion's SE module and the head are ours.
 
-* ``per_pair``  -- every candidate scored by its own full pass over ``[user tokens; candidate]``
-  (the classic ranking baseline and the reference);
-* ``sumi``      -- one pass over ``[user tokens; all candidates]`` with the M-FALCON mask;
-* ``split``     -- :meth:`AstroModel.encode_user` once, then :meth:`AstroModel.score_candidates`
+Three execution paths share one set of weights:
+
+* ``per_pair`` -- every candidate scored by its own full pass (the classic baseline, the reference);
+* ``sumi``     -- one pass per block over ``[block history; all candidates]`` with the M-FALCON mask;
+* ``split``    -- :meth:`AstroModel.encode_user` once, then :meth:`AstroModel.score_candidates`
   reusing the cached keys/values.
 
-The reference paths (per-pair, SUMI) run plain dense attention over the concatenated
-sequence with an explicit mask and per-key temperature. The split path runs Nb real
-attentions of size Tb and folds the temperature into the cached keys. Shapes:
-B batch, Nb blocks, Tb block length, S = Nb*Tb user tokens, N candidates, L layers,
-H heads, dh head dim, T tasks.
+The reference paths run dense attention over the concatenated sequence with an explicit
+mask and bias matrix; the split path runs Nb attentions of size Tb in the encoder and
+candidates-against-cache in the scorer. Only the scorer sees the request time: the cached
+keys/values depend on the history and the request scenario alone. Shapes: B batch,
+Nb blocks, Tb block length, S = Nb*Tb user tokens, N candidates, L layers, H heads,
+dh head dim, T tasks, d model width.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +36,11 @@ TIME_LIMIT = 2**62 - 1  # timestamps are clamped to ±TIME_LIMIT s so that their
 # Additive logit of a padding key: exp(-3e4 - max) is 0 in fp32, and it is finite in fp16 (range
 # +-65504), so a fully masked row (an empty block) softmaxes to finite weights on every precision.
 MASK_LOGIT = -3e4
+CANDIDATE_POSITION = -1  # a candidate sits just before the newest event (slot 0) of every block
 
 
 class History(NamedTuple):
-    """One batch of block tensors, each ``[B, Nb, Tb]`` int64."""
+    """One batch of block tensors, each ``[B, Nb, Tb]`` int64, newest first."""
 
     item_ids: Tensor
     behaviors: Tensor
@@ -51,43 +58,124 @@ class Request(NamedTuple):
 class UserCache(NamedTuple):
     """What the user encoder hands the item scorer: the only state shared between graphs."""
 
-    keys: Tensor  # [B, L, H, S, dh], temperature already folded in
+    keys: Tensor  # [B, L, H, S, dh], block-major tokens
     values: Tensor  # [B, L, H, S, dh]
     mask: Tensor  # [B, S] bool, True = a real event
 
 
-class AstroLayer(nn.Module):
-    """Pre-norm transformer layer; user tokens and candidates share its weights."""
+def signed_log_bucket(x: Tensor, n: int) -> Tensor:
+    """int64 distances -> bucket in [0, 2n-1): n-1 + sign(x) * #{e in 1, 2, 4, ..., 2^(n-2) : e <= |x|}.
+
+    Integer comparisons only, so every runtime buckets identically (no float log2 at the edges)."""
+    edges = torch.tensor([2**i for i in range(n - 1)], dtype=torch.int64, device=x.device)
+    magnitude = (x.abs()[..., None] >= edges).sum(-1)
+    return n - 1 + torch.sign(x) * magnitude
+
+
+class BlockwiseLinear(nn.Module):
+    """Nb independent linear maps, one per block: x [B, Nb, T, i] -> [B, Nb, T, o]."""
+
+    def __init__(self, n_blocks: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default init, per block
+        self.weight = nn.Parameter(torch.empty(n_blocks, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_blocks, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("bkti,kio->bkto", x, self.weight) + self.bias[:, None, :]
+
+
+class BlockwiseLayerNorm(nn.Module):
+    """LayerNorm with its own affine per block: x [B, Nb, T, d]."""
+
+    def __init__(self, n_blocks: int, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_blocks, d))
+        self.bias = nn.Parameter(torch.zeros(n_blocks, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight[:, None, :] + self.bias[:, None, :]
+
+
+class ATLLayer(nn.Module):
+    """Layer l of every block's ATL stack (separate weights per block), pre-norm.
+
+    The attention itself lives in :class:`AstroModel` (it differs per path); the layer
+    owns the projections, the relative-bias tables and the FFN."""
 
     def __init__(self, cfg: AstroConfig) -> None:
         super().__init__()
-        d = cfg.d_model
+        d, nb = cfg.d_model, cfg.n_blocks
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.norm1 = BlockwiseLayerNorm(nb, d)
+        self.qkv = BlockwiseLinear(nb, d, 3 * d)
+        self.out = BlockwiseLinear(nb, d, d)
+        self.norm2 = BlockwiseLayerNorm(nb, d)
+        self.ffn_in = BlockwiseLinear(nb, d, cfg.ffn_mult * d)
+        self.ffn_out = BlockwiseLinear(nb, cfg.ffn_mult * d, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.position_bias: nn.Parameter | None = None
+        self.time_bias: nn.Parameter | None = None
+        if cfg.relative_bias:
+            # learned tables [Nb, buckets, H] over signed log buckets; zero at start (no bias)
+            self.position_bias = nn.Parameter(torch.zeros(nb, 2 * cfg.position_buckets - 1, cfg.n_heads))
+            self.time_bias = nn.Parameter(torch.zeros(nb, 2 * cfg.time_buckets - 1, cfg.n_heads))
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: [B, Nb, T, d] -> q, k, v each [B, Nb, H, T, dh]."""
+        b, nb, t, _ = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, nb, t, 3, self.n_heads, self.head_dim)
+        qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, Nb, H, T, dh)
+        return qkv[0], qkv[1], qkv[2]
+
+    def finish(self, x: Tensor, y: Tensor) -> Tensor:
+        """Residual + FFN. x: [B, Nb, T, d]; y: attention output [B, Nb, H, T, dh]."""
+        y = y.transpose(2, 3).flatten(-2)  # [B, Nb, T, d]
+        x = x + self.drop(self.out(y))
+        ffn: Tensor = self.drop(self.ffn_out(F.gelu(self.ffn_in(self.norm2(x)))))
+        return x + ffn
+
+    def relative_bias(self, position_bucket: Tensor, time_bucket: Tensor) -> Tensor:
+        """Buckets [B|1, Nb, Tq, Tk] -> additive logits [B|1, Nb, H, Tq, Tk] (0 without relative bias)."""
+        if self.position_bias is None or self.time_bias is None:
+            return torch.zeros((), device=position_bucket.device)
+        nb = self.position_bias.shape[0]
+        block = torch.arange(nb, device=position_bucket.device)[:, None, None]  # [Nb, 1, 1]
+        pos = self.position_bias[block, position_bucket]  # [B|1, Nb, Tq, Tk, H]
+        time = self.time_bias[block, time_bucket]
+        return (pos + time).permute(0, 1, 4, 2, 3)
+
+
+class BitwiseGatingFusion(nn.Module):
+    """BGF over one candidate's Nb block outputs: an ATL across blocks (no relative bias, a
+    temperature per request scenario and head), then G ⊙ σ(SE(G)) with a squeeze-excitation
+    bottleneck over the flattened Nb×d bits. x [B, N, Nb, d] -> [B, N, Nb*d]."""
+
+    def __init__(self, cfg: AstroConfig) -> None:
+        super().__init__()
+        d, nb = cfg.d_model, cfg.n_blocks
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.norm1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.norm2 = nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Linear(cfg.ffn_mult * d, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.squeeze = nn.Linear(nb * d, d)  # SE: squeeze the Nb*d bits to d, excite back to Nb*d gates
+        self.excite = nn.Linear(d, nb * d)
 
-    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [..., T, d] -> q, k, v each [..., H, T, dh]."""
-        *lead, t, _ = x.shape
-        qkv = self.qkv(self.norm1(x)).view(*lead, t, 3, self.n_heads, self.head_dim)
-        qkv = qkv.movedim(-3, 0).transpose(-3, -2)  # (3, ..., H, T, dh)
-        return qkv[0], qkv[1], qkv[2]
-
-    def finish(self, x: Tensor, y: Tensor) -> Tensor:
-        """Residual + FFN. x: [..., T, d]; y: attention output [..., H, T, dh]."""
-        y = y.transpose(-3, -2).flatten(-2)  # [..., T, d]
-        x = x + self.drop(self.out(y))
-        ffn: Tensor = self.drop(self.ffn(self.norm2(x)))
-        return x + ffn
+    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+        """x [B, N, Nb, d], tau [B, H] -> gated block outputs [B, N, Nb*d]."""
+        b, n, nb, d = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, n, nb, 3, self.n_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, N, H, Nb, dh]
+        att = ((q @ k.transpose(-1, -2)) / tau[:, None, :, None, None]).softmax(-1)  # [B, N, H, Nb, Nb]
+        g = x + self.out((att @ v).transpose(2, 3).reshape(b, n, nb, d))
+        g = torch.flatten(g + self.ffn(self.norm2(g)), -2)  # G: [B, N, Nb*d]
+        gate: Tensor = torch.sigmoid(self.excite(F.relu(self.squeeze(g))))
+        return g * gate
 
 
 class AstroModel(nn.Module):
-    age_edges: Tensor
-
     def __init__(self, cfg: AstroConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -96,33 +184,27 @@ class AstroModel(nn.Module):
         self.behavior_emb = nn.Embedding(cfg.n_behaviors + 1, d)  # +1: the "unknown behaviour" slot
         self.event_scenario_emb = nn.Embedding(cfg.n_scenarios + 1, d)  # +1: unknown scenario
         self.request_scenario_emb = nn.Embedding(cfg.n_scenarios + 1, d)
-        self.age_emb = nn.Embedding(cfg.age_buckets, d)
-        self.pos_emb = nn.Embedding(nb * cfg.max_block_len, d)  # per-block recency position, row b*max_len + t
         self.target_marker = nn.Parameter(torch.zeros(d))
-        # f(request scenario, block) -> raw temperature per layer and head; block index Nb is the
-        # candidates' own key. tau = tau_min + softplus(raw); raw starts near tau = 1.
-        tau0 = math.log(math.expm1(1.0 - cfg.tau_min))
-        self.temperature_raw = nn.Parameter(
-            tau0 + 0.1 * torch.randn(cfg.n_scenarios + 1, nb + 1, cfg.n_layers, cfg.n_heads)
-        )
-        self.layers = nn.ModuleList(AstroLayer(cfg) for _ in range(cfg.n_layers))
-        self.stack = cast(list[AstroLayer], list(self.layers))  # typed view of the same modules
-        self.final_norm = nn.LayerNorm(d)
-        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.n_tasks))
-        # age bucket = number of edges <= age: 0 s -> 0, 1 s -> 1, 2-3 s -> 2, ..., >= 2^(A-2) s -> A-1.
-        # Integer comparisons, so every runtime buckets identically (no float log2 at bucket edges).
-        edges = torch.tensor([2**i for i in range(cfg.age_buckets - 1)], dtype=torch.int64)
-        self.register_buffer("age_edges", edges, persistent=False)
-        for emb in (
-            self.item_emb,
-            self.behavior_emb,
-            self.event_scenario_emb,
-            self.request_scenario_emb,
-            self.age_emb,
-            self.pos_emb,
-        ):
+        self.temperature_raw: nn.Parameter | None = None
+        self.fusion_temperature_raw: nn.Parameter | None = None
+        if cfg.dynamic_temperature:
+            # tau = tau_min + softplus(raw), per (request scenario, block, layer, head); BGF's per
+            # (request scenario, head). Starts near sqrt(dh), the fixed scale it replaces.
+            raw0 = math.log(math.expm1(math.sqrt(cfg.head_dim) - cfg.tau_min))
+            self.temperature_raw = nn.Parameter(
+                raw0 + 0.1 * torch.randn(cfg.n_scenarios + 1, nb, cfg.n_layers, cfg.n_heads)
+            )
+            self.fusion_temperature_raw = nn.Parameter(raw0 + 0.1 * torch.randn(cfg.n_scenarios + 1, cfg.n_heads))
+        self.stack = nn.ModuleList(ATLLayer(cfg) for _ in range(cfg.n_layers))
+        self.block_norm = BlockwiseLayerNorm(nb, d)
+        self.fusion = BitwiseGatingFusion(cfg) if cfg.bgf else None
+        self.head = nn.Sequential(nn.Linear(nb * d, d), nn.GELU(), nn.Linear(d, cfg.n_tasks))
+        for emb in (self.item_emb, self.behavior_emb, self.event_scenario_emb, self.request_scenario_emb):
             nn.init.normal_(emb.weight, std=0.05)
         nn.init.normal_(self.target_marker, std=0.05)
+
+    def layers(self) -> list[ATLLayer]:
+        return [layer for layer in self.stack if isinstance(layer, ATLLayer)]
 
     # ---- input handling: total functions, no value can index out of range -------------
     def hash_items(self, ids: Tensor) -> Tensor:
@@ -141,118 +223,152 @@ class AstroModel(nn.Module):
         return torch.where(valid, zero, torch.full_like(zero, MASK_LOGIT))
 
     def temperatures(self, request_scenario: Tensor) -> Tensor:
-        """request_scenario [B, 1] -> tau [B, Nb+1, L, H] (index Nb: the candidate's own key)."""
+        """request_scenario [B, 1] -> tau [B, Nb, L, H]."""
+        if self.temperature_raw is None:
+            b, c = request_scenario.shape[0], self.cfg
+            return torch.full(
+                (b, c.n_blocks, c.n_layers, c.n_heads), math.sqrt(c.head_dim), device=request_scenario.device
+            )
         raw = self.temperature_raw[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
         return self.cfg.tau_min + F.softplus(raw)
 
-    def embed_history(self, h: History, request: Request) -> tuple[Tensor, Tensor]:
-        """-> user tokens [B, Nb, Tb, d] and valid mask [B, Nb, Tb]."""
-        nb, tb = h.item_ids.shape[-2:]
-        # clamped: a Tb above max_block_len (which only the python target and TensorRT profiles refuse)
-        # reuses the last position row instead of reading another block's rows or past the table
-        slot = torch.arange(tb, device=h.item_ids.device).clamp(max=self.cfg.max_block_len - 1)
-        pos = torch.arange(nb, device=slot.device)[:, None] * self.cfg.max_block_len + slot  # [Nb, Tb]
-        now = request.timestamp.clamp(-TIME_LIMIT, TIME_LIMIT)[:, :, None]  # [B, 1, 1]
-        age = (now - h.timestamps.clamp(-TIME_LIMIT, TIME_LIMIT)).clamp(min=0)  # [B, Nb, Tb]; future events -> 0
-        age_bucket = (age[..., None] >= self.age_edges).sum(-1)  # [B, Nb, Tb]
+    def fusion_temperatures(self, request_scenario: Tensor) -> Tensor:
+        """request_scenario [B, 1] -> BGF's tau [B, H]."""
+        if self.fusion_temperature_raw is None:
+            b, c = request_scenario.shape[0], self.cfg
+            return torch.full((b, c.n_heads), math.sqrt(c.head_dim), device=request_scenario.device)
+        raw = self.fusion_temperature_raw[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
+        return self.cfg.tau_min + F.softplus(raw)
+
+    def time_bucket(self, t_query: Tensor, t_key: Tensor) -> Tensor:
+        """Signed log bucket of t_query - t_key (seconds), overflow-free."""
+        dt = t_query.clamp(-TIME_LIMIT, TIME_LIMIT) - t_key.clamp(-TIME_LIMIT, TIME_LIMIT)
+        return signed_log_bucket(dt, self.cfg.time_buckets)
+
+    def position_bucket(self, p_query: Tensor, p_key: Tensor) -> Tensor:
+        """Signed log bucket of p_key - p_query (slots; newest first, so > 0 means older)."""
+        return signed_log_bucket(p_key - p_query, self.cfg.position_buckets)
+
+    def embed_history(self, h: History) -> tuple[Tensor, Tensor]:
+        """-> user tokens [B, Nb, Tb, d] and valid mask [B, Nb, Tb]. No absolute time or position."""
         x = (
             self.item_emb(self.hash_items(h.item_ids))
             + self.behavior_emb(self._category(h.behaviors, self.cfg.n_behaviors))
             + self.event_scenario_emb(self._category(h.scenarios, self.cfg.n_scenarios))
-            + self.age_emb(age_bucket)
-            + self.pos_emb(pos)
         )
         return x, h.item_ids != 0
 
-    def embed_candidates(self, cand_item_ids: Tensor, request: Request) -> Tensor:
+    def embed_candidates(self, cand_item_ids: Tensor, request_scenario: Tensor) -> Tensor:
         """cand_item_ids [B, N] -> candidate tokens [B, N, d]."""
-        scn: Tensor = self.request_scenario_emb(self._category(request.scenario, self.cfg.n_scenarios))  # [B, 1, d]
+        scn: Tensor = self.request_scenario_emb(self._category(request_scenario, self.cfg.n_scenarios))  # [B, 1, d]
         items: Tensor = self.item_emb(self.hash_items(cand_item_ids))
         return items + scn + self.target_marker
 
-    def logits(self, c: Tensor) -> Tensor:
-        """Final candidate states [B, N, d] -> per-task logits [B, N, T]."""
-        out: Tensor = self.head(self.final_norm(c))
+    def fuse(self, blocks_out: Tensor, request_scenario: Tensor) -> Tensor:
+        """Per-candidate block outputs [B, Nb, N, d] -> per-task logits [B, N, T]."""
+        g = self.block_norm(blocks_out).transpose(1, 2)  # [B, N, Nb, d]
+        fused = g.flatten(-2) if self.fusion is None else self.fusion(g, self.fusion_temperatures(request_scenario))
+        out: Tensor = self.head(fused)
         return out
 
     # ---- split path: encoder once, scorer reusing the cache ----------------------------
-    def encode_user(self, h: History, request: Request) -> UserCache:
-        """Block attention: Nb attentions of size Tb. Returns keys/values [B, L, H, S, dh]."""
-        x, valid = self.embed_history(h, request)
+    def encode_user(self, h: History, request_scenario: Tensor) -> UserCache:
+        """Per-block ATL stacks: Nb attentions of size Tb. Returns keys/values [B, L, H, S, dh].
+
+        Takes the history and the request scenario only: the request time never enters."""
+        x, valid = self.embed_history(h)
         b, nb, tb, _ = x.shape
-        tau = self.temperatures(request.scenario)[:, :nb]  # [B, Nb, L, H]
+        tau = self.temperatures(request_scenario)  # [B, Nb, L, H]
         key_bias = self._mask_bias(valid)[:, :, None, None, :]  # [B, Nb, 1, 1, Tb], built once for all layers
-        scale = 1.0 / math.sqrt(self.cfg.head_dim)
+        slot = torch.arange(tb, device=x.device)
+        pos_bucket = self.position_bucket(slot[:, None], slot[None, :])[None, None]  # [1, 1, Tb, Tb]
+        time_bucket = self.time_bucket(h.timestamps[..., :, None], h.timestamps[..., None, :])  # [B, Nb, Tb, Tb]
         keys, values = [], []
-        for li, layer in enumerate(self.stack):
+        layers = self.layers()
+        for li, layer in enumerate(layers):
             q, k, v = layer.qkv_heads(x)  # [B, Nb, H, Tb, dh]
-            k = k / tau[:, :, li, :, None, None]  # fold the temperature into the keys
             keys.append(k)
             values.append(v)
-            if li == len(self.stack) - 1:
+            if li == len(layers) - 1:
                 break  # the last layer's user outputs feed nothing: only its keys/values are needed
-            att = ((q * scale) @ k.transpose(-1, -2) + key_bias).softmax(-1)  # [B, Nb, H, Tb, Tb]
+            logits = q @ k.transpose(-1, -2) + layer.relative_bias(pos_bucket.expand(1, nb, tb, tb), time_bucket)
+            att = (logits / tau[:, :, li, :, None, None] + key_bias).softmax(-1)  # [B, Nb, H, Tb, Tb]
             x = layer.finish(x, att @ v)
         # (B, Nb, H, Tb, dh) per layer -> (B, L, H, Nb*Tb, dh), block-major token order
         k_all = torch.stack(keys, 1).transpose(2, 3).reshape(b, len(keys), self.cfg.n_heads, nb * tb, -1)
         v_all = torch.stack(values, 1).transpose(2, 3).reshape(b, len(values), self.cfg.n_heads, nb * tb, -1)
         return UserCache(k_all, v_all, valid.reshape(b, nb * tb))
 
-    def score_candidates(self, cand_item_ids: Tensor, request: Request, cache: UserCache) -> Tensor:
-        """M-FALCON: each candidate attends to all valid user tokens and itself. -> logits [B, N, T]."""
-        c = self.embed_candidates(cand_item_ids, request)  # [B, N, d]
-        tau_self = self.temperatures(request.scenario)[:, -1]  # [B, L, H]
-        s = cache.mask.shape[1]
-        bias = self._mask_bias(cache.mask).to(c.dtype)  # [B, S], built once for all layers
-        user_bias = bias.repeat_interleave(self.cfg.n_heads, 0)[:, None, :]  # [B*H, 1, S]
-        scale = 1.0 / math.sqrt(self.cfg.head_dim)
-        for li, layer in enumerate(self.stack):
-            q, k, v = layer.qkv_heads(c)  # [B, H, N, dh]
-            q = q * scale  # on [B, H, N, dh], not on the N x S logits
-            k = k / tau_self[:, li, :, None, None]
-            uk = cache.keys[:, li].to(q.dtype)  # [B, H, S, dh]; an fp16 cache is computed on in fp32
-            uv = cache.values[:, li].to(q.dtype)
-            # [B*H, N, S]: bias + q @ ukᵀ in one fused call (scale and mask cost no extra pass)
-            att_user = torch.baddbmm(user_bias, q.flatten(0, 1), uk.flatten(0, 1).transpose(-1, -2))
-            att_self = (q * k).sum(-1, keepdim=True)  # [B, H, N, 1]: each candidate's own key
-            att = torch.cat([att_user.view(*q.shape[:3], s), att_self], -1).softmax(-1)  # [B, H, N, S+1]
-            y = att[..., :s] @ uv + att[..., s:] * v  # [B, H, N, dh]
+    def score_candidates(
+        self, cand_item_ids: Tensor, request: Request, hist_timestamps: Tensor, cache: UserCache
+    ) -> Tensor:
+        """M-FALCON per block: in block k's stack a candidate attends to block k's valid history and
+        to itself. Its bias to history token j: position j - (-1), time bucket(request time - t_j).
+
+        cand_item_ids [B, N], hist_timestamps [B, Nb, Tb], cache keys [B, L, H, Nb*Tb, dh] -> logits [B, N, T]."""
+        b, nb, tb = hist_timestamps.shape
+        n = cand_item_ids.shape[1]
+        h, dh = self.cfg.n_heads, self.cfg.head_dim
+        c = self.embed_candidates(cand_item_ids, request.scenario)[:, None].expand(b, nb, n, -1)  # [B, Nb, N, d]
+        tau = self.temperatures(request.scenario)  # [B, Nb, L, H]
+        mask_bias = self._mask_bias(cache.mask.view(b, nb, 1, 1, tb))  # [B, Nb, 1, 1, Tb]
+        slot = torch.arange(tb, device=c.device)
+        me = torch.full((1,), CANDIDATE_POSITION, dtype=torch.int64, device=c.device)
+        pos_bucket = self.position_bucket(me[:, None], slot[None, :])[None, None].expand(1, nb, 1, tb)  # [1, Nb, 1, Tb]
+        time_bucket = self.time_bucket(request.timestamp[:, :, None, None], hist_timestamps[:, :, None, :])
+        zero = torch.zeros((1, nb, 1, 1), dtype=torch.int64, device=c.device)  # a candidate to itself: distance 0
+        self_pos, self_time = self.position_bucket(zero, zero), self.time_bucket(zero, zero)
+        for li, layer in enumerate(self.layers()):
+            q, k, v = layer.qkv_heads(c)  # [B, Nb, H, N, dh]
+            uk = cache.keys[:, li].view(b, h, nb, tb, dh).transpose(1, 2).to(q.dtype)  # [B, Nb, H, Tb, dh]
+            uv = cache.values[:, li].view(b, h, nb, tb, dh).transpose(1, 2).to(q.dtype)
+            t = tau[:, :, li, :, None, None]  # [B, Nb, H, 1, 1]
+            user = (q @ uk.transpose(-1, -2) + layer.relative_bias(pos_bucket, time_bucket)) / t + mask_bias
+            own = ((q * k).sum(-1, keepdim=True) + layer.relative_bias(self_pos, self_time)) / t  # [B, Nb, H, N, 1]
+            att = torch.cat([user, own], -1).softmax(-1)  # [B, Nb, H, N, Tb+1]
+            y = att[..., :tb] @ uv + att[..., tb:] * v  # [B, Nb, H, N, dh]
             c = layer.finish(c, y)
-        return self.logits(c)
+        return self.fuse(c, request.scenario)
 
     def split(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
-        return self.score_candidates(cand_item_ids, request, self.encode_user(h, request))
+        cache = self.encode_user(h, request.scenario)
+        return self.score_candidates(cand_item_ids, request, h.timestamps, cache)
 
-    # ---- reference paths: dense attention over [user tokens; candidates] ---------------
+    def forward(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
+        """Training and serving: the split path. -> logits [B, N, T]."""
+        return self.split(h, request, cand_item_ids)
+
+    # ---- reference paths: dense attention over [block history; candidates] -------------
     def dense(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
-        """One pass over S + N tokens with the explicit M-FALCON mask. -> logits [B, N, T]."""
-        xu, valid = self.embed_history(h, request)
+        """One pass per block over Tb + N tokens with the explicit M-FALCON mask. -> logits [B, N, T]."""
+        xu, valid = self.embed_history(h)
         b, nb, tb, d = xu.shape
         n = cand_item_ids.shape[1]
-        s = nb * tb
-        x = torch.cat([xu.reshape(b, s, d), self.embed_candidates(cand_item_ids, request)], 1)  # [B, S+N, d]
-        dev = x.device
-        block_of = torch.cat([torch.arange(nb, device=dev).repeat_interleave(tb), torch.full((n,), nb, device=dev)])
-        is_user = block_of < nb  # [S+N]
-        key_valid = torch.cat([valid.reshape(b, s), torch.ones(b, n, dtype=torch.bool, device=dev)], 1)  # [B, S+N]
-        same_block = block_of[:, None] == block_of[None, :]  # [S+N, S+N]
-        eye = torch.eye(s + n, dtype=torch.bool, device=dev)
-        # user rows: own block only; candidate rows: every user token, and themselves only
-        allowed = torch.where(is_user[:, None], same_block, is_user[None, :] | eye)  # [S+N, S+N]
-        allowed = allowed[None] & key_valid[:, None, :]  # [B, S+N, S+N]
-        tau = self.temperatures(request.scenario)  # [B, Nb+1, L, H]
-        tau_key = tau[:, block_of]  # [B, S+N, L, H]: the temperature of each key's block
-        scale = 1.0 / math.sqrt(self.cfg.head_dim)
-        for li, layer in enumerate(self.stack):
-            q, k, v = layer.qkv_heads(x)  # [B, H, S+N, dh]
-            att = (q @ k.transpose(-1, -2)) * scale  # [B, H, S+N, S+N]
-            att = att / tau_key[:, :, li].transpose(1, 2)[:, :, None, :]  # per-key temperature
-            att = att.masked_fill(~allowed[:, None], MASK_LOGIT).softmax(-1)
+        dev = xu.device
+        xc = self.embed_candidates(cand_item_ids, request.scenario)[:, None].expand(b, nb, n, d)
+        x = torch.cat([xu, xc], 2)  # [B, Nb, Tb+N, d]
+        is_user = torch.arange(tb + n, device=dev) < tb  # [Tb+N]
+        key_ok = torch.cat([valid, torch.ones(b, nb, n, dtype=torch.bool, device=dev)], 2)  # [B, Nb, Tb+N]
+        eye = torch.eye(tb + n, dtype=torch.bool, device=dev)
+        # user rows: own block's tokens; candidate rows: the block's user tokens and themselves only
+        allowed = torch.where(is_user[:, None], is_user[None, :], is_user[None, :] | eye)  # [Tb+N, Tb+N]
+        allowed = allowed[None, None] & key_ok[:, :, None, :]  # [B, Nb, Tb+N, Tb+N]
+        pos = torch.cat([torch.arange(tb, device=dev), torch.full((n,), CANDIDATE_POSITION, device=dev)])
+        times = torch.cat([h.timestamps, request.timestamp[:, :, None].expand(b, nb, n)], 2)  # [B, Nb, Tb+N]
+        pos_bucket = self.position_bucket(pos[:, None], pos[None, :])[None, None].expand(1, nb, tb + n, tb + n)
+        time_bucket = self.time_bucket(times[..., :, None], times[..., None, :])  # [B, Nb, Tb+N, Tb+N]
+        tau = self.temperatures(request.scenario)  # [B, Nb, L, H]
+        for li, layer in enumerate(self.layers()):
+            q, k, v = layer.qkv_heads(x)  # [B, Nb, H, Tb+N, dh]
+            logits = (q @ k.transpose(-1, -2) + layer.relative_bias(pos_bucket, time_bucket)) / tau[
+                :, :, li, :, None, None
+            ]
+            att = logits.masked_fill(~allowed[:, :, None], MASK_LOGIT).softmax(-1)
             x = layer.finish(x, att @ v)
-        return self.logits(x[:, s:])
+        return self.fuse(x[:, :, tb:], request.scenario)
 
     def sumi(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
-        """Single user, multiple items: all N candidates in one dense pass."""
+        """Single user, multiple items: all N candidates in one dense pass per block."""
         return self.dense(h, request, cand_item_ids)
 
     def per_pair(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
@@ -262,7 +378,7 @@ class AstroModel(nn.Module):
 
 
 class UserEncoder(nn.Module):
-    """Export wrapper: the user-encoder graph with flat, named tensor inputs."""
+    """Export wrapper: the user-encoder graph. Its inputs are history and scenario only."""
 
     def __init__(self, model: AstroModel, cache_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -275,11 +391,9 @@ class UserEncoder(nn.Module):
         hist_scenarios: Tensor,
         hist_timestamps: Tensor,
         request_scenario: Tensor,  # [B, 1] int64
-        request_timestamp: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         cache = self.model.encode_user(
-            History(hist_item_ids, hist_behaviors, hist_scenarios, hist_timestamps),
-            Request(request_scenario, request_timestamp),
+            History(hist_item_ids, hist_behaviors, hist_scenarios, hist_timestamps), request_scenario
         )
         return cache.keys.to(self.cache_dtype), cache.values.to(self.cache_dtype), cache.mask
 
@@ -295,10 +409,16 @@ class ItemScorer(nn.Module):
         self,
         cand_item_ids: Tensor,  # [B, N] int64
         request_scenario: Tensor,  # [B, 1] int64
+        request_timestamp: Tensor,  # [B, 1] int64
+        hist_timestamps: Tensor,  # [B, Nb, Tb] int64
         user_keys: Tensor,  # [B, L, H, S, dh] cache dtype
         user_values: Tensor,
         user_mask: Tensor,  # [B, S] bool
     ) -> Tensor:
-        request = Request(request_scenario, torch.zeros_like(request_scenario))  # the scorer needs no time
-        logits = self.model.score_candidates(cand_item_ids, request, UserCache(user_keys, user_values, user_mask))
+        logits = self.model.score_candidates(
+            cand_item_ids,
+            Request(request_scenario, request_timestamp),
+            hist_timestamps,
+            UserCache(user_keys, user_values, user_mask),
+        )
         return torch.sigmoid(logits)

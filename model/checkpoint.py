@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from contract.config import AstroConfig
+from contract.config import AstroConfig, ConfigError
 from model.astro import AstroModel
 
 WEIGHTS = "model.safetensors"
@@ -43,9 +43,9 @@ def load_config(directory: Path) -> AstroConfig:
             "train one with `python -m model.train --out DIR`"
         )
     try:
-        return AstroConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError, AssertionError) as e:
-        raise CheckpointError(f"{path} is not a valid ASTRO config: {e}") from e
+        return AstroConfig.from_json(path.read_text())
+    except ConfigError as e:
+        raise CheckpointError(f"{path} is not a valid ASTRO config: {e}") from None
 
 
 def load_checkpoint(directory: Path) -> AstroModel:

@@ -36,7 +36,7 @@ class RandomRequest:
         cls, history: EventHistory, candidates: npt.ArrayLike, scenario: int, timestamp: int, cfg: AstroConfig
     ) -> RandomRequest:
         """One user's flat history as a batch-1 request, cut into blocks by the client's own helper."""
-        b = stack_blocks([history], cfg.blocks)
+        b = stack_blocks([history], cfg)
         return cls(
             b.item_ids,
             b.behaviors,

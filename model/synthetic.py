@@ -16,12 +16,15 @@ import numpy as np
 import numpy.typing as npt
 
 from contract.blocks import EventHistory, build_blocks
-from contract.config import BEHAVIORS, SCENARIOS, AstroConfig
+from contract.config import AstroConfig
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 NOW = 1_700_000_000
 DAY = 86_400
+# the world's own vocabularies; a dataset re-labels them with the ids of the config it is built for
+BEHAVIORS = ("play", "like", "share", "skip")
+SCENARIOS = ("home", "search", "radio", "playlist")
 RECENT_EVENTS = 16  # the newest events of a history follow the short-term taste
 # label weight of (long-term taste, short-term taste) per request scenario
 SCENARIO_MIX = {"home": (1.0, 1.0), "search": (1.6, 0.2), "radio": (0.2, 1.8), "playlist": (1.4, 0.4)}
@@ -113,7 +116,13 @@ class SyntheticWorld:
         return (rng.random(p.shape) < p).astype(np.float32)
 
     def dataset(self, cfg: AstroConfig, n_users: int, seed: int) -> Dataset:
-        assert cfg.n_tasks == 2, f"the synthetic world labels 2 tasks, config has {cfg.tasks}"
+        if cfg.n_tasks != 2:
+            raise ValueError(f"the synthetic world labels 2 tasks, config has tasks={list(cfg.tasks)}")
+        missing = sorted(set(BEHAVIORS) - set(cfg.behaviors)) + sorted(set(SCENARIOS) - set(cfg.scenarios))
+        if missing:
+            raise ValueError(f"the synthetic world emits {missing}, which the config's vocabularies lack")
+        behavior_id = np.array([cfg.behaviors.index(b) for b in BEHAVIORS], np.int64)  # world id -> config id
+        scenario_id = np.array([cfg.scenarios.index(s) for s in SCENARIOS], np.int64)
         rng = np.random.default_rng(seed)
         nb, tb, n = cfg.n_blocks, cfg.max_block_len, self.spec.candidates_per_user
         hist = np.zeros((4, n_users, nb, tb), dtype=np.int64)
@@ -121,8 +130,14 @@ class SyntheticWorld:
         cands = np.zeros((n_users, n), dtype=np.int64)
         labels = np.zeros((n_users, n, 2), dtype=np.float32)
         for u in range(n_users):
-            history, long_t, short_t = self.user(rng)
-            blocks = build_blocks(history, cfg.blocks, tb)
+            world_history, long_t, short_t = self.user(rng)
+            history = EventHistory(
+                world_history.item_ids,
+                behavior_id[world_history.behaviors],
+                scenario_id[world_history.scenarios],
+                world_history.timestamps,
+            )
+            blocks = build_blocks(history, cfg, tb)
             hist[:, u] = (blocks.item_ids, blocks.behaviors, blocks.scenarios, blocks.timestamps)
             # candidates: half by popularity (what a retrieval stage returns), half uniform
             cand = np.concatenate(
@@ -133,7 +148,9 @@ class SyntheticWorld:
             )
             cands[u] = self.item_ids[cand]
             labels[u] = self.labels(rng, cand, int(scen[u, 0]), long_t, short_t)
-        return Dataset(hist[0], hist[1], hist[2], hist[3], scen, np.full((n_users, 1), NOW, np.int64), cands, labels)
+        return Dataset(
+            hist[0], hist[1], hist[2], hist[3], scenario_id[scen], np.full((n_users, 1), NOW, np.int64), cands, labels
+        )
 
 
 def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from contract.config import AstroConfig
+from contract.config import PRESETS, AstroConfig
 from model.astro import AstroModel, History, Request
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
@@ -118,8 +118,8 @@ def train(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="small", help="config preset: tiny, small or paper (default: small)")
-    p.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder to write")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint folder to write (default: checkpoints/<preset>)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training users")
     p.add_argument("--train-users", type=int, default=4000, help="synthetic training users")
     p.add_argument("--test-users", type=int, default=1000, help="held-out synthetic users for the AUCs")
@@ -131,11 +131,12 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = AstroConfig.from_name(a.preset)
+    out: Path = a.out or DEFAULT_CHECKPOINT.parent / a.preset
     model, metrics = train(cfg, a.epochs, a.train_users, a.test_users, a.batch_size, a.lr, a.seed)
-    save_checkpoint(model, a.out, metrics)
+    save_checkpoint(model, out, metrics)
     for t in cfg.tasks:
         print(f"held-out AUC {t}: model {metrics['auc_model'][t]:.4f} vs popularity {metrics['auc_popularity'][t]:.4f}")
-    print(f"wrote {a.out}/ (model.safetensors, config.json, metrics.json) in {metrics['train_seconds']} s")
+    print(f"wrote {out}/ (model.safetensors, config.json, metrics.json) in {metrics['train_seconds']} s")
 
 
 if __name__ == "__main__":

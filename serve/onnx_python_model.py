@@ -51,7 +51,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: cannot load {path}: {e}") from e
         self.inputs = [(t["name"], _NUMPY[t["data_type"]], len(t["dims"]) + 1) for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
-        # {input: [[axis, what, max], ...]}: the dynamic axes' limits from the model config
+        # {input: [[axis, symbol, what, max], ...]}: the dynamic axes' limits from the model config;
+        # inputs whose axes carry the same symbol must agree on its size (e.g. the history's Tb)
         self.limits: dict[str, list[list[Any]]] = json.loads(params.get("input_limits", "{}"))
         onnx_inputs = {i.name for i in self.session.get_inputs()}
         missing = {n for n, _, _ in self.inputs} - onnx_inputs
@@ -61,7 +62,7 @@ class TritonPythonModel:
     def _feeds(self, request: Any) -> dict[str, np.ndarray[Any, Any]]:
         feeds = {}
         batch = None
-        seen: dict[str, tuple[str, int]] = {}  # axis meaning -> (first input with it, its size)
+        seen: dict[str, tuple[str, int]] = {}  # axis symbol -> (first input with it, its size)
         for name, dtype, rank in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
@@ -76,14 +77,14 @@ class TritonPythonModel:
                 batch = arr.shape[0]
             elif arr.shape[0] != batch:
                 raise RequestRejected(f"{self.name}: input {name!r} has batch {arr.shape[0]}, other inputs {batch}")
-            for axis, what, limit in self.limits.get(name, []):
+            for axis, symbol, what, limit in self.limits.get(name, []):
                 size = arr.shape[axis]
                 if size > limit or size < 1:
                     raise RequestRejected(
                         f"{self.name}: input {name!r} has {what} = {size} on axis {axis}; "
                         f"allowed 1..{limit} (the limit this repository was exported with)"
                     )
-                first, first_size = seen.setdefault(what, (name, size))
+                first, first_size = seen.setdefault(symbol, (name, size))
                 if size != first_size:  # e.g. the four history inputs share Tb
                     raise RequestRejected(
                         f"{self.name}: input {name!r} has {what} = {size} but {first!r} has {first_size}; "

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from contract.config import AstroConfig
-from contract.serving_spec import ENSEMBLE
+from contract.tensors import ENSEMBLE, CacheDType
 from export.__main__ import main as export_main
-from export.onnx_graphs import CacheDType, GraphPaths, export_graphs
+from export.onnx_graphs import GraphPaths, export_graphs
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from serve.triton_server import TritonServer

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from client import AstroClient, EventHistory, ServerError
-from contract.serving_spec import ENSEMBLE
+from contract.tensors import ENSEMBLE
 from serve.triton_server import GrpcTls, Restriction, TritonServer
 
 pytestmark = pytest.mark.server

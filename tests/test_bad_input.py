@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from client import AstroClient, EventHistory, RequestError
 from contract.config import AstroConfig
-from contract.serving_spec import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT
+from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT
 from export.parity import torch_per_pair
 from model.astro import AstroModel
 from model.random_inputs import RandomRequest, random_request

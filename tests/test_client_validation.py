@@ -50,7 +50,8 @@ from client import (
 from client.__main__ import main, parse_header, request_from_json
 from contract.blocks import build_blocks
 from contract.config import AstroConfig
-from contract.serving_spec import CANDIDATE_INPUT, HISTORY_INPUTS, ServingSpec
+from contract.serving_spec import ServingSpec
+from contract.tensors import CANDIDATE_INPUT, HISTORY_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ServingSpec.from_config(AstroConfig.from_name("tiny"))  # max_batch_size=8, max_candidates=512, Tb<=12

@@ -14,9 +14,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contract.config import AstroConfig
-from contract.serving_spec import ENSEMBLE, ITEM_SCORER, USER_ENCODER, ServingSpec
+from contract.serving_spec import ServingSpec
+from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER, CacheDType
 from export.__main__ import main as export_main
-from export.onnx_graphs import OPSET, CacheDType, GraphPaths, check_graph, export_graphs
+from export.onnx_graphs import OPSET, GraphPaths, check_graph, export_graphs
 from export.parity import TOLERANCES, OrtPipeline, ParityError, Shape, check_ort_parity, shape_grid, torch_split
 from export.repository import TARGETS, composing_config, ensemble_config, write_repository
 from export.repository_check import RepositoryError, check_repository, wiring_errors

@@ -15,7 +15,7 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from client import AstroClient, EventHistory, ServerUnavailableError
-from contract.serving_spec import ENSEMBLE, ITEM_SCORER, USER_ENCODER
+from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
 from export.__main__ import main as export_main
 from model.astro import AstroModel
 from model.checkpoint import save_checkpoint

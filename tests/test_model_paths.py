@@ -27,7 +27,7 @@ from model.random_inputs import RandomRequest, random_request
 CFG = AstroConfig.from_name("tiny")
 SEED = 20250214
 
-# fp32 path parity (DESIGN.md section 2). The paths compute the same maths in different
+# fp32 path parity. The paths compute the same maths in different
 # orders: dense masked attention over S+N keys with tau dividing the logits (per_pair, sumi)
 # vs Nb attentions of size Tb with tau folded into the keys (split); masked logits are
 # -1e9 and their softmax weights underflow to exactly 0, so only rounding differs: a few

@@ -17,7 +17,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest
-from contract.serving_spec import ENSEMBLE, SCORES_OUTPUT, ServingSpec
+from contract.serving_spec import ServingSpec
+from contract.tensors import ENSEMBLE, SCORES_OUTPUT
 from export.parity import torch_per_pair
 from model.astro import AstroModel
 from model.random_inputs import RandomRequest, random_request

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import pytest
 
 from contract.config import AstroConfig
-from contract.serving_spec import CACHE_TENSORS, CANDIDATE_INPUT, SCORES_OUTPUT, USER_KEYS, USER_MASK, USER_VALUES
+from contract.tensors import CACHE_TENSORS, CANDIDATE_INPUT, SCORES_OUTPUT, USER_KEYS, USER_MASK, USER_VALUES
 from export.tensorrt_engine import (
     GRAPHS,
     EngineMetadata,
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     import tensorrt as trt
     import torch
 
-    from export.onnx_graphs import CacheDType, GraphPaths
+    from contract.tensors import CacheDType
+    from export.onnx_graphs import GraphPaths
 
 pytestmark = pytest.mark.tensorrt
 

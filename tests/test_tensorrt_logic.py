@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from contract.config import PRESETS, AstroConfig
-from contract.serving_spec import (
+from contract.tensors import (
     CACHE_TENSORS,
     CANDIDATE_INPUT,
     HISTORY_INPUTS,

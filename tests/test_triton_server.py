@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from contract.config import AstroConfig
-from contract.serving_spec import ITEM_SCORER, USER_ENCODER
-from export.onnx_graphs import CacheDType, GraphPaths
+from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
+from export.onnx_graphs import GraphPaths
 from export.repository import write_repository
 from serve.__main__ import main as serve_main
 from serve.triton_server import (
