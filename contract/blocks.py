@@ -8,20 +8,29 @@ what the relative position bias measures distances in), right-padded with item i
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from contract.config import BlockSpec
+from contract.validation import HISTORY_FIELDS, PAD_ITEM, check_history
 
 I64 = npt.NDArray[np.int64]
-PAD_ITEM = 0  # item id 0 marks a padding slot; real items use any other int64 value
-_I64_MIN, _I64_END = -(2**63), 2**63  # int64 holds [_I64_MIN, _I64_END)
-FIELDS = ("item_ids", "behaviors", "scenarios", "timestamps")
+FIELDS = HISTORY_FIELDS
+__all__ = [
+    "FIELDS",
+    "I64",
+    "PAD_ITEM",
+    "BlockLayout",
+    "BlockTensors",
+    "EventHistory",
+    "block_lengths",
+    "build_blocks",
+    "stack_blocks",
+]
 
 
 class BlockLayout(Protocol):
@@ -50,21 +59,12 @@ class EventHistory:
     ) -> EventHistory:
         """Validate and convert four flat sequences of integers (lists, tuples or 1-D integer arrays).
 
-        Raises ``ValueError`` naming the field for anything that is not a flat sequence of
-        int64 integers: bools, strings, nested lists, floats with a fractional part, NaN/inf,
-        values outside int64. Integral floats (``3.0``, e.g. from a JSON decoder) are accepted.
+        The integer rule of :mod:`contract.validation`, as for every entry point: ``RequestError``
+        (a ``ValueError``) naming the field (``history.<name>``), the element's index and value for
+        anything that is not an int64 integer: floats (``3.0`` too), bools, strings, nested
+        lists, values outside int64; and for fields of unequal lengths.
         """
-        arrays = [
-            _as_int64(name, values)
-            for name, values in zip(FIELDS, (item_ids, behaviors, scenarios, timestamps), strict=True)
-        ]
-        lengths = {a.shape[0] for a in arrays}
-        if len(lengths) != 1:
-            raise ValueError(
-                "history fields must have equal lengths, got "
-                + " ".join(f"{name}={a.shape[0]}" for name, a in zip(FIELDS, arrays, strict=True))
-            )
-        return cls(*arrays)
+        return cls(*check_history("history", item_ids, behaviors, scenarios, timestamps))
 
     @classmethod
     def empty(cls) -> EventHistory:
@@ -154,46 +154,3 @@ def _fill(history: EventHistory, members: Sequence[I64], tb: int) -> BlockTensor
     for bi, keep in enumerate(members):
         out[:, bi, : keep.shape[0]] = fields[:, keep]
     return BlockTensors(out[0], out[1], out[2], out[3])
-
-
-def _as_int64(name: str, values: Any) -> I64:
-    """One history field -> a 1-D int64 array, or ``ValueError`` naming ``name`` and the bad element."""
-    if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
-        raise ValueError(f"history field {name!r} must be a flat sequence of integers, got {type(values).__name__}")
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
-        if values.ndim != 1:
-            raise ValueError(f"history field {name!r} must be 1-D, got an array of shape {values.shape}")
-        if values.dtype.kind == "u" and values.size and int(values.max()) >= _I64_END:
-            raise ValueError(f"history field {name!r} holds {int(values.max())}, outside int64")
-        return values.astype(np.int64)
-    if isinstance(values, np.ndarray) and values.ndim != 1:
-        raise ValueError(f"history field {name!r} must be 1-D, got an array of shape {values.shape}")
-    if not isinstance(values, np.ndarray) and set(map(type, values)) <= {int}:  # fast path: plain Python ints
-        try:
-            return np.asarray(values, dtype=np.int64)
-        except OverflowError:
-            pass  # the loop below names the element outside int64
-    out = np.empty(len(values), dtype=np.int64)
-    for i, v in enumerate(values):
-        out[i] = _as_int(name, i, v)
-    return out
-
-
-def _as_int(name: str, i: int, v: Any) -> int:
-    """Element ``i`` of field ``name`` as a Python int in int64 range (integral floats allowed)."""
-    where = f"history field {name!r}, element {i}"
-    if isinstance(v, bool | np.bool_):
-        raise ValueError(f"{where}: {v!r} is a bool, not an integer id")
-    if isinstance(v, numbers.Integral):
-        n = int(v)
-    elif isinstance(v, numbers.Real):
-        f = float(v)
-        if not np.isfinite(f) or not f.is_integer():
-            raise ValueError(f"{where}: {v!r} is not an integer")
-        n = int(f)
-    else:
-        kind = "a nested sequence" if hasattr(v, "__len__") and not isinstance(v, str | bytes) else type(v).__name__
-        raise ValueError(f"{where}: {v!r} is {kind}, not an integer")
-    if not _I64_MIN <= n < _I64_END:
-        raise ValueError(f"{where}: {n} is outside int64")
-    return n

@@ -63,7 +63,8 @@ class SyntheticWorld:
         self.item_factors = rng.normal(0.0, 1.0, (spec.n_items, spec.factor_dim)) / np.sqrt(spec.factor_dim)
         self.item_pop = rng.normal(0.0, 1.0, spec.n_items)  # log-popularity
         # item ids are large and sparse, as in production; the graph hashes them
-        self.item_ids = rng.choice(np.arange(1, 10**9), size=spec.n_items, replace=False).astype(np.int64)
+        # drawn from the range, not from np.arange(1, 10**9) (an 8 GB array): the same ids, the same rng state
+        self.item_ids = (rng.choice(10**9 - 1, size=spec.n_items, replace=False) + 1).astype(np.int64)
 
     def _pick(self, rng: np.random.Generator, taste: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.int64]:
         logits = self.item_pop + 3.0 * self.item_factors @ taste

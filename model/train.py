@@ -1,10 +1,14 @@
-"""Train an ASTRO checkpoint on the synthetic world and compare it with popularity.
+"""Train an ASTRO checkpoint and compare it with popularity on held-out rows.
 
-    python -m model.train --preset small --out checkpoints/small
+    python -m model.train --preset small                      # -> checkpoints/small (the embedded default)
+    python -m model.train --preset small --data movielens     # -> checkpoints/small-movielens
+    python -m model.train --preset small --ablation no-bgf    # -> checkpoints/small-no-bgf
 
-Trains through the split path (encoder once, scorer on all candidates: the same
-graphs that are served), shows progress, and writes a safetensors checkpoint with
-held-out AUCs of the model and of a popularity baseline.
+Rows are in the paper's SUMI format: one row per user holding many candidates, each
+candidate seeing the whole history and only itself. Trains through the split path
+(encoder once, scorer on all candidates: the same graphs that are served), shows
+progress, and writes a safetensors checkpoint with ``metrics.json``: AUC, LogLoss and
+GAUC per task of the model and of a popularity baseline.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from contract.config import PRESETS, AstroConfig
 from model.astro import AstroModel, History, Request
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from model.metrics import evaluate
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
 
@@ -67,35 +71,56 @@ def popularity_scores(train: Dataset, test: Dataset) -> npt.NDArray[np.float32]:
     return scores.reshape(test.labels.shape)
 
 
-def aucs(scores: npt.NDArray[np.float32], ds: Dataset, tasks: tuple[str, ...]) -> dict[str, float]:
-    return {
-        t: float(roc_auc_score(ds.labels[..., i].reshape(-1), scores[..., i].reshape(-1))) for i, t in enumerate(tasks)
-    }
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "full": {},
+    "no-bgf": {"bgf": False},  # the paper's -BGF: block outputs concatenated straight into the MLP
+    "no-atl": {"relative_bias": False, "dynamic_temperature": False},  # -ATL: fixed sqrt(dh), no relative bias
+}
+DATASETS = ("synthetic", "movielens")
+
+
+def load_data(data: str, cfg: AstroConfig, n_train: int, n_test: int, seed: int) -> tuple[Dataset, Dataset]:
+    """(training rows, held-out rows) in the SUMI row format: one row per user with many candidates."""
+    if data == "movielens":
+        from model.movielens import load_movielens  # reads a file of the recbole wheel; only this data needs it
+
+        print(f"loading MovieLens-100k for preset {cfg.name!r} (seed {seed})", flush=True)
+        return load_movielens(cfg, seed=seed)
+    world = SyntheticWorld(WorldSpec(seed=seed))
+    print(f"generating synthetic data: {n_train} train / {n_test} held-out users", flush=True)
+    return world.dataset(cfg, n_train, seed + 1), world.dataset(cfg, n_test, seed + 2)
 
 
 def train(
-    cfg: AstroConfig, epochs: int, n_train: int, n_test: int, batch_size: int, lr: float, seed: int
+    cfg: AstroConfig,
+    epochs: int,
+    n_train: int,
+    n_test: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    data: str = "synthetic",
+    ablation: str = "full",
 ) -> tuple[AstroModel, dict[str, Any]]:
+    """Train one model; metrics (AUC, LogLoss, GAUC per task) of it and of popularity on the held-out rows."""
+    cfg = cfg.replace(**ABLATIONS[ablation])
+    train_ds, test_ds = load_data(data, cfg, n_train, n_test, seed)
     torch.manual_seed(seed)
-    world = SyntheticWorld(WorldSpec(seed=seed))
-    print(f"generating synthetic data: {n_train} train / {n_test} held-out users", flush=True)
-    train_ds, test_ds = world.dataset(cfg, n_train, seed + 1), world.dataset(cfg, n_test, seed + 2)
     model = AstroModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * ((n_train + batch_size - 1) // batch_size)
+    n_rows = len(train_ds)
+    steps = epochs * ((n_rows + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    with tqdm(total=steps, desc=f"train {cfg.name}", unit="step") as bar:
+    with tqdm(total=steps, desc=f"train {cfg.name} {ablation} on {data}", unit="step") as bar:
         for _ in range(epochs):
             model.train()
-            perm = rng.permutation(n_train)
-            for start in range(0, n_train, batch_size):
+            perm = rng.permutation(n_rows)
+            for start in range(0, n_rows, batch_size):
                 idx = perm[start : start + batch_size]
                 h, req, cand = batch_tensors(train_ds, idx)
-                loss = F.binary_cross_entropy_with_logits(
-                    model.split(h, req, cand), torch.from_numpy(train_ds.labels[idx])
-                )
+                loss = F.binary_cross_entropy_with_logits(model(h, req, cand), torch.from_numpy(train_ds.labels[idx]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,15 +128,21 @@ def train(
                 sched.step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+    train_seconds = round(time.perf_counter() - t0, 1)
     model.eval()
     metrics = {
-        "auc_model": aucs(predict(model, test_ds), test_ds, cfg.tasks),
-        "auc_popularity": aucs(popularity_scores(train_ds, test_ds), test_ds, cfg.tasks),
-        "train_users": n_train,
-        "test_users": n_test,
+        "data": data,
+        "ablation": ablation,
+        "model": evaluate(predict(model, test_ds), test_ds.labels, cfg.tasks),
+        "popularity": evaluate(popularity_scores(train_ds, test_ds), test_ds.labels, cfg.tasks),
+        "train_rows": n_rows,
+        "test_rows": len(test_ds),
+        "candidates_per_row": int(train_ds.cand_item_ids.shape[1]),
         "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
         "seed": seed,
-        "train_seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": train_seconds,
     }
     return model, metrics
 
@@ -119,24 +150,45 @@ def train(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
-    p.add_argument("--out", type=Path, default=None, help="checkpoint folder to write (default: checkpoints/<preset>)")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training users")
-    p.add_argument("--train-users", type=int, default=4000, help="synthetic training users")
-    p.add_argument("--test-users", type=int, default=1000, help="held-out synthetic users for the AUCs")
-    p.add_argument("--batch-size", type=int, default=64, help="users per step (each with all its candidates)")
+    p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data (default: synthetic)")
+    p.add_argument(
+        "--ablation", default="full", choices=sorted(ABLATIONS), help="the paper's ablations: no-bgf, no-atl"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="checkpoint folder to write (default: checkpoints/<preset>, or checkpoints/<preset>-<data>[-<ablation>])",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows")
+    p.add_argument("--train-users", type=int, default=4000, help="synthetic training users (one row each)")
+    p.add_argument("--test-users", type=int, default=1000, help="held-out synthetic users for the metrics")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per step (each a user with all its candidates)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the world, the split and the init")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = AstroConfig.from_name(a.preset)
-    out: Path = a.out or DEFAULT_CHECKPOINT.parent / a.preset
-    model, metrics = train(cfg, a.epochs, a.train_users, a.test_users, a.batch_size, a.lr, a.seed)
+    out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)
+    model, metrics = train(
+        cfg, a.epochs, a.train_users, a.test_users, a.batch_size, a.lr, a.seed, data=a.data, ablation=a.ablation
+    )
     save_checkpoint(model, out, metrics)
     for t in cfg.tasks:
-        print(f"held-out AUC {t}: model {metrics['auc_model'][t]:.4f} vs popularity {metrics['auc_popularity'][t]:.4f}")
-    print(f"wrote {out}/ (model.safetensors, config.json, metrics.json) in {metrics['train_seconds']} s")
+        m, pop = metrics["model"], metrics["popularity"]
+        print(
+            f"held-out {t}: AUC {m['auc'][t]:.4f} (popularity {pop['auc'][t]:.4f}), "
+            f"LogLoss {m['logloss'][t]:.4f} ({pop['logloss'][t]:.4f}), GAUC {m['gauc'][t]:.4f} ({pop['gauc'][t]:.4f})"
+        )
+    print(f"wrote {out}/ (model.safetensors, config.json, metrics.json); trained in {metrics['train_seconds']} s")
+
+
+def default_name(preset: str, data: str, ablation: str) -> str:
+    """checkpoints/<name>: the preset alone for the default run, never the name of another run."""
+    parts = [preset, *([data] if data != "synthetic" else []), *([ablation] if ablation != "full" else [])]
+    return "-".join(parts)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,8 @@ from model.checkpoint import (
 )
 from model.random_inputs import random_request
 from model.synthetic import SyntheticWorld, WorldSpec
-from model.train import aucs, popularity_scores, predict
+from model.metrics import auc
+from model.train import popularity_scores, predict
 
 CFG = AstroConfig.from_name("tiny")
 SEED = 20250214
@@ -129,8 +132,8 @@ def edit_config(directory: Path, **changes: Any) -> None:
     [
         ({"d_model": 64}, r"'item_emb.weight: checkpoint \(1009, 32\) vs config \(1009, 64\)"),
         ({"item_buckets": 2003}, r"item_emb.weight: checkpoint \(1009, 32\) vs config \(2003, 32\)"),
-        ({"n_layers": 3}, r"missing=\['layers.2"),
-        ({"n_layers": 1}, r"unexpected=\['layers.1"),
+        ({"n_layers": 3}, r"missing=\['stack.2"),
+        ({"n_layers": 1}, r"unexpected=\['stack.1"),
         ({"tasks": ["a", "b", "c"]}, r"head.2.weight: checkpoint \(2, 32\) vs config \(3, 32\)"),
     ],
 )
@@ -145,11 +148,12 @@ def test_config_that_does_not_match_the_weights(saved: Path, changes: dict[str, 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("{", r"is not a valid ASTRO config: Expecting property name"),
+        ("{", r"is not a valid ASTRO config: Invalid JSON"),
         ("null", r"is not a valid ASTRO config"),
-        ('{"name": "x", "colour": 3}', r"unknown config keys \['colour'\]"),
-        ('{"name": "x", "n_heads": 3}', r"d_model=64 not divisible by n_heads=3"),
-        ('{"name": "x", "blocks": [{"name": "a", "behaviors": ["dance"], "max_len": 4}]}', r"unknown behaviours"),
+        ('{"name": "x", "colour": 3}', r"colour: Extra inputs are not permitted"),
+        ('{"name": "x", "n_heads": 3}', r"d_model=64 is not divisible by n_heads=3"),
+        ('{"name": "x", "blocks": [{"name": "a", "behaviors": ["dance"], "max_len": 4}]}', r"\['dance'\] outside"),
+        ('{"name": "x", "behaviors": ["play", "play"]}', r"behaviors=\['play', 'play'\] repeats a name"),
     ],
 )
 def test_invalid_config(saved: Path, text: str, message: str) -> None:
@@ -216,6 +220,24 @@ def test_malformed_config_is_a_checkpoint_error(saved: Path, changes: dict[str, 
     pytest.fail(f"{changes} loaded without error")
 
 
+def test_inconsistent_config_is_refused_under_python_O(saved: Path, tmp_path: Path) -> None:
+    """The config's checks are not asserts: `python -O -m export` still refuses n_heads=3 with
+    d_model=64, in one line naming both fields, exit 2, before writing anything."""
+    edit_config(saved, n_heads=3, d_model=64)
+    out = tmp_path / "repo"
+    run = subprocess.run(
+        [sys.executable, "-O", "-m", "export", "--checkpoint", str(saved), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "d_model=64" in errors[0] and "n_heads=3" in errors[0], errors[0]
+    assert not out.exists()
+
+
 def test_string_tasks_are_refused(saved: Path) -> None:
     edit_config(saved, tasks="ab")
     with pytest.raises(CheckpointError):
@@ -237,7 +259,7 @@ def test_default_checkpoint_metrics_beat_popularity(default_checkpoint: Path) ->
     assert model.cfg == AstroConfig.from_name("small"), "the embedded default is the small preset"
     metrics = load_metrics(default_checkpoint)
     for task in model.cfg.tasks:
-        m, p = metrics["auc_model"][task], metrics["auc_popularity"][task]
+        m, p = metrics["model"]["auc"][task], metrics["popularity"]["auc"][task]
         assert m - p >= MIN_AUC_MARGIN, f"{task}: recorded model AUC {m:.4f} vs popularity {p:.4f}"
 
 
@@ -247,14 +269,14 @@ def test_default_checkpoint_beats_popularity_on_fresh_users(default_checkpoint: 
     metrics = load_metrics(default_checkpoint)
     seed = int(metrics["seed"])
     world = SyntheticWorld(WorldSpec(seed=seed))
-    train_ds = world.dataset(model.cfg, int(metrics["train_users"]), seed + 1)  # the popularity baseline's data
+    train_ds = world.dataset(model.cfg, int(metrics["train_rows"]), seed + 1)  # the popularity baseline's data
     fresh = world.dataset(model.cfg, FRESH_USERS, seed + FRESH_SEED_OFFSET)
     assert not np.array_equal(fresh.cand_item_ids[:5], world.dataset(model.cfg, 5, seed + 2).cand_item_ids)
-    model_auc = aucs(predict(model, fresh), fresh, model.cfg.tasks)
-    pop_auc = aucs(popularity_scores(train_ds, fresh), fresh, model.cfg.tasks)
+    model_auc = auc(predict(model, fresh), fresh.labels, model.cfg.tasks)
+    pop_auc = auc(popularity_scores(train_ds, fresh), fresh.labels, model.cfg.tasks)
     for task in model.cfg.tasks:
         margin = model_auc[task] - pop_auc[task]
         assert margin >= MIN_AUC_MARGIN, (
             f"{task}: fresh held-out AUC model {model_auc[task]:.4f} vs popularity {pop_auc[task]:.4f} "
-            f"(margin {margin:.4f} < {MIN_AUC_MARGIN}); metrics.json says {metrics['auc_model'][task]:.4f}"
+            f"(margin {margin:.4f} < {MIN_AUC_MARGIN}); metrics.json says {metrics['model']['auc'][task]:.4f}"
         )

@@ -4,9 +4,10 @@ per_pair (the reference: one dense pass per candidate) == sumi (one dense pass w
 M-FALCON mask) == split (encode_user once, score_candidates on the cache), over a grid of
 batch sizes, block lengths and candidate counts with ragged padding, empty blocks and
 brand-new users. Then the properties the serving design rests on: a candidate's score
-does not depend on the other candidates, the dynamic temperature is live and acts on
-the user keys only through tau, any int64 id or timestamp is legal input, and the export
-wrappers compute what the split path computes.
+does not depend on the other candidates, the user keys/values do not depend on the
+request time (so a response cache can reuse them) while the scores do, the temperature
+and both relative biases are live, any int64 id or timestamp is legal input, and the
+export wrappers compute what the split path computes.
 
 All on the ``tiny`` preset, seeded; every case draws fresh random inputs.
 """
@@ -21,21 +22,23 @@ import pytest
 import torch
 
 from contract.config import AstroConfig
-from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
+from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder, signed_log_bucket
 from model.random_inputs import RandomRequest, random_request
 
 CFG = AstroConfig.from_name("tiny")
 SEED = 20250214
 
-# fp32 path parity. The paths compute the same maths in different
-# orders: dense masked attention over S+N keys with tau dividing the logits (per_pair, sumi)
-# vs Nb attentions of size Tb with tau folded into the keys (split); masked logits are
-# -1e9 and their softmax weights underflow to exactly 0, so only rounding differs: a few
-# fp32 ulps per op (~1e-7 relative), accumulated over L layers and the head.
+# fp32 path parity. The paths compute the same maths in different orders: dense masked
+# attention per block over Tb+N keys (per_pair, sumi) vs Nb attentions of size Tb in the
+# encoder and candidates against the cached keys in the scorer (split); masked logits sit
+# at -3e4 below the rest and their softmax weights underflow to exactly 0, so only rounding
+# differs: a few fp32 ulps per op (~1e-7 relative), accumulated over L layers, BGF and the head.
 PATH_ATOL = 1e-5
 # Candidate independence: the same candidate goes through the same ops whatever its
-# neighbours; only the GEMM blocking may change with N (a few ulps on logits of order 1).
-INDEPENDENCE_ATOL = 1e-6
+# neighbours; only the GEMM blocking may change with N: a few ulps per op, amplified through
+# L blockwise layers, BGF and the head to ~4e-6 on logits of order 3 (a leak between
+# candidates moves them by > 1e-3).
+INDEPENDENCE_ATOL = 1e-5
 # The fp16 cache rounds keys/values to 11 significant bits (~5e-4 relative); scores are
 # probabilities, and the error stays well below 1e-2 after attention averages it.
 FP16_CACHE_ATOL = 1e-2
@@ -53,9 +56,10 @@ def _seed_and_threads() -> Iterator[None]:
 def make_model(seed: int = SEED) -> AstroModel:
     """Seeded tiny model, perturbed so that the parity checks are not trivial.
 
-    At init the temperatures sit near 1 and the embeddings are small, so every path would
-    agree even with the temperature misapplied. Spread tau over [~0.15, ~3] and give the
-    weights some size, so that a wrong block, mask or temperature shows up in the logits.
+    At init the relative biases are zero, the temperatures sit near sqrt(dh) and the embeddings
+    are small, so every path would agree even with a bias or temperature misapplied. Spread tau,
+    give the bias tables and the weights some size, so that a wrong block, mask, bias bucket or
+    temperature shows up in the logits.
     """
     torch.manual_seed(seed)
     model = AstroModel(CFG).eval()
@@ -63,7 +67,13 @@ def make_model(seed: int = SEED) -> AstroModel:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.15 * torch.randn(p.shape, generator=gen))
-        model.temperature_raw.copy_(torch.randn(model.temperature_raw.shape, generator=gen))
+        for raw in (model.temperature_raw, model.fusion_temperature_raw):
+            assert raw is not None  # around its init (tau ~ sqrt(dh) = 4): tau spread over ~[1.3, 7]
+            raw.add_(torch.randn(raw.shape, generator=gen))
+        for layer in model.layers():
+            assert layer.position_bias is not None and layer.time_bias is not None
+            layer.position_bias.normal_(0.0, 1.0, generator=gen)
+            layer.time_bias.normal_(0.0, 1.0, generator=gen)
     return model
 
 
@@ -205,60 +215,96 @@ def test_duplicate_candidates_score_equal(model: AstroModel) -> None:
     torch.testing.assert_close(out[:, :10], out[:, 10:].flip(1), atol=INDEPENDENCE_ATOL, rtol=0)
 
 
-# ---- dynamic temperature ---------------------------------------------------------------------
+# ---- the request time reaches the scores, never the cache -----------------------------------
+
+
+def test_cache_is_independent_of_request_time(model: AstroModel) -> None:
+    """The encoder graph takes no request time; the split path's cache is bit-identical for two
+    request times while the scores move: what lets Triton's response cache reuse a user's K/V."""
+    r = random_request(CFG, case_rng(20), 4, CFG.max_block_len, 16, empty_users=1)
+    h, req, cand = tensors(r)
+    later = Request(req.scenario, req.timestamp + 7 * 86_400)
+    assert "request_timestamp" not in UserEncoder.forward.__code__.co_varnames
+    with torch.no_grad():
+        a, b = model.encode_user(h, req.scenario), model.encode_user(h, later.scenario)
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+        for path in (model.split, model.sumi):
+            moved = max_diff(path(h, req, cand)[1:], path(h, later, cand)[1:])
+            assert moved > 1e-3, f"{path.__name__}: the request time changed no score ({moved:.3g})"
+
+
+def test_shifting_every_time_changes_nothing(model: AstroModel) -> None:
+    """Time enters only as differences: moving history and request by the same offset is a no-op."""
+    r = random_request(CFG, case_rng(24), 3, CFG.max_block_len, 12, empty_users=1)
+    h, req, cand = tensors(r)
+    shift = 123_456_789
+    h2 = History(*h[:3], h.timestamps + shift)
+    req2 = Request(req.scenario, req.timestamp + shift)
+    with torch.no_grad():
+        for path in (model.split, model.sumi):
+            assert torch.equal(path(h2, req2, cand), path(h, req, cand))
+
+
+# ---- temperature and relative biases are live ------------------------------------------------
 
 
 def test_request_scenario_changes_user_keys(model: AstroModel) -> None:
+    """Layer >= 1 keys depend on the scenario through the temperature of the layers before."""
     r = random_request(CFG, case_rng(21), 2, CFG.max_block_len, 5)
-    h, req, _ = tensors(r)
+    h, _, _ = tensors(r)
     with torch.no_grad():
-        caches = [model.encode_user(h, Request(torch.full_like(req.scenario, s), req.timestamp)) for s in range(4)]
-    valid = caches[0].mask  # [B, S]
+        caches = [model.encode_user(h, torch.full((2, 1), s)) for s in range(4)]
+    valid = caches[0].mask
     for s in range(1, 4):
-        k0, ks = caches[0].keys[:, :, :, valid[0]], caches[s].keys[:, :, :, valid[0]]
-        assert max_diff(k0, ks) > 1e-3, f"request scenario {s} left the user keys unchanged: tau is dead"
+        k0, ks = caches[0].keys[:, 1:, :, valid[0]], caches[s].keys[:, 1:, :, valid[0]]
+        assert max_diff(k0, ks) > 1e-3, f"request scenario {s} left the layer-1 keys unchanged: tau is dead"
+        assert torch.equal(caches[s].keys[:, 0], caches[0].keys[:, 0])  # layer 0 precedes any attention
         assert torch.equal(caches[s].mask, valid)
 
 
-def test_keys_change_only_through_tau() -> None:
-    """Equal temperature rows for every scenario: the cache no longer depends on the scenario.
-
-    The scenario embeddings stay different (they feed the candidates), so the only way the
-    request scenario reaches the user keys is tau. With distinct rows again, layer-0 keys of
-    two scenarios differ exactly by the ratio of their taus (per block and head), and layer-0
-    values (computed before any temperature-dependent attention) not at all.
-    """
-    model = make_model(SEED + 1)
-    assert max_diff(model.request_scenario_emb.weight[0], model.request_scenario_emb.weight[1]) > 1e-2
-    r = random_request(CFG, case_rng(22), 3, CFG.max_block_len, 5, empty_users=1)
-    h, req, _ = tensors(r)
-    at = [Request(torch.full_like(req.scenario, s), req.timestamp) for s in (0, 1, 2, 3, -5, 10**9)]
-    _, nb, tb = h.item_ids.shape
+@pytest.mark.parametrize("part", ["temperature", "fusion_temperature", "position_bias", "time_bias"])
+def test_each_part_of_the_attention_is_live(part: str) -> None:
+    """Changing one table changes the scores on every path (so a path that skipped it would fail parity)."""
+    model = make_model(SEED + 3)
+    r = random_request(CFG, case_rng(25, len(part)), 3, CFG.max_block_len, 8, empty_users=1)
+    h, req, cand = tensors(r)
     with torch.no_grad():
-        distinct = [model.encode_user(h, q) for q in at]
-        taus = [model.temperatures(q.scenario) for q in at]  # [B, Nb+1, L, H]
-        for cs, ts in zip(distinct[1:], taus[1:], strict=True):
-            # keys [B, L, H, S, dh] with S block-major; tau of a block at layer 0: [B, H, Nb] -> [B, H, S]
-            ratio = (ts[:, :nb, 0] / taus[0][:, :nb, 0]).permute(0, 2, 1).repeat_interleave(tb, -1)
-            torch.testing.assert_close(distinct[0].keys[:, 0] / ratio[..., None], cs.keys[:, 0], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(distinct[0].values[:, 0], cs.values[:, 0], rtol=0, atol=0)
-        model.temperature_raw.copy_(model.temperature_raw[0:1].expand_as(model.temperature_raw))
-        same = [model.encode_user(h, q) for q in at]
-    for c in same[1:]:
-        torch.testing.assert_close(c.keys, same[0].keys, rtol=0, atol=0)
-        torch.testing.assert_close(c.values, same[0].values, rtol=0, atol=0)
-    assert max_diff(distinct[0].keys, distinct[1].keys) > 1e-3  # ...and the rows did differ before
+        before = {p: getattr(model, p)(h, req, cand) for p in ("split", "sumi")}
+        if part == "temperature":
+            assert model.temperature_raw is not None
+            model.temperature_raw.add_(1.0)
+        elif part == "fusion_temperature":
+            assert model.fusion_temperature_raw is not None
+            model.fusion_temperature_raw.add_(1.0)
+        else:
+            for layer in model.layers():
+                table = getattr(layer, part)
+                table.copy_(table.flip(1))  # same values, other buckets
+        for p, old in before.items():
+            moved = max_diff(getattr(model, p)(h, req, cand), old)
+            assert moved > 1e-4, f"{part} is dead on the {p} path (scores moved {moved:.3g})"
+
+
+@pytest.mark.parametrize(
+    ("x", "bucket"),
+    [(0, 7), (1, 8), (-1, 6), (2, 9), (3, 9), (4, 10), (2**6, 14), (10**12, 14), (-(10**12), 0)],
+)
+def test_signed_log_buckets(x: int, bucket: int) -> None:
+    """8 buckets per sign: 0 -> centre, then one bucket per power of two, saturating at 2^6."""
+    assert int(signed_log_bucket(torch.tensor([x]), 8)[0]) == bucket
 
 
 @pytest.mark.parametrize("path", ["split", "sumi"])
-def test_gradient_reaches_temperature(path: str) -> None:
+def test_gradient_reaches_every_table(path: str) -> None:
     model = make_model(SEED + 2).train()
     r = random_request(CFG, case_rng(23, len(path)), 4, 6, 8, empty_users=1)
     h, req, cand = tensors(r)
     # user 0 has no history: with no user keys its candidates attend to themselves alone (softmax
-    # weight 1 whatever tau), so its scenario row 1 gets no gradient. -7: the unknown-scenario row.
+    # weight 1 whatever tau), so its scenario row 1 gets no block-temperature gradient. -7: unknown.
     req = Request(torch.tensor([[1], [0], [2], [-7]]), req.timestamp)
     getattr(model, path)(h, req, cand).square().sum().backward()
+    assert model.temperature_raw is not None and model.fusion_temperature_raw is not None
     grad = model.temperature_raw.grad
     assert grad is not None and torch.isfinite(grad).all()
     per_scenario = grad.abs().sum((1, 2, 3))  # [n_scenarios + 1]
@@ -268,13 +314,11 @@ def test_gradient_reaches_temperature(path: str) -> None:
             assert per_scenario[s] > 0, f"no gradient reaches the temperature row of scenario {s}"
         else:
             assert per_scenario[s] == 0, f"scenario row {s} got gradient {float(per_scenario[s]):.3g}"
-    # a user with history trains every non-empty block's temperature and the candidates' own one (index Nb)
-    filled = [*(h.item_ids[1] != 0).any(-1).tolist(), True]  # [Nb + 1]
-    per_block = grad[0].abs().sum((1, 2))  # scenario 0 is user 1's
-    for bi, has_keys in enumerate(filled):
-        assert (per_block[bi] > 0) == has_keys, (
-            f"block {bi} (has keys: {has_keys}) got gradient {float(per_block[bi]):.3g}"
-        )
+    fusion = model.fusion_temperature_raw.grad
+    assert fusion is not None and (fusion.abs().sum(1) > 0).sum() == 4  # every request's scenario row
+    for layer in model.layers():
+        for table in (layer.position_bias, layer.time_bias):
+            assert table is not None and table.grad is not None and float(table.grad.abs().sum()) > 0
 
 
 # ---- total inputs: any int64 id or timestamp ------------------------------------------------
@@ -292,7 +336,7 @@ def test_extreme_inputs_are_finite(model: AstroModel) -> None:
         torch.where(valid, torch.tensor([10**9, -5, 2**62, 1])[pick % 4], h.scenarios),
         torch.where(valid, torch.tensor([-1, -(10**12), 2 * 10**9, 2**40, 0, -(2**62)])[pick], h.timestamps),
     )
-    for scn, ts in [(-5, 0), (10**9, -(10**9)), (2, 2**40), (-(2**63), 2**62)]:
+    for scn, ts in [(-5, 0), (10**9, -(10**9)), (2, 2**40), (-(2**63), 2**62), (0, -(2**63))]:
         q = Request(torch.full_like(req.scenario, scn), torch.full_like(req.timestamp, ts))
         c = big[torch.randint(0, len(big), cand.shape)]
         with torch.no_grad():
@@ -334,14 +378,6 @@ def test_equivalent_ids_score_equal(model: AstroModel) -> None:
         )
         assert torch.equal(a, b)
         assert max_diff(a, base) > 1e-4  # the unknown slot is a real, different embedding
-        # timestamps: only the age bucket counts; events in the future all count as age 0
-        future = History(
-            *h[:3],
-            torch.where(valid, req.timestamp[:, :, None] + torch.randint(0, 10**9, h.timestamps.shape, generator=g), 0),
-        )
-        now = History(*h[:3], torch.where(valid, req.timestamp[:, :, None].expand_as(h.timestamps), 0))
-        assert torch.equal(model.split(future, req, cand), model.split(now, req, cand))
-        assert torch.equal(model.sumi(future, req, cand), model.sumi(now, req, cand))
 
 
 # ---- export wrappers ---------------------------------------------------------------------------
@@ -353,8 +389,8 @@ def test_wrappers_equal_split(model: AstroModel, batch: int, tb: int, n: int) ->
     h, req, cand = tensors(r)
     encoder, scorer = UserEncoder(model).eval(), ItemScorer(model).eval()
     with torch.no_grad():
-        keys, values, mask = encoder(*h, req.scenario, req.timestamp)
-        scores = scorer(cand, req.scenario, keys, values, mask)
+        keys, values, mask = encoder(*h, req.scenario)
+        scores = scorer(cand, req.scenario, req.timestamp, h.timestamps, keys, values, mask)
         expected = torch.sigmoid(model.split(h, req, cand))
     s = CFG.n_blocks * tb
     assert keys.shape == values.shape == (batch, CFG.n_layers, CFG.n_heads, s, CFG.head_dim)
@@ -368,13 +404,13 @@ def test_fp16_cache(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(42), 4, CFG.max_block_len, 64, empty_users=1)
     h, req, cand = tensors(r)
     with torch.no_grad():
-        k32, v32, m32 = UserEncoder(model, torch.float32)(*h, req.scenario, req.timestamp)
-        k16, v16, m16 = UserEncoder(model, torch.float16)(*h, req.scenario, req.timestamp)
+        k32, v32, m32 = UserEncoder(model, torch.float32)(*h, req.scenario)
+        k16, v16, m16 = UserEncoder(model, torch.float16)(*h, req.scenario)
         assert k16.dtype == v16.dtype == torch.float16 and m16.dtype == torch.bool
         assert torch.equal(k16, k32.half()) and torch.equal(v16, v32.half()) and torch.equal(m16, m32)
         scorer = ItemScorer(model)
-        s32 = scorer(cand, req.scenario, k32, v32, m32)
-        s16 = scorer(cand, req.scenario, k16, v16, m16)
+        s32 = scorer(cand, req.scenario, req.timestamp, h.timestamps, k32, v32, m32)
+        s16 = scorer(cand, req.scenario, req.timestamp, h.timestamps, k16, v16, m16)
     assert s16.dtype == torch.float32 and torch.isfinite(s16).all()
     assert 0 < max_diff(s16, s32) <= FP16_CACHE_ATOL, f"fp16 cache moved scores by {max_diff(s16, s32):.3g}"
 
@@ -382,13 +418,13 @@ def test_fp16_cache(model: AstroModel) -> None:
 # ---- extreme timestamps and float64 ----
 
 
-def test_age_of_extreme_timestamps_does_not_wrap(model: AstroModel) -> None:
+def test_time_difference_of_extreme_timestamps_does_not_wrap(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(51), 2, 4, 8)
     h, req, cand = tensors(r)
     valid = h.item_ids != 0
     req = Request(req.scenario, torch.full_like(req.timestamp, 2**62))
-    ancient = History(*h[:3], torch.where(valid, -(2**62), 0))  # age 2^63 s: overflows int64
-    old = History(*h[:3], torch.where(valid, 2**62 - 2**40, 0))  # age 2^40 s: the same last age bucket
+    ancient = History(*h[:3], torch.where(valid, -(2**62), 0))  # difference 2^63 s: overflows int64
+    old = History(*h[:3], torch.where(valid, 2**62 - 2**40, 0))  # 2^40 s: the same last time bucket
     with torch.no_grad():
         assert torch.equal(model.split(ancient, req, cand), model.split(old, req, cand))
 
@@ -400,11 +436,23 @@ def test_split_runs_in_float64() -> None:
         torch.testing.assert_close(model.split(h, req, cand), model.sumi(h, req, cand), atol=1e-12, rtol=0)
 
 
-def test_block_length_above_the_limit_stays_in_bounds() -> None:
-    """Only the python target and TensorRT profiles refuse Tb > max_block_len; the graph itself must stay
-    total: extra slots reuse the last position row instead of reading another block's rows."""
+def test_block_length_above_the_limit_stays_total() -> None:
+    """Only the python target and TensorRT profiles refuse Tb > max_block_len; the graph itself has no
+    position table to overrun (positions enter as bucketed distances) and stays total."""
     model = make_model()
     h, req, cand = tensors(random_request(CFG, case_rng(53), 2, CFG.max_block_len + 5, 4))
     with torch.no_grad():
         out = model.split(h, req, cand)
+        assert max_diff(out, model.sumi(h, req, cand)) <= PATH_ATOL
     assert out.shape == (2, 4, CFG.n_tasks) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("ablation", [{"bgf": False}, {"relative_bias": False, "dynamic_temperature": False}])
+def test_ablations_keep_the_paths_together(ablation: dict[str, bool]) -> None:
+    """-BGF and -ATL (the paper's ablations) are configs of the same model: the three paths still agree."""
+    torch.manual_seed(SEED)
+    model = AstroModel(CFG.replace(**ablation)).eval()
+    h, req, cand = tensors(random_request(CFG, case_rng(54), 3, 7, 9, empty_users=1))
+    with torch.no_grad():
+        split, ref = model.split(h, req, cand), model.per_pair(h, req, cand)
+    assert max_diff(split, ref) <= PATH_ATOL
