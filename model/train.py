@@ -30,29 +30,36 @@ from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.metrics import evaluate
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
+CPU = torch.device("cpu")
 
-def batch_tensors(ds: Dataset, idx: npt.NDArray[np.int64]) -> tuple[History, Request, torch.Tensor]:
-    """Users ``idx`` as tensors, Tb trimmed to the longest block in the batch (less padding)."""
+
+def batch_tensors(
+    ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device = CPU
+) -> tuple[History, Request, torch.Tensor]:
+    """Users ``idx`` as tensors on ``device``, Tb trimmed to the longest block in the batch (less padding)."""
     items = ds.hist_item_ids[idx]
     tb = max(1, int((items != 0).sum(-1).max()))
     h = History(
         *(
-            torch.from_numpy(a[idx][:, :, :tb])
+            torch.from_numpy(a[idx][:, :, :tb]).to(device)
             for a in (ds.hist_item_ids, ds.hist_behaviors, ds.hist_scenarios, ds.hist_timestamps)
         )
     )
-    req = Request(torch.from_numpy(ds.request_scenario[idx]), torch.from_numpy(ds.request_timestamp[idx]))
-    return h, req, torch.from_numpy(ds.cand_item_ids[idx])
+    req = Request(
+        torch.from_numpy(ds.request_scenario[idx]).to(device), torch.from_numpy(ds.request_timestamp[idx]).to(device)
+    )
+    return h, req, torch.from_numpy(ds.cand_item_ids[idx]).to(device)
 
 
 @torch.no_grad()
 def predict(model: AstroModel, ds: Dataset, batch_size: int = 256) -> npt.NDArray[np.float32]:
-    """Probabilities [U, N, T] through the split path."""
+    """Probabilities [U, N, T] through the split path, on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(ds), batch_size):
-        h, req, cand = batch_tensors(ds, np.arange(start, min(start + batch_size, len(ds))))
-        out.append(torch.sigmoid(model.split(h, req, cand)).numpy())
+        h, req, cand = batch_tensors(ds, np.arange(start, min(start + batch_size, len(ds))), device)
+        out.append(torch.sigmoid(model.split(h, req, cand)).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -101,12 +108,13 @@ def train(
     seed: int,
     data: str = "synthetic",
     ablation: str = "full",
+    device: torch.device = CPU,
 ) -> tuple[AstroModel, dict[str, Any]]:
     """Train one model; metrics (AUC, LogLoss, GAUC per task) of it and of popularity on the held-out rows."""
     cfg = cfg.replace(**ABLATIONS[ablation])
     train_ds, test_ds = load_data(data, cfg, n_train, n_test, seed)
     torch.manual_seed(seed)
-    model = AstroModel(cfg)
+    model = AstroModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     n_rows = len(train_ds)
     steps = epochs * ((n_rows + batch_size - 1) // batch_size)
@@ -119,8 +127,9 @@ def train(
             perm = rng.permutation(n_rows)
             for start in range(0, n_rows, batch_size):
                 idx = perm[start : start + batch_size]
-                h, req, cand = batch_tensors(train_ds, idx)
-                loss = F.binary_cross_entropy_with_logits(model(h, req, cand), torch.from_numpy(train_ds.labels[idx]))
+                h, req, cand = batch_tensors(train_ds, idx, device)
+                labels = torch.from_numpy(train_ds.labels[idx]).to(device)
+                loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -142,9 +151,10 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "device": str(device),
         "train_seconds": train_seconds,
     }
-    return model, metrics
+    return model.cpu(), metrics
 
 
 def main() -> None:
@@ -167,13 +177,23 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--device", type=torch.device, default=CPU, help="torch device to train on, e.g. cuda")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = AstroConfig.from_name(a.preset)
     out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)
     model, metrics = train(
-        cfg, a.epochs, a.train_users, a.test_users, a.batch_size, a.lr, a.seed, data=a.data, ablation=a.ablation
+        cfg,
+        a.epochs,
+        a.train_users,
+        a.test_users,
+        a.batch_size,
+        a.lr,
+        a.seed,
+        data=a.data,
+        ablation=a.ablation,
+        device=a.device,
     )
     save_checkpoint(model, out, metrics)
     for t in cfg.tasks:
