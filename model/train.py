@@ -14,6 +14,7 @@ GAUC per task of the model and of a popularity baseline.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,10 @@ def train(
     cfg = cfg.replace(**ABLATIONS[ablation])
     train_ds, test_ds = load_data(data, cfg, n_train, n_test, seed)
     torch.manual_seed(seed)
+    # the same command gives the same weights and metrics.json: deterministic kernels (on a GPU too,
+    # where cuBLAS then needs CUBLAS_WORKSPACE_CONFIG set before the first call)
+    torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     model = AstroModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     n_rows = len(train_ds)
@@ -152,6 +157,7 @@ def train(
         "lr": lr,
         "seed": seed,
         "device": str(device),
+        "torch": torch.__version__,
         "train_seconds": train_seconds,
     }
     return model.cpu(), metrics
