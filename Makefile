@@ -3,33 +3,49 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make train PRESET=tiny [CHECKPOINT=dir] -> checkpoints/tiny; make export CHECKPOINT=checkpoints/tiny exports it
+PRESET ?= small
+CHECKPOINT ?=
+REPOSITORY ?= model_repository
+TRAIN_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
+PARITY_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv train export serve test lint bench clean
+.PHONY: venv train export serve parity test lint bench clean
 
 $(STAMP): pyproject.toml
+	@echo "==> bootstrapping $(VENV) (first run only: a few minutes; torch CPU, ONNX Runtime, the Triton server wheel)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
-	# type stubs for the TensorRT code; --no-deps: their declared dependencies are unreachable stubs
-	$(PY) -m pip install --quiet --no-deps tensorrt-stubs
-	# ... which mypy can only read once repaired: writes $(VENV)/typings, the mypy_path in pyproject.toml
-	$(PY) typings/repair_tensorrt_stubs.py --out $(VENV)/typings
+	@echo "==> installing the project and its dev dependencies into $(VENV) (pip's progress follows)"
+	$(PY) -m pip install -e ".[dev]"
+	# type stubs for the TensorRT code, kept out of site-packages: there their bare tensorrt/ folder would
+	# shadow a real TensorRT (`import tensorrt` "succeeds" without it). --no-deps: their dependencies are stubs.
+	-$(PY) -m pip uninstall --quiet --yes tensorrt-stubs 2>/dev/null  # a copy an older bootstrap put in site-packages
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/tensorrt-stubs tensorrt-stubs
+	# ... which mypy can only read once repaired, and cut to the API TensorRT 10.12-11 share:
+	# writes $(VENV)/typings, the mypy_path in pyproject.toml
+	$(PY) typings/repair_tensorrt_stubs.py --from $(VENV)/tensorrt-stubs --out $(VENV)/typings
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-train: $(STAMP)  ## re-train the embedded small checkpoint (checkpoints/small)
-	$(PY) -m model.train
+train: $(STAMP)  ## train PRESET (default small) into CHECKPOINT (default checkpoints/<preset>); more: TRAIN_ARGS
+	$(PY) -m model.train --preset $(PRESET) $(if $(CHECKPOINT),--out $(CHECKPOINT)) $(TRAIN_ARGS)
 
 export: $(STAMP)  ## checkpoint -> ONNX -> (TensorRT) -> model_repository/, checked
-	$(PY) -m export $(EXPORT_ARGS)
+	$(PY) -m export --out $(REPOSITORY) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(EXPORT_ARGS)
 
-serve: $(STAMP)  ## serve model_repository/ with the tritonserver from nvidia-pytriton (exports first if empty)
-	@test -f model_repository/astro/config.pbtxt || $(MAKE) export
-	$(PY) -m serve --repository model_repository $(SERVE_ARGS)
+# exec: python replaces the recipe's shell, so the SIGTERM make passes on reaches it; make passes no SIGINT
+# on, so python -m serve watches make for one (a Ctrl-C in the terminal reaches both anyway)
+serve: $(STAMP)  ## serve REPOSITORY (model_repository/) with the tritonserver from nvidia-pytriton (exports first if empty)
+	@test -f $(REPOSITORY)/astro/config.pbtxt || $(MAKE) export
+	exec $(PY) -m serve --repository $(REPOSITORY) $(SERVE_ARGS)
+
+parity: $(STAMP)  ## QA: a running server's scores vs PyTorch per-pair, same checkpoint (PARITY_ARGS: --url, --requests)
+	$(PY) -m export.served_parity $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(PARITY_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

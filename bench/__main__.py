@@ -4,12 +4,16 @@
     python -m bench --quick        # smoke run (about 1 min), written to a temp folder unless --out
     python -m bench --threads 2    # another thread count for torch, ONNX Runtime and the served models
 
+Needs perf_analyzer (from the tritonclient==2.51.0 wheel), libb64-0d and libcudart.so.12: installed on first
+use where possible (pip; apt-get as root), otherwise the run stops at once and says exactly what is missing.
+
 Sections (docs/bench/report.md explains each):
   (a) per-pair vs SUMI vs split, in-process PyTorch, the trained small checkpoint;
   (b) the split graphs in PyTorch eager vs ONNX Runtime, fp32 and fp16 keys/values cache;
-  (c) the Triton ensemble (python target) over gRPC vs in-process ONNX Runtime, same requests;
+  (c) the Triton ensemble (python target) driven by perf_analyzer vs in-process ONNX Runtime, same requests;
   (d) FLOPs per graph from the config against torch.matmul's measured rate;
-  (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one.
+  (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one;
+  (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on.
 Every ratio is taken inside one round of one run and reported as median and spread over rounds.
 Timings are printed, never asserted.
 """
@@ -23,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +35,17 @@ import torch
 
 from bench import block_attention, machine, plots, report
 from bench.cli_types import int_list
+from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
 from bench.roofline import config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
 from bench.served import handoff_bytes, run_served, wire_bytes
+from bench.sessions import SessionModel, run_sessions
 from bench.turbo import device_sync, run_turbo
-from bench.workload import make_request, padding_fraction
+from bench.workload import InProcess, make_request, padding_fraction
 from contract.config import AstroConfig
 from contract.tensors import CACHE_DTYPES
 from export.__main__ import main as export_main
-from export.parity import OrtPipeline, load_graph_paths
+from export.parity import load_graph_paths
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,13 +62,15 @@ class Sizes:
     rounds: int
     warmup: int
     served_requests: int
-    served_rounds: int
+    pa_interval_ms: int
     concurrency: list[int]
     cache_dtypes: list[str]
+    session_lane: int
+    session_candidates: list[int]
 
 
-FULL = Sizes([32, 128], [16, 64, 256, 1024], 11, 2, 128, 7, [1, 4, 16], ["fp32", "fp16"])
-QUICK = Sizes([32], [16, 64], 2, 1, 8, 1, [1, 4], ["fp32"])
+FULL = Sizes([16, 48], [16, 64, 256, 1024], 11, 2, 256, 2000, [1, 2, 4, 8, 16], ["fp32", "fp16"], 300, [64, 256])
+QUICK = Sizes([16], [16, 64], 2, 1, 8, 500, [1, 2], ["fp32"], 16, [64])
 
 
 def dtype_list(text: str) -> list[str]:
@@ -136,11 +144,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"requests per phase of (c) (default {f.served_requests}; quick {q.served_requests})",
     )
     p.add_argument(
-        "--served-rounds",
+        "--pa-interval-ms",
         type=int,
         default=None,
-        help=f"in-process/served round pairs per concurrency (default {f.served_rounds}; quick {q.served_rounds})",
+        help=f"perf_analyzer measurement window in ms (default {f.pa_interval_ms}; quick {q.pa_interval_ms})",
     )
+    p.add_argument(
+        "--pa-max-trials", type=int, default=6, help="perf_analyzer windows per level before it gives up on stability"
+    )
+    p.add_argument(
+        "--session-lane",
+        type=int,
+        default=None,
+        help=f"(f) requests per client lane of the session trace (default {f.session_lane}; quick {q.session_lane})",
+    )
+    p.add_argument(
+        "--session-candidates",
+        type=int_list,
+        default=None,
+        help=f"(f) fresh candidates per session request (default {f.session_candidates}; quick {q.session_candidates})",
+    )
+    p.add_argument("--session-k", type=int, default=4, help="(f) requests per session (default 4)")
+    p.add_argument("--session-concurrency", type=int, default=4, help="(f) client lanes (default 4)")
     p.add_argument(
         "--concurrency",
         type=int_list,
@@ -154,7 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"keys/values cache dtypes served in (c) (default {','.join(f.cache_dtypes)}; quick "
         f"{','.join(q.cache_dtypes)}); (b) always times both",
     )
-    p.add_argument("--served-block-len", type=int, default=128, help="Tb of the served requests (default 128)")
+    p.add_argument("--served-block-len", type=int, default=48, help="Tb of the served requests (default 48)")
     p.add_argument("--served-candidates", type=int, default=256, help="N of the served requests (default 256)")
     p.add_argument("--served-batch", type=int, default=1, help="users per served request (default 1)")
     p.add_argument(
@@ -176,7 +201,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     a = p.parse_args(argv)
     sizes = QUICK if a.quick else FULL
-    for name in ("block_lens", "candidates", "rounds", "warmup", "served_requests", "served_rounds", "concurrency"):
+    for name in (
+        "block_lens",
+        "candidates",
+        "rounds",
+        "warmup",
+        "served_requests",
+        "pa_interval_ms",
+        "concurrency",
+        "session_lane",
+        "session_candidates",
+    ):
         if getattr(a, name) is None:
             setattr(a, name, getattr(sizes, name))
     if a.cache_dtypes is None:
@@ -185,10 +220,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.out = Path(tempfile.gettempdir()) / "astro-bench-quick" if a.quick else DEFAULT_OUT
     if a.from_results is not None and not a.from_results.is_file():
         p.error(f"--from-results: no file {a.from_results}")
-    if min(a.threads, a.rounds, a.served_requests, a.served_rounds, a.per_pair_subset, a.served_batch) < 1:
+    if min(a.threads, a.rounds, a.served_requests, a.pa_interval_ms, a.per_pair_subset, a.served_batch) < 1:
         p.error(
-            "--threads, --rounds, --served-requests, --served-rounds, --per-pair-subset, --served-batch must be >= 1"
+            "--threads, --rounds, --served-requests, --pa-interval-ms, --per-pair-subset, --served-batch must be >= 1"
         )
+    if a.served_batch != 1:
+        p.error("--served-batch: perf_analyzer's input data sends batch-1 requests")
+    if min(a.session_lane, a.session_k, a.session_concurrency, a.pa_max_trials) < 1:
+        p.error("--session-lane, --session-k, --session-concurrency, --pa-max-trials must be >= 1")
     if a.warmup < 0 or a.time_cap <= 0:
         p.error("--warmup must be >= 0 and --time-cap > 0")
     return a
@@ -238,6 +277,16 @@ def check_shapes(a: argparse.Namespace, cfg: AstroConfig) -> None:
         raise SystemExit(f"error: the {cfg.name!r} checkpoint cannot take these shapes: {'; '.join(problems)}")
 
 
+def tools(say: Callable[[str], None]) -> PerfAnalyzer:
+    """perf_analyzer and its libraries, installed where possible; stops the run at once, saying what is missing."""
+    try:
+        pa = locate(install=True, say=say)
+    except ToolMissing as e:
+        raise SystemExit(f"error: {e}") from None
+    say(f"perf_analyzer {pa.version}: {pa.binary}")
+    return pa
+
+
 def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
@@ -247,38 +296,46 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     cfg = model.cfg
     check_shapes(a, cfg)
     cpu = torch.device("cpu")
+    pa = tools(say)
 
-    say("[1/6] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
+    say("[1/7] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
     export_dtypes = list(CACHE_DTYPES)  # (b) times both; (c) serves a.cache_dtypes of them
     repos = export_repositories(a.checkpoint, work, export_dtypes, a.threads, say)
-    pipes = {f"ort_{d}": OrtPipeline(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
+    pipes = {f"ort_{d}": InProcess(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
 
-    say("[2/6] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
+    say("[2/7] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
     turbo_args = (a.block_lens, a.candidates, a.rounds, a.warmup, a.per_pair_full_max, a.per_pair_subset, a.seed, say)
     turbo = run_turbo(model, cpu, *turbo_args)
 
-    say("[3/6] (b) runtimes: PyTorch eager vs ONNX Runtime fp32 / fp16 cache, CPU")
+    say("[3/7] (b) runtimes: PyTorch eager vs ONNX Runtime fp32 / fp16 cache, CPU")
     runtimes = run_runtimes(model, cpu, pipes, a.block_lens, a.candidates, a.rounds, a.warmup, a.seed, say)
 
-    say(f"[4/6] (c) served: Triton ensemble over gRPC vs in-process ONNX Runtime, concurrency {a.concurrency}")
+    say(f"[4/7] (c) served: perf_analyzer on the ensemble vs in-process ONNX Runtime, concurrency {a.concurrency}")
     requests = [
         make_request(cfg, a.seed + i, a.served_batch, a.served_block_len, a.served_candidates)
         for i in range(a.served_requests)
     ]
+    settings = PaSettings(interval_ms=a.pa_interval_ms, max_trials=a.pa_max_trials)
     served = []
     triton_version = "not run"
     for dtype in a.cache_dtypes:
         levels, triton_version = run_served(
-            repos[dtype], dtype, pipes[f"ort_{dtype}"], requests, a.concurrency, a.served_rounds, a.time_cap, say
+            repos[dtype], dtype, pipes[f"ort_{dtype}"], requests, a.concurrency, pa, settings, a.time_cap, say
         )
         served += levels
 
-    say("[5/6] (d) limit: torch.matmul rate and block attention")
+    say(f"[5/7] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
+    session_model = SessionModel(k=a.session_k)
+    sessions = run_sessions(
+        repos["fp32"], cfg, session_model, a.session_candidates, a.session_concurrency, a.session_lane, pa, a.seed, say
+    )
+
+    say("[6/7] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
     say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
     blocks = block_attention.run(cfg, a.block_lens, [1], a.warmup, max(3, a.rounds), a.seed)
 
-    say("[6/6] (e) CUDA GPU")
+    say("[7/7] (e) CUDA GPU")
     gpu: dict[str, Any] = {"device": machine.gpu_name()}
     if torch.cuda.is_available():
         dev = torch.device("cuda")
@@ -316,7 +373,9 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             },
             "wire_bytes": wire_bytes(cfg, a.served_batch, a.served_block_len, a.served_candidates),
             "levels": [lv.to_dict() for lv in served],
+            "perf_analyzer": {"version": pa.version, "settings": asdict(settings)},
         },
+        "sessions": sessions,
         "matmul_flops": peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}

@@ -76,25 +76,26 @@ def _served(results: dict[str, Any], path: Path) -> None:
     for dtype in sorted({lv["cache_dtype"] for lv in levels}):
         rows = [lv for lv in levels if lv["cache_dtype"] == dtype]
         cs = [lv["concurrency"] for lv in rows]
+        latency = {
+            "served": [{q: lv["served"]["latency_us"][q] / 1e3 for q in ("p50", "p99")} for lv in rows],
+            "in_process": [{q: 1e3 * lv["in_process"][q] for q in ("p50", "p99")} for lv in rows],
+        }
+        throughput = {
+            "served": [lv["served"]["throughput_rps"] for lv in rows],
+            "in_process": [lv["in_process_rps"]["median"] for lv in rows],
+        }
         for side, color in colors.items():
             for q, marker, alpha in (("p50", "o", 1.0), ("p99", "^", 0.45)):
                 ax_lat.plot(
                     cs,
-                    [1e3 * lv["latency_s"][side][q] for lv in rows],
+                    [x[q] for x in latency[side]],
                     dashes.get(dtype, ":"),
                     marker=marker,
                     color=color,
                     alpha=alpha,
                     label=f"{side} {q} ({dtype})",
                 )
-            ax_tp.plot(
-                cs,
-                [lv["throughput_rps"][side]["median"] for lv in rows],
-                dashes.get(dtype, ":"),
-                marker="o",
-                color=color,
-                label=f"{side} ({dtype})",
-            )
+            ax_tp.plot(cs, throughput[side], dashes.get(dtype, ":"), marker="o", color=color, label=f"{side} ({dtype})")
     concurrencies = sorted({lv["concurrency"] for lv in levels})
     for ax in (ax_lat, ax_tp):
         ax.set_xscale("log", base=2)
@@ -104,10 +105,10 @@ def _served(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     ax_lat.set_yscale("log")
     ax_lat.set_ylabel("latency per request, ms")
-    ax_tp.set_ylabel("requests per second (median over rounds)")
+    ax_tp.set_ylabel("requests per second (served: perf_analyzer)")
     s = results["served"]
     fig.suptitle(
-        "(c) Triton ensemble over gRPC vs in-process ONNX Runtime: "
+        "(c) Triton ensemble (perf_analyzer, gRPC) vs in-process ONNX Runtime: "
         f"B={s['batch']} Tb={s['block_len']} N={s['candidates']}"
     )
     fig.tight_layout()

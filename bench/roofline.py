@@ -6,14 +6,19 @@ counted (embedding gathers, LayerNorm, softmax, GELU and masking are O(tokens·d
 O(scores) element-wise work and are left out), over the padded shapes the graphs
 really compute.
 
-Per layer and token, the dense projections cost QKV 6d² + output 2d² + FFN 4F·d² = (8 + 4F)·d².
+Per layer and token, the dense projections cost QKV 6d² + output 2d² + FFN 4F·d² = (8 + 4F)·d²
+(every block has its own weights, the same shapes). A candidate is a token in each of the Nb block
+stacks, so the scorer works on B·Nb·N candidate tokens.
 
 * user encoder: L·6·B·S·d² (QKV of every layer: the last layer's keys/values are cached)
   + (L−1)·[(2 + 4F)·B·S·d² (output + FFN) + 4·B·Nb·Tb²·d (QKᵀ and A·V inside each block)]
-* item scorer: L·[(8 + 4F)·B·N·d² + 4·B·N·S·d (candidate x user attention)] + 2·B·N·d² + 2·B·N·d·T (head);
-  each candidate's score against its own key is element-wise (4·B·N·d per layer), not counted
-* dense pass over M = S + n tokens (SUMI: n = N; per-pair: n = 1, repeated N times):
-  L·[(8 + 4F)·B·M·d² + 4·B·M²·d] + 2·B·n·d² + 2·B·n·d·T
+* item scorer: L·[(8 + 4F)·B·Nb·N·d² + 4·B·N·S·d (candidate x its block's user tokens)] + fusion;
+  each candidate's score against its own key is element-wise, not counted
+* fusion of one candidate's Nb block outputs: BGF (an attention across the Nb outputs,
+  (8 + 4F)·Nb·d² + 4·Nb²·d, and the squeeze-excitation gate, 4·Nb·d²; none without BGF)
+  + the head 2·Nb·d² + 2·d·T, for each of the B·N candidates
+* dense pass per block over Tb + n tokens (SUMI: n = N; per-pair: n = 1, repeated N times):
+  L·[(8 + 4F)·B·Nb·(Tb + n)·d² + 4·B·Nb·(Tb + n)²·d] + fusion of the B·n candidates
 
 The limit is the rate of ``torch.matmul`` on large square fp32 matrices at the benchmark's
 thread count: what this machine's BLAS reaches on the friendliest possible shape.
@@ -36,9 +41,11 @@ def _dense_per_token(cfg: AstroConfig) -> int:
     return (8 + 4 * cfg.ffn_mult) * cfg.d_model**2
 
 
-def _head(cfg: AstroConfig, rows: int) -> int:
-    d = cfg.d_model
-    return 2 * rows * d * d + 2 * rows * d * cfg.n_tasks
+def _fusion(cfg: AstroConfig, rows: int) -> int:
+    """BGF (when on) and the head over ``rows`` candidates' Nb block outputs."""
+    d, nb = cfg.d_model, cfg.n_blocks
+    bgf = _dense_per_token(cfg) * nb + 4 * nb * nb * d + 4 * nb * d * d if cfg.bgf else 0
+    return rows * (bgf + 2 * nb * d * d + 2 * d * cfg.n_tasks)
 
 
 def encoder_flops(cfg: AstroConfig, batch: int, block_len: int) -> int:
@@ -50,16 +57,16 @@ def encoder_flops(cfg: AstroConfig, batch: int, block_len: int) -> int:
 
 
 def scorer_flops(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> int:
-    d, s, n = cfg.d_model, cfg.n_blocks * block_len, candidates
-    per_layer = _dense_per_token(cfg) * batch * n + 4 * batch * n * s * d
-    return cfg.n_layers * per_layer + _head(cfg, batch * n)
+    d, nb, n = cfg.d_model, cfg.n_blocks, candidates
+    per_layer = _dense_per_token(cfg) * batch * nb * n + 4 * batch * n * nb * block_len * d
+    return cfg.n_layers * per_layer + _fusion(cfg, batch * n)
 
 
 def dense_flops(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> int:
-    """One dense pass over the user tokens and ``candidates`` candidates (the SUMI path)."""
-    m = cfg.n_blocks * block_len + candidates
-    per_layer = _dense_per_token(cfg) * batch * m + 4 * batch * m * m * cfg.d_model
-    return cfg.n_layers * per_layer + _head(cfg, batch * candidates)
+    """One dense pass per block over its user tokens and ``candidates`` candidates (the SUMI path)."""
+    nb, m = cfg.n_blocks, block_len + candidates
+    per_layer = _dense_per_token(cfg) * batch * nb * m + 4 * batch * nb * m * m * cfg.d_model
+    return cfg.n_layers * per_layer + _fusion(cfg, batch * candidates)
 
 
 def path_flops(cfg: AstroConfig, path: str, batch: int, block_len: int, candidates: int) -> int:

@@ -1,20 +1,25 @@
-"""(c) The real Triton ensemble over gRPC against in-process ONNX Runtime, on the same requests.
+"""(c) The real Triton ensemble, driven by ``perf_analyzer``, against in-process ONNX Runtime on the same requests.
 
 A python-target model repository (Python backend running the exported ONNX graphs with ONNX
-Runtime) is served by :class:`serve.triton_server.TritonServer` on free loopback ports; the
-same fixed list of requests is sent at each concurrency by that many client threads, each with
-its own gRPC client. The in-process side runs the very same ONNX files through
-:class:`export.parity.OrtPipeline` (the split graphs chained as the ensemble chains them) with
-the same intra-op thread count, from the same number of threads. Each round runs both sides
-once (order rotating), so the serving overhead is a ratio taken inside one round of one run.
+Runtime) is served by :class:`serve.triton_server.TritonServer` on free loopback ports, with the
+response cache off: the in-process side has none, so both sides compute every request. At each
+concurrency ``perf_analyzer`` (a C++ client, see :mod:`bench.perf_analyzer`) sends the fixed list of
+distinct requests from that many synchronous clients; Triton's statistics are read before and after
+(per-model queue and compute, requests per execution, cache hits and misses). The in-process side
+runs the very same ONNX files and requests through :class:`bench.workload.InProcess` from as many
+Python threads, once before and once after the served run, so the served/in-process ratio is taken
+twice around it. Our Python load code stays only there, where perf_analyzer cannot go.
 
-Bounded: every phase sends at most ``len(requests)`` requests and stops starting new ones after
-``time_cap_s``; the server listens on 127.0.0.1 only and is stopped at the end.
+Bounded: each perf_analyzer run stops after its measurement windows (``PaSettings``), each in-process
+phase after ``len(requests)`` requests or ``time_cap_s``; the server listens on 127.0.0.1 only and is
+stopped at the end.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,16 +31,18 @@ import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
-from bench.timing import Stats, rotated
+from bench.perf_analyzer import PaLevel, PaSettings, PerfAnalyzer, run_level, write_input_data
+from bench.timing import Stats
+from bench.workload import InProcess
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
-from export.parity import OrtPipeline
 from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer
 
 SIDES = ("in_process", "served")
 CPU_PARTS = ("in_process", "client", "tritonserver", "backend_stubs")  # whose CPU time is counted
 SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+CACHE_COUNTS = ("cache_hit", "cache_miss")
 CACHE_ITEMSIZE = {"fp32": 4, "fp16": 2}
 MATCH_ATOL = 1e-5  # served and in-process run the same ONNX file in the same ONNX Runtime
 
@@ -72,27 +79,27 @@ class Phase:
 class ServedLevel:
     cache_dtype: str
     concurrency: int
-    requests_per_phase: int  # completed, the smallest over phases
-    latency_s: dict[str, Percentiles]  # side -> pooled over rounds
-    throughput_rps: dict[str, Stats]  # side -> per round
-    latency_overhead: Stats  # served p50 / in-process p50 - 1, per round
-    throughput_ratio: Stats  # served / in-process requests per second, per round
+    served: PaLevel  # perf_analyzer's figures
+    in_process: Percentiles  # seconds, pooled over the in-process phases
+    in_process_rps: Stats  # per in-process phase
+    throughput_ratio: Stats  # served / in-process requests per second, one per in-process phase
     server_ms_per_request: dict[str, dict[str, float]]  # model -> phase -> ms (Triton statistics)
-    cpu_ms_per_request: dict[str, float]  # CPU_PARTS -> CPU ms per request (empty without /proc)
     requests_per_execution: dict[str, float]  # model -> inference count / execution count (dynamic batching)
+    cache: dict[str, dict[str, int]]  # model -> cache_hit / cache_miss counts during the served run
+    cpu_ms_per_request: dict[str, float]  # CPU_PARTS -> CPU ms per request (empty without /proc)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "cache_dtype": self.cache_dtype,
             "concurrency": self.concurrency,
-            "requests_per_phase": self.requests_per_phase,
-            "latency_s": {k: vars(v) for k, v in self.latency_s.items()},
-            "throughput_rps": {k: v.to_dict() for k, v in self.throughput_rps.items()},
-            "latency_overhead": self.latency_overhead.to_dict(),
+            "served": self.served.to_dict(),
+            "in_process": vars(self.in_process),
+            "in_process_rps": self.in_process_rps.to_dict(),
             "throughput_ratio": self.throughput_ratio.to_dict(),
             "server_ms_per_request": self.server_ms_per_request,
-            "cpu_ms_per_request": self.cpu_ms_per_request,
             "requests_per_execution": self.requests_per_execution,
+            "cache": self.cache,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
         }
 
 
@@ -186,12 +193,8 @@ def infer_fn(url: str) -> Callable[[RandomRequest], npt.NDArray[np.float32]]:
     return infer
 
 
-def _in_process_fn(pipe: OrtPipeline) -> Callable[[RandomRequest], npt.NDArray[np.float32]]:
-    return lambda req: pipe.score(req, pipe.encode(req))
-
-
 def server_counters(client: Any) -> dict[str, dict[str, int]]:
-    """model -> cumulative counters from Triton's statistics (ns per phase, inference and execution counts)."""
+    """model -> cumulative counters from Triton's statistics (ns per phase, inference, execution, cache counts)."""
     stats = client.get_inference_statistics(as_json=True)
     out: dict[str, dict[str, int]] = {}
     for m in stats.get("model_stats", []):
@@ -200,6 +203,8 @@ def server_counters(client: Any) -> dict[str, dict[str, int]]:
         c["success"] = int(inf.get("success", {}).get("count", 0))
         c["inference_count"] = int(m.get("inference_count", 0))
         c["execution_count"] = int(m.get("execution_count", 0))
+        for k in CACHE_COUNTS:
+            c[k] = int(inf.get(k, {}).get("count", 0))
         out[m["name"]] = c
     return out
 
@@ -215,18 +220,25 @@ def add_delta(
 
 
 def per_request_ms(counters: dict[str, dict[str, int]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """(model -> phase -> ms per request, model -> requests per execution) from summed counters."""
+    """(model -> phase -> ms per request, model -> requests per execution) from summed counters.
+
+    A cache hit is a success that ran nothing: the phases are averaged over the requests that ran."""
     per_request: dict[str, dict[str, float]] = {}
     batching: dict[str, float] = {}
     for name in (ENSEMBLE, USER_ENCODER, ITEM_SCORER):
         c = counters.get(name, {})
-        done = c.get("success", 0)
-        if done <= 0:
+        ran = c.get("success", 0) - c.get("cache_hit", 0)
+        if ran <= 0:
             continue
-        per_request[name] = {p: c[p] / done / 1e6 for p in SERVER_PHASES}
+        per_request[name] = {p: c[p] / ran / 1e6 for p in SERVER_PHASES}
         if c.get("execution_count", 0) > 0:
             batching[name] = c["inference_count"] / c["execution_count"]
     return per_request, batching
+
+
+def cache_counts(counters: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """model -> {cache_hit, cache_miss} of the composing models."""
+    return {m: {k: counters.get(m, {}).get(k, 0) for k in CACHE_COUNTS} for m in (USER_ENCODER, ITEM_SCORER)}
 
 
 def check_same_answers(
@@ -244,19 +256,28 @@ def check_same_answers(
     return diff
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far: the perf_analyzer runs."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_served(
     repository: Path,
     cache_dtype: str,
-    pipe: OrtPipeline,
+    local: InProcess,
     requests: Sequence[RandomRequest],
     concurrencies: Sequence[int],
-    rounds: int,
+    pa: PerfAnalyzer,
+    settings: PaSettings,
     time_cap_s: float,
     progress: Callable[[str], None],
 ) -> tuple[list[ServedLevel], str]:
-    """Serve ``repository``, time both sides at each concurrency; returns the levels and Triton's version."""
-    local = _in_process_fn(pipe)
-    with TritonServer(repository) as server:
+    """Serve ``repository`` (no response cache), measure both sides at each concurrency; returns the levels and
+    Triton's version."""
+    with TritonServer(repository) as server, tempfile.TemporaryDirectory(prefix="astro-pa-") as tmp:
+        work = Path(tmp)
+        data = write_input_data(requests, work / "requests.json")
         t0 = time.perf_counter()
         server.start(ready_models=[ENSEMBLE], timeout_s=180)
         progress(f"  tritonserver ready in {time.perf_counter() - t0:.1f} s at {server.grpc_url} ({cache_dtype} cache)")
@@ -264,58 +285,49 @@ def run_served(
         server_pid = server.pid
         assert server_pid is not None, "a started server has a process id"
         version = str(admin.get_server_metadata(as_json=True).get("version", "unknown"))
-        served = infer_fn(server.grpc_url)
-        diff = check_same_answers(served, local, requests[0])
+        diff = check_same_answers(infer_fn(server.grpc_url), local, requests[0])
         progress(f"  served == in-process on request 0 (max |diff| {diff:.1e})")
-        for r in requests[: min(4, len(requests))]:  # warm both sides: sessions, channels, allocator
+        for r in requests[: min(4, len(requests))]:  # warm the in-process sessions and allocator
             local(r)
-            served(r)
         levels = []
         for c in concurrencies:
-            phases: dict[str, list[Phase]] = {s: [] for s in SIDES}
-            clients = [infer_fn(server.grpc_url) for _ in range(c)]
-            served_counters: dict[str, dict[str, int]] = {}
-            cpu = dict.fromkeys(CPU_PARTS, 0.0)
-            for i in range(rounds):
-                for side in rotated(SIDES, i):
-                    own0, group0 = time.process_time(), server_cpu_seconds(server_pid)
-                    if side == "served":
-                        before = server_counters(admin)
-                        phases[side].append(run_phase(clients, requests, time_cap_s))
-                        add_delta(served_counters, before, server_counters(admin))
-                        cpu["client"] += time.process_time() - own0
-                        for part, sec in server_cpu_seconds(server_pid).items():
-                            cpu[part] += sec - group0[part]
-                    else:
-                        phases[side].append(run_phase([local] * c, requests, time_cap_s))
-                        cpu["in_process"] += time.process_time() - own0
-            per_request, batching = per_request_ms(served_counters)
-            done = {s: sum(len(p.latencies) for p in phases[s]) for s in SIDES}
-            has_proc = bool(server_cpu_seconds(server_pid))
-            p50 = {s: [float(np.median(p.latencies)) for p in phases[s]] for s in SIDES}
-            tput = {s: [p.throughput for p in phases[s]] for s in SIDES}
+            in_process_cpu = time.process_time()
+            phases = [run_phase([local] * c, requests, time_cap_s)]
+            in_process_cpu = time.process_time() - in_process_cpu
+            cpu_before = children_cpu_seconds(), server_cpu_seconds(server_pid)
+            before = server_counters(admin)
+            served = run_level(pa, server.grpc_url, ENSEMBLE, data, c, settings, work)
+            counters: dict[str, dict[str, int]] = {}
+            add_delta(counters, before, server_counters(admin))
+            client_cpu = children_cpu_seconds() - cpu_before[0]
+            server_cpu = {k: v - cpu_before[1].get(k, 0.0) for k, v in server_cpu_seconds(server_pid).items()}
+            t_cpu = time.process_time()
+            phases.append(run_phase([local] * c, requests, time_cap_s))
+            in_process_cpu += time.process_time() - t_cpu
+            per_request, batching = per_request_ms(counters)
+            done = max(counters.get(ENSEMBLE, {}).get("success", 0), 1)
+            local_done = sum(len(p.latencies) for p in phases)
+            cpu = {"in_process": 1e3 * in_process_cpu / local_done, "client": 1e3 * client_cpu / done}
+            cpu.update({part: 1e3 * sec / done for part, sec in server_cpu.items()})
+            rps = [p.throughput for p in phases]
             level = ServedLevel(
                 cache_dtype=cache_dtype,
                 concurrency=c,
-                requests_per_phase=min(len(p.latencies) for s in SIDES for p in phases[s]),
-                latency_s={s: Percentiles.of([x for p in phases[s] for x in p.latencies]) for s in SIDES},
-                throughput_rps={s: Stats.of(tput[s]) for s in SIDES},
-                latency_overhead=Stats.of([a / b - 1 for a, b in zip(p50["served"], p50["in_process"], strict=True)]),
-                throughput_ratio=Stats.of([a / b for a, b in zip(tput["served"], tput["in_process"], strict=True)]),
+                served=served,
+                in_process=Percentiles.of([x for p in phases for x in p.latencies]),
+                in_process_rps=Stats.of(rps),
+                throughput_ratio=Stats.of([served.throughput_rps / x for x in rps]),
                 server_ms_per_request=per_request,
                 requests_per_execution=batching,
-                cpu_ms_per_request={
-                    part: 1e3 * sec / done["in_process" if part == "in_process" else "served"]
-                    for part, sec in cpu.items()
-                    if has_proc or part in ("in_process", "client")
-                },
+                cache=cache_counts(counters),
+                cpu_ms_per_request=cpu,
             )
             levels.append(level)
             progress(
-                f"  concurrency {c} ({cache_dtype}): served p50 {1e3 * level.latency_s['served'].p50:.2f} ms, "
-                f"in-process p50 {1e3 * level.latency_s['in_process'].p50:.2f} ms "
-                f"(overhead {100 * level.latency_overhead.median:+.0f}%), throughput "
-                f"{level.throughput_rps['served'].median:.1f} vs {level.throughput_rps['in_process'].median:.1f} req/s"
+                f"  concurrency {c} ({cache_dtype}): perf_analyzer {served.throughput_rps:.1f} req/s, p50 "
+                f"{served.latency_us['p50'] / 1e3:.2f} ms, p99 {served.latency_us['p99'] / 1e3:.2f} ms"
+                f"{'' if served.stable else ' (unstable)'}; in-process {np.median(rps):.1f} req/s, p50 "
+                f"{1e3 * level.in_process.p50:.2f} ms; served/in-process {level.throughput_ratio.median:.2f}"
             )
         admin.close()
     return levels, version

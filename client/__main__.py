@@ -2,6 +2,7 @@
 
     python -m client score request.json --url 127.0.0.1:8001
     echo '{"history": {...}, "candidates": [...], "scenario": 0, "timestamp": 1700000000}' | python -m client score
+    python -m client health --url 10.0.0.5:8001,10.0.0.6:8001
     python -m client health --url triton:8001 --ssl --root-certificates ca.pem
 
 ``score`` reads one request object (or a list of them) as JSON::
@@ -9,7 +10,14 @@
     {"history": {"item_ids": [...], "behaviors": [...], "scenarios": [...], "timestamps": [...]},
      "candidates": [...], "scenario": 0, "timestamp": 1700000000}
 
-and prints ``{"model", "candidates", "scores": {task_name: [...]}}`` (a list for a list).
+Integers only (no 1.7e9), no other keys; a new user has four empty history lists. Behaviour and
+scenario ids index the vocabularies the server publishes (``health`` prints them), timestamps are
+unix seconds; ids outside the vocabularies, other timestamps and history items with id 0 (the
+padding id) are refused unless the matching ``--allow-*`` flag is given. Prints
+``{"model", "candidates", "scores": {task_name: [...]}}`` (a list for a list).
+
+``health`` prints each server's status and what it serves (model, preset, limits, vocabularies,
+blocks, tasks); with several addresses, one report per address.
 Exit status: 0 done / ready, 1 server error / not ready, 2 bad request or usage.
 """
 
@@ -25,8 +33,7 @@ from typing import Any
 import numpy as np
 
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
-from client.validation import HISTORY_FIELDS, I64, RequestError, ScoreRequest, as_int64_array
-from contract.blocks import EventHistory
+from client.validation import I64, Allow, RequestError, request_from_json
 from contract.tensors import ENSEMBLE
 
 EXIT_OK, EXIT_SERVER, EXIT_USAGE = 0, 1, 2
@@ -38,30 +45,6 @@ def parse_header(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"header {text!r} must look like KEY=VALUE")
     return key.strip().lower(), value
-
-
-def request_from_json(obj: Any, field: str = "") -> ScoreRequest:
-    """One JSON request object -> :class:`ScoreRequest`; floats and bools are refused, never cast.
-
-    ``field`` prefixes the names in error messages (``requests[2]`` for a list entry).
-    """
-
-    def name(key: str) -> str:
-        return f"{field}.{key}" if field else key
-
-    if not isinstance(obj, dict):
-        raise RequestError(field or "request", f"must be a JSON object, got {type(obj).__name__}")
-    missing = [k for k in ("history", "candidates", "scenario", "timestamp") if k not in obj]
-    if missing:
-        raise RequestError(field or "request", f"lacks keys {missing}")
-    hist = obj["history"]
-    if not isinstance(hist, dict):
-        raise RequestError(name("history"), f"must be a JSON object, got {type(hist).__name__}")
-    lacking = [k for k in HISTORY_FIELDS if k not in hist]
-    if lacking:
-        raise RequestError(name("history"), f"lacks keys {lacking} (use [] for a user with no history)")
-    history = EventHistory(*(as_int64_array(name(f"history.{k}"), hist[k], ndim=1) for k in HISTORY_FIELDS))
-    return ScoreRequest(history, obj["candidates"], obj["scenario"], obj["timestamp"])
 
 
 def scores_to_json(
@@ -78,14 +61,28 @@ def scores_to_json(
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("connection")
-    conn.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC endpoint host:port (default {DEFAULT_URL})")
+    conn.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help=f"Triton gRPC endpoint host:port, or several comma-separated: round-robin (default {DEFAULT_URL})",
+    )
     conn.add_argument("--model", default=ENSEMBLE, help=f"ensemble model name (default {ENSEMBLE})")
     conn.add_argument(
         "--timeout", type=float, default=10.0, help="deadline of each RPC in seconds, retries included (default 10)"
     )
-    conn.add_argument("--retries", type=int, default=2, help="extra attempts after UNAVAILABLE (default 2)")
+    conn.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="extra attempts after UNAVAILABLE (gRPC's retry policy, at most 4) or a model still loading (default 2)",
+    )
     conn.add_argument(
         "--backoff", type=float, default=0.05, help="first retry delay in seconds, doubled per retry (default 0.05)"
+    )
+    conn.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail at once while no server is reachable, instead of waiting for one up to --timeout",
     )
     conn.add_argument(
         "--header",
@@ -114,19 +111,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("input", nargs="?", default="-", help="request JSON file, or - for stdin (default -)")
     score.add_argument("--indent", type=int, default=None, help="indent the printed JSON by this many spaces")
+    allow = score.add_argument_group("likely mistakes, refused unless allowed")
+    allow.add_argument(
+        "--allow-unknown-ids",
+        action="store_true",
+        help="send behaviour/scenario ids outside the served vocabularies (the model reads them as 'unknown')",
+    )
+    allow.add_argument(
+        "--allow-any-timestamp",
+        action="store_true",
+        help="send timestamps outside unix seconds 1970..2100 (milliseconds, negative ones)",
+    )
+    allow.add_argument(
+        "--allow-padding-items",
+        action="store_true",
+        help="send history events with item id 0, the padding id (they are dropped from the blocks)",
+    )
     sub.add_parser("health", parents=[common], help="print server and model status; exit 1 unless ready")
     return parser
 
 
-def make_client(args: argparse.Namespace) -> AstroClient:
+def make_client(args: argparse.Namespace, url: str | None = None) -> AstroClient:
     certs = (args.root_certificates, args.private_key, args.certificate_chain)
     return AstroClient(
-        args.url,
+        args.url if url is None else url,
         args.model,
         timeout_s=args.timeout,
         retries=args.retries,
         backoff_s=args.backoff,
+        wait_for_ready=not args.no_wait,
         headers=dict(args.header),
+        allow=Allow(
+            unknown_ids=getattr(args, "allow_unknown_ids", False),
+            any_timestamp=getattr(args, "allow_any_timestamp", False),
+            padding_items=getattr(args, "allow_padding_items", False),
+        ),
         ssl=bool(args.ssl or any(c is not None for c in certs)),
         root_certificates=args.root_certificates,
         private_key=args.private_key,
@@ -159,16 +178,33 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_health(args: argparse.Namespace) -> int:
+    """One report per address: with several, each server is asked on its own (the balanced
+    channel would ask whichever replica it picks)."""
     with make_client(args) as client:
-        status = client.health()
-    print(json.dumps(status, indent=2))
-    return EXIT_OK if status["ready"] else EXIT_SERVER
+        addresses = client.addresses
+        reports = [client.health()] if len(addresses) == 1 else []
+    for address in addresses if not reports else ():
+        with make_client(args, address) as one:
+            reports.append(one.health())
+    ready = all(r["ready"] for r in reports)
+    out = reports[0] if len(reports) == 1 else {"url": args.url, "ready": ready, "replicas": reports}
+    print(json.dumps(out, indent=2))
+    return EXIT_OK if ready else EXIT_SERVER
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_score(args) if args.command == "score" else run_health(args)
+        status = run_score(args) if args.command == "score" else run_health(args)
+        sys.stdout.flush()  # a reader gone early (`| head`) raises here, inside the try, not at exit
+        return status
+    except BrokenPipeError:
+        # as the Python docs recommend (signal module, "Note on SIGPIPE"): point stdout at devnull so the flush at
+        # exit stays quiet. The work is done; the reader chose to stop reading, so this is no failure: exit 0.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (RequestError, ValueError, OSError) as e:  # bad request, bad flag value, unreadable file
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

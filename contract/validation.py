@@ -51,11 +51,11 @@ from contract.tensors import (
 
 I64 = npt.NDArray[np.int64]
 CONTRACT_INPUTS: tuple[str, ...] = GRAPH_IO[ENSEMBLE][0]  # the ensemble's inputs, in declaration order
-_INT = DTYPES[TENSORS[CANDIDATE_INPUT].dtype].numpy  # the contract's integer type: every input is declared int64
-if any(DTYPES[TENSORS[n].dtype].numpy is not _INT for n in CONTRACT_INPUTS):
-    raise ImportError("contract.validation assumes every ensemble input is declared with one integer dtype")
-INT64_MIN, INT64_MAX = int(np.iinfo(_INT).min), int(np.iinfo(_INT).max)
-INT_DTYPE = np.dtype(_INT)
+INT_DTYPE = np.dtype(DTYPES[TENSORS[CANDIDATE_INPUT].dtype].numpy)  # the contract's integer type, int64
+if INT_DTYPE.kind != "i" or any(np.dtype(DTYPES[TENSORS[n].dtype].numpy) != INT_DTYPE for n in CONTRACT_INPUTS):
+    raise ImportError("contract.validation assumes every ensemble input is declared with one signed integer dtype")
+_LIMITS = np.iinfo(INT_DTYPE)  # type: ignore[type-var]  # an integer dtype, checked just above
+INT64_MIN, INT64_MAX = int(_LIMITS.min), int(_LIMITS.max)
 
 PAD_ITEM = 0  # item id 0 marks a padding slot of a block; real items use any other int64 value
 HISTORY_FIELDS = ("item_ids", "behaviors", "scenarios", "timestamps")  # EventHistory's fields, in order
@@ -128,7 +128,7 @@ def as_int(field: str, value: object, *, minimum: int = INT64_MIN, maximum: int 
     if not is_int(value):
         hint = "; write integers (1700000000, not 1.7e9)" if isinstance(value, float | np.floating) else ""
         raise RequestError(field, f"must be an integer, got {_describe(value)}{hint}")
-    v = int(value)  # type: ignore[call-overload]  # is_int: an int or a numpy integer
+    v: int = int(value)  # type: ignore[call-overload]  # is_int: an int or a numpy integer
     if v < minimum:
         raise RequestError(field, f"value {v} is below the minimum {minimum}")
     if v > maximum:
@@ -185,7 +185,7 @@ def _first(mask: npt.NDArray[np.bool_]) -> int | tuple[int, ...]:
 def _check_elements(field: str, value: object) -> None:
     """Refuse the first element of (nested) sequences that is not an int64 integer, naming its index."""
     if isinstance(value, list | tuple) and all(type(v) is int and INT64_MIN <= v <= INT64_MAX for v in value):
-        return  # the common case, flat Python ints, at C speed
+        return  # the common case, flat Python ints: one quick pass
 
     def walk(v: object, pos: tuple[int, ...]) -> None:
         if isinstance(v, list | tuple) or (isinstance(v, np.ndarray) and v.ndim > 0):

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 
 from contract.config import AstroConfig
-from contract.tensors import CACHE_TENSORS, SCORES_OUTPUT, CacheDType
+from contract.tensors import CACHE_TENSORS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_MASK, CacheDType
 from export.onnx_graphs import GraphPaths, torch_dtype
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
 from model.random_inputs import RandomRequest, random_request
@@ -82,10 +82,18 @@ class ParityReport:
     shapes: int = 0
 
     def summary(self) -> str:
-        diffs = ", ".join(f"{k} {v:.2e}" for k, v in self.max_abs.items())
+        """One line: each figure beside the tolerance it was held to."""
+        tol = TOLERANCES[self.cache_dtype]
+
+        def figure(name: str, value: float) -> str:
+            if name == USER_MASK:  # compared entry by entry: the figure counts differing entries
+                return f"{name} {value:.0f} entries differ (tol 0)"
+            return f"{name} {value:.2e} (tol {tol.atol if name == SCORES_OUTPUT else tol.cache_atol:.0e})"
+
+        diffs = ", ".join(figure(k, v) for k, v in self.max_abs.items())
         return (
             f"ORT vs PyTorch ({self.cache_dtype} cache) over {self.shapes} shapes: max |diff| {diffs}; "
-            f"top-{TOP_K} overlap >= {self.min_topk_overlap:.3f}"
+            f"top-{TOP_K} overlap >= {self.min_topk_overlap:.3f} (tol {tol.min_topk_overlap})"
         )
 
 
@@ -107,10 +115,10 @@ class OrtPipeline:
 
     def encode(self, req: RandomRequest) -> dict[str, npt.NDArray[np.generic]]:
         names = [o.name for o in self.user.get_outputs()]
-        return dict(zip(names, self.user.run(names, req.user_inputs()), strict=True))
+        return dict(zip(names, self.user.run(names, req.graph_inputs(USER_ENCODER)), strict=True))
 
     def score(self, req: RandomRequest, cache: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float32]:
-        feeds = {"cand_item_ids": req.cand_item_ids, "request_scenario": req.request_scenario, **cache}
+        feeds = {**req.graph_inputs(ITEM_SCORER), **cache}
         out: npt.NDArray[np.float32] = self.scorer.run([SCORES_OUTPUT], feeds)[0]
         return out
 
@@ -119,22 +127,12 @@ def torch_split(
     model: AstroModel, req: RandomRequest, cache_dtype: CacheDType
 ) -> tuple[dict[str, npt.NDArray[np.generic]], npt.NDArray[np.float32]]:
     """PyTorch reference for both graphs: (cache outputs, scores)."""
-    t = {k: torch.from_numpy(v) for k, v in req.as_dict().items()}
     with torch.no_grad():
         keys, values, mask = UserEncoder(model, torch_dtype(cache_dtype))(
-            *(
-                t[k]
-                for k in (
-                    "hist_item_ids",
-                    "hist_behaviors",
-                    "hist_scenarios",
-                    "hist_timestamps",
-                    "request_scenario",
-                    "request_timestamp",
-                )
-            )
+            **{k: torch.from_numpy(v) for k, v in req.graph_inputs(USER_ENCODER).items()}
         )
-        scores = ItemScorer(model)(t["cand_item_ids"], t["request_scenario"], keys, values, mask)
+        scorer_inputs = {k: torch.from_numpy(v) for k, v in req.graph_inputs(ITEM_SCORER).items()}
+        scores = ItemScorer(model)(**scorer_inputs, user_keys=keys, user_values=values, user_mask=mask)
     cache = dict(zip(CACHE_TENSORS, (keys.numpy(), values.numpy(), mask.numpy()), strict=True))
     return cache, scores.numpy()
 

@@ -26,6 +26,7 @@ from contract.tensors import (
     CANDIDATES,
     ENSEMBLE,
     GRAPHS,
+    USER_ENCODER,
     CacheDType,
     Tensor,
     graph_io,
@@ -38,6 +39,9 @@ TARGETS: tuple[Target, ...] = ("tensorrt", "onnxruntime", "python")
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent.parent / "serve" / "onnx_python_model.py"
 QUEUE_DELAY_US = 200  # dynamic batching window: small against a "tens of milliseconds" budget
 WARMUP_CANDIDATES = 64  # warmup request size: a typical ranking request, not the worst case
+# Composing models whose responses Triton may cache: the user encoder, whose output depends on the user's
+# history and the request scenario only. Never item_scorer: its candidates are new on every request.
+CACHED_GRAPHS = (USER_ENCODER,)
 
 
 def _tensor(t: Tensor, cls: type[mc.ModelInput] | type[mc.ModelOutput]) -> mc.ModelInput | mc.ModelOutput:
@@ -77,6 +81,10 @@ def composing_config(
     c.version_policy.latest.num_versions = 1
     c.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
     c.model_warmup.append(_warmup(cfg, inputs))
+    if graph in CACHED_GRAPHS:
+        # Triton's response cache keys on the input bytes: the encoder's inputs are history + scenario only,
+        # so a user's later requests reuse its keys/values. Inert on a server started without --cache-config.
+        c.response_cache.enable = True
     if target == "tensorrt":
         c.platform = "tensorrt_plan"
         c.default_model_filename = "model.plan"

@@ -1,7 +1,10 @@
 """Validate a generated model repository without a server: every ``config.pbtxt`` parses as a
-Triton ``ModelConfig``, and the ensemble wiring is consistent (each step input is an ensemble
+Triton ``ModelConfig``, the ensemble wiring is consistent (each step input is an ensemble
 input or an earlier step's output; names, dtypes and dims match the composing models; every
-ensemble output is produced). Collects every problem before reporting."""
+ensemble output is produced), and every TensorRT plan will load where it is meant to be served:
+its ``model.plan.json`` is read and a plan whose TensorRT version differs from the one the target
+NGC Triton container ships is refused (``export/tensorrt_versions.py`` holds the table).
+Collects every problem before reporting."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contract.tensors import ENSEMBLE
+from export.tensorrt_engine import EngineMetadata, metadata_path
+from export.tensorrt_versions import TritonRelease, plan_problem
 
 
 class RepositoryError(ValueError):
@@ -41,8 +46,36 @@ def _sig(t: mc.ModelInput | mc.ModelOutput) -> tuple[str, list[int]]:
     return mc.DataType.Name(t.data_type), list(t.dims)
 
 
-def check_repository(root: Path) -> dict[str, mc.ModelConfig]:
-    """Return the parsed configs by model name; raise RepositoryError listing every problem."""
+def plan_errors(model_dir: Path, c: mc.ModelConfig, container: TritonRelease | None) -> list[str]:
+    """Problems of the TensorRT plans of one ``tensorrt_plan`` model: each version's plan needs its
+    ``model.plan.json`` (what built it), naming this graph, built by the TensorRT ``container`` ships."""
+    errors = []
+    filename = c.default_model_filename or "model.plan"
+    for version in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        plan = version / filename
+        if not plan.is_file():
+            continue  # reported by _missing_files
+        where = f"{version.name}/{filename}"
+        try:
+            meta = EngineMetadata.read(plan)
+        except FileNotFoundError:
+            errors.append(f"{where}: no {metadata_path(plan).name} beside it (which TensorRT built it?); re-export")
+            continue
+        except (ValueError, KeyError, TypeError) as e:
+            errors.append(f"{where}: unreadable {metadata_path(plan).name}: {e}")
+            continue
+        if meta.graph != model_dir.name:
+            errors.append(f"{where}: built for graph {meta.graph!r}, served as {model_dir.name!r}")
+        if container is not None and (problem := plan_problem(meta.tensorrt_version, container)):
+            errors.append(f"{where}: {problem}")
+    return errors
+
+
+def check_repository(root: Path, container: TritonRelease | None = None) -> dict[str, mc.ModelConfig]:
+    """Return the parsed configs by model name; raise RepositoryError listing every problem.
+
+    ``container``: the NGC Triton release the repository will be served in; every TensorRT plan
+    must come from the TensorRT it ships (``model.plan.json`` is read either way)."""
     configs = {p.parent.name: load_config(p) for p in sorted(root.glob("*/config.pbtxt"))}
     errors: list[str] = []
     for name, c in configs.items():
@@ -50,6 +83,8 @@ def check_repository(root: Path) -> dict[str, mc.ModelConfig]:
             errors.append(f"{name}/config.pbtxt names the model {c.name!r}")
         if c.platform != "ensemble":
             errors += [f"{name}: {e}" for e in _missing_files(root / name, c)]
+        if c.platform == "tensorrt_plan":
+            errors += [f"{name}: {e}" for e in plan_errors(root / name, c, container)]
     if ENSEMBLE not in configs:
         raise RepositoryError(f"{root}: no {ENSEMBLE}/config.pbtxt (run `make export`)")
     errors += wiring_errors(configs)

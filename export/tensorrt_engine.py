@@ -1,33 +1,42 @@
 """ONNX graph -> TensorRT engine (``model.plan``) for the Triton ``tensorrt`` target.
 
-Written against the documented TensorRT 10 Python API and type-checked with
-``tensorrt-stubs``. Two halves:
+Written against the TensorRT Python API of the supported versions, ``>= 10.12, < 12``
+(``export/tensorrt_versions.py``), and type-checked with mypy against ``tensorrt-stubs``
+cut down to the API those versions share (``typings/repair_tensorrt_stubs.py``). Two halves:
 
-* **Pure logic** (no TensorRT needed, unit-tested everywhere): the optimization
-  profile of each graph derived from :class:`~contract.config.AstroConfig`
-  (:func:`profile_shapes`), the expected I/O of each graph and the check of a
-  parsed network against it (:func:`io_mismatches`), the builder flags of each
-  :class:`Precision` (:func:`precision_flags`), which layers stay in fp32 under
-  fp16/bf16 (:func:`keep_fp32`) and the JSON written beside every plan
+* **Pure logic** (no TensorRT needed, unit-tested everywhere): the optimization profile of
+  each graph derived from :class:`~contract.config.AstroConfig` (:func:`profile_shapes`), the
+  expected I/O of each graph and the check of a parsed network against it
+  (:func:`io_mismatches`), the network and builder flags (:data:`NETWORK_FLAGS`,
+  :func:`builder_flags`), the GPU-memory arithmetic that bounds the profiles
+  (:func:`memory_estimate`, :func:`fit_to_gpu`) and the JSON written beside every plan
   (:class:`EngineMetadata`).
-* **The build** (:func:`build_engine`): imports ``tensorrt`` lazily, so this
-  module imports on machines without TensorRT; there it raises
-  :class:`TensorRTUnavailable` saying what is missing and how to get it.
-  :func:`tensorrt_available` tells ``make export`` whether the ``tensorrt``
-  target can be built here.
+* **The build** (:func:`build_engine`): imports ``tensorrt`` lazily, so this module imports on
+  machines without TensorRT; there it raises :class:`TensorRTUnavailable` in one sentence.
+  :func:`tensorrt_available` tells ``python -m export`` whether the ``tensorrt`` target can be
+  built here.
 
-TensorRT 10 facts this module relies on (see the Python API reference):
+TensorRT facts this module relies on:
 
-* every network is explicit-batch (``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``
-  is deprecated and ignored), so ``create_network(0)``;
-* INT64 and BOOL are native tensor types: the INT64 id inputs and the BOOL mask
-  are engine I/O as they are, with no cast to INT32 (TensorRT 8 needed one);
-* precision is "weakly typed" here: ``BuilderFlag.FP16``/``BF16`` let TensorRT
-  pick lower-precision kernels, ``OBEY_PRECISION_CONSTRAINTS`` makes the per-layer
-  ``ILayer.precision`` / ``set_output_type`` pins binding (TensorRT 10.12 deprecates
-  these in favour of strongly typed networks; they still work throughout 10.x);
-* ``TF32`` is on by default and would round fp32 matmul inputs to 10-bit
-  mantissas, so an ``fp32`` engine clears it.
+* every network is **strongly typed**: ``create_network(1 << STRONGLY_TYPED)``. TensorRT 10.12
+  deprecates the weakly typed API and TensorRT 11 removes it (``BuilderFlag.FP16/BF16/
+  OBEY_PRECISION_CONSTRAINTS``, ``ILayer.precision``, ``ILayer.set_output_type``,
+  ``Builder.platform_has_fast_fp16``) and ignores the flag (always strongly typed), so this one
+  path serves both. The precision of every tensor comes from the ONNX graph: an fp16/bf16 engine
+  is built from the mixed-precision graph of ``export/precision.py`` (fp32 islands for
+  normalisation, softmax and reductions set in the graph), and the build refuses a graph whose
+  recorded precision differs from the one asked for;
+* networks are explicit-batch; INT64 and BOOL are native tensor types, so the INT64 id inputs
+  and the BOOL mask are engine I/O as they are;
+* ``BuilderFlag.TF32`` exists in both and is on by default; it would round fp32 matmul inputs to
+  10-bit mantissas, so an ``fp32`` engine clears it.
+
+Polygraphy (``polygraphy.backend.trt``: ``network_from_onnx_path(..., strongly_typed=True)``,
+``CreateConfig(profiles=...)``, ``engine_from_network``; ``Comparator`` over TensorRT and ONNX
+Runtime runners) was weighed and not used: the build here is ~60 lines, most of them the checks
+and metadata Polygraphy would not do (I/O against the config, graph precision, timing cache,
+progress), its comparator runs one graph at a time where our parity chains encoder -> scorer the
+way the ensemble does, and it would be one more package to keep in step with TensorRT 11.
 
 Shapes: B batch, Nb = cfg.n_blocks, Tb <= cfg.max_block_len, S = Nb*Tb,
 L layers, H heads, dh head dim, N <= cfg.max_candidates, T = n_tasks.
@@ -42,7 +51,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -55,7 +63,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
-from contract.config import AstroConfig
+from contract.config import AstroConfig, ConfigError
 from contract.tensors import (
     BATCH,
     BLOCK_LEN,
@@ -71,6 +79,7 @@ from contract.tensors import (
     Tensor,
     graph_io,
 )
+from export.tensorrt_versions import SUPPORTED, TensorRTVersionError, require_supported
 
 if TYPE_CHECKING:  # only for annotations: the module itself never needs TensorRT to import
     # mypy reads the tensorrt-stubs copy that typings/repair_tensorrt_stubs.py repairs into
@@ -85,11 +94,8 @@ Graph = Literal["user_encoder", "item_scorer"]
 GRAPHS: tuple[Graph, ...] = get_args(Graph)
 
 INSTALL_HINT = (
-    "TensorRT engines need the TensorRT Python package and an NVIDIA GPU: on a GPU host run "
-    "`pip install .[gpu]` (the tensorrt wheel fetches its CUDA libraries from pypi.nvidia.com), "
-    "or work inside the NGC container "
-    "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 / nvcr.io/nvidia/tensorrt:<yy.mm>-py3, which ship it; "
-    "elsewhere use the `onnxruntime` or `python` model-repository target"
+    f"on a GPU host `pip install '.[gpu]'` (TensorRT {SUPPORTED}) or run inside "
+    "nvcr.io/nvidia/tritonserver:<yy.mm>-py3; elsewhere use --target onnxruntime or python"
 )
 
 
@@ -180,7 +186,6 @@ def output_shapes(cfg: AstroConfig, graph: Graph) -> dict[str, ShapeRange]:
 # ---------------------------------------------------------------------------------------
 # Expected network I/O, checked right after parsing (names, then dtypes, then shapes)
 # ---------------------------------------------------------------------------------------
-FLOAT_DTYPES = frozenset({"FLOAT", "HALF", "BF16"})  # TensorRT DataType names
 TRT_DTYPE_NAMES = {"int64": "INT64", "bool": "BOOL", "fp32": "FLOAT", "fp16": "HALF"}  # contract -> TensorRT
 CACHE_DTYPE_NAMES = {TRT_DTYPE_NAMES[d]: d for d in CACHE_DTYPES}  # DataType name -> the export's cache dtype
 
@@ -244,12 +249,28 @@ def io_mismatches(
 
 
 # ---------------------------------------------------------------------------------------
-# Precision: builder flags and the layers pinned to fp32
+# Precision: strongly typed networks, one builder flag
 # ---------------------------------------------------------------------------------------
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+
+
+NETWORK_FLAGS = ("STRONGLY_TYPED",)  # NetworkDefinitionCreationFlag members set for every network
+# The weakly typed API: deprecated in TensorRT 10.12, removed in 11. Never used here
+# (tests/test_tensorrt_logic.py reads this module's source for them; the stubs mypy reads lack them).
+REMOVED_IN_11 = (
+    "BuilderFlag.FP16",
+    "BuilderFlag.BF16",
+    "BuilderFlag.INT8",
+    "BuilderFlag.FP8",
+    "BuilderFlag.OBEY_PRECISION_CONSTRAINTS",
+    "BuilderFlag.PREFER_PRECISION_CONSTRAINTS",
+    "platform_has_fast_fp16",
+    "set_output_type",
+    ".precision =",
+)
 
 
 class PrecisionFlags(NamedTuple):
@@ -259,89 +280,144 @@ class PrecisionFlags(NamedTuple):
     clear: tuple[str, ...]
 
 
-def precision_flags(precision: Precision | str) -> PrecisionFlags:
-    """Builder flags of a precision.
+def builder_flags(precision: Precision | str) -> PrecisionFlags:
+    """Builder flags of a precision, on a strongly typed network.
 
     * fp32: clear TF32 (on by default; it rounds matmul inputs to 10 mantissa bits, ~1e-3
       relative error, which would break fp32 parity at 1e-4).
-    * fp16 / bf16: allow that type, and OBEY_PRECISION_CONSTRAINTS so that the fp32 pins of
-      :func:`keep_fp32` are binding (without it they are only preferences). TF32 stays
-      allowed for the layers left in fp32: the reduced type dominates the error anyway.
+    * fp16 / bf16: none. The reduced type is in the ONNX graph (``export/precision.py``); the
+      fp32 islands there compute in fp32 with TF32 allowed, which only touches fp32 matmuls,
+      and those islands hold none.
     """
     p = Precision(precision)
-    if p is Precision.FP32:
-        return PrecisionFlags(set=(), clear=("TF32",))
-    reduced = "FP16" if p is Precision.FP16 else "BF16"
-    return PrecisionFlags(set=(reduced, "OBEY_PRECISION_CONSTRAINTS"), clear=())
-
-
-# Layer types always kept in fp32 under fp16/bf16 (LayerType names):
-#  * SOFTMAX / RAGGED_SOFTMAX: the attention softmax exponentiates logits scaled by
-#    1/(sqrt(dh)*tau) with tau down to tau_min = 0.1; exp overflows fp16 above ~11 and its
-#    sum loses the small weights of long histories (up to Nb*Tb keys per row);
-#  * NORMALIZATION (ONNX opset >= 17 LayerNormalization): the variance is a mean of squares
-#    (overflows fp16 for activations above ~256) and eps = 1e-5 is below fp16's normal range.
-#    INormalizationLayer already computes in fp32 by default (its ``compute_precision``); the
-#    pin also keeps its input and output, the residual stream, in fp32;
-#  * REDUCE: sums/means over d_model or S accumulate rounding error in fp16;
-#  * SELECT (ONNX Where): builds the additive padding bias and masks the dense reference path.
-#    The mask logit itself (model.astro.MASK_LOGIT = -3e4) is chosen finite in fp16 (whose
-#    range ends at -65504), so the bias Add, an ELEMENTWISE layer that may run in fp16, never
-#    turns a fully masked row (an empty block) into -inf and a NaN softmax.
-FP32_LAYER_TYPES = frozenset({"SOFTMAX", "RAGGED_SOFTMAX", "NORMALIZATION", "REDUCE", "SELECT"})
-# Element-wise layer types kept in fp32 only when their (ONNX node) name shows they belong
-# to a normalisation, a softmax or an exp/log/pow/sqrt chain: a LayerNorm or softmax that
-# an exporter decomposed into ReduceMean/Sub/Pow/Sqrt/Div or Exp/ReduceSum/Div, a softplus
-# or sigmoid. torch's dynamo exporter names most nodes generically (``node_Add_12``), so for
-# our graphs this is a safety net: what must stay fp32 there is pinned by type above.
-NAME_GATED_LAYER_TYPES = frozenset({"UNARY", "ELEMENTWISE", "ACTIVATION"})
-FP32_NAME_TOKENS = frozenset(
-    {
-        "exp",
-        "log",
-        "pow",
-        "sqrt",
-        "rsqrt",
-        "reciprocal",
-        "softmax",
-        "logsoftmax",
-        "softplus",
-        "sigmoid",
-        "norm",
-        "layernorm",
-        "layernormalization",
-        "rmsnorm",
-        "normalization",
-    }
-)
-_TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
-
-
-def _name_tokens(name: str) -> list[str]:
-    """'/layers.0/norm1/ReduceMean_3' -> ['layers', '', 'norm', 'reducemean'] (trailing digits dropped)."""
-    return [t.rstrip("0123456789") for t in _TOKEN_SPLIT.split(name.lower())]
-
-
-def keep_fp32(layer_type_name: str, layer_name: str) -> bool:
-    """Whether a layer must compute in fp32 in an fp16/bf16 engine (see the tables above).
-
-    ``layer_type_name`` is ``ILayer.type.name`` (e.g. "SOFTMAX"); ``layer_name`` is the layer's
-    name, which the ONNX parser derives from the ONNX node name (e.g. "/layers.0/norm1/Pow").
-    Matmuls, GELU, embeddings and casts stay in the reduced type: that is where the speed is.
-    The build applies the pin only to layers with floating-point outputs (an INT64 ReduceSum,
-    e.g. the age bucketing, has no fp32 kernel to pin to).
-    """
-    if layer_type_name in FP32_LAYER_TYPES:
-        return True
-    if layer_type_name not in NAME_GATED_LAYER_TYPES:
-        return False
-    tokens = _name_tokens(layer_name)
-    return any(t in FP32_NAME_TOKENS or t.startswith("reduce") for t in tokens)
+    return PrecisionFlags(set=(), clear=("TF32",) if p is Precision.FP32 else ())
 
 
 def min_compute_capability(precision: Precision | str) -> tuple[int, int]:
     """Oldest GPU that runs the precision's kernels: bf16 needs Ampere (8.0); TensorRT 10 needs 7.5+."""
     return (8, 0) if Precision(precision) is Precision.BF16 else (7, 5)
+
+
+# ---------------------------------------------------------------------------------------
+# GPU memory at the profile maxima: the arithmetic that bounds the profiles
+# ---------------------------------------------------------------------------------------
+GiB = 1 << 30
+GPU_MEMORY_GIB = 22.5  # a "24 GB" card (L4, A10, RTX 4090) as CUDA counts it: about 23,000 MiB
+RUNTIME_RESERVE_GIB = 1.5  # CUDA context, cuBLAS/cuDNN handles, the Triton server itself
+DEFAULT_WORKSPACE_GIB = 2.0  # scratch cap per engine (MemoryPoolType.WORKSPACE)
+ENGINE_BUDGET_GIB = 6.0  # activations + I/O of one engine at its profile maximum
+FLOAT_BYTES = 4  # estimates are for fp32 engines; fp16/bf16 ones need about half the float bytes
+INT_BYTES = 8  # int64 ids, timestamps and buckets
+# Unfused upper bounds of what one layer keeps alive at once (TensorRT reuses memory across
+# layers, so the peak is one layer's working set plus the graph's inputs and outputs):
+ATTENTION_COPIES = 4  # logits, relative bias, logits + bias/mask, softmax probabilities
+FFN_COPIES = 2  # the FFN hidden layer before and after GELU
+HIDDEN_COPIES = 4  # residual stream, its LayerNorm, attention output, FFN output
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one engine needs at one shape (activations of its largest layer plus its I/O)."""
+
+    graph: str
+    shape: tuple[int, int, int]  # (B, Tb, N)
+    io: int  # graph inputs and outputs, the key/value cache in fp32
+    attention: int  # scorer: [B, Nb, H, N, Tb+1] per copy; encoder: [B, Nb, H, Tb, Tb] (+ int64 buckets)
+    ffn: int  # [B, Nb, tokens, ffn_mult * d] per copy
+    hidden: int  # [B, Nb, tokens, d] per copy (+ the BGF's [B, N, H, Nb, Nb] in the scorer)
+
+    @property
+    def total(self) -> int:
+        return self.io + self.attention + self.ffn + self.hidden
+
+    def describe(self) -> str:
+        b, tb, n = self.shape
+        return (
+            f"{self.graph} at B={b} Tb={tb} N={n}: {self.total / GiB:.2f} GiB (attention {self.attention / GiB:.2f}, "
+            f"FFN {self.ffn / GiB:.2f}, hidden {self.hidden / GiB:.2f}, I/O {self.io / GiB:.2f})"
+        )
+
+
+def memory_estimate(cfg: AstroConfig, graph: Graph, batch: int, block_len: int, candidates: int) -> MemoryEstimate:
+    """Bytes ``graph`` needs for a request of B=``batch`` users, Tb=``block_len``, N=``candidates``."""
+    if graph not in GRAPHS:
+        raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
+    b, nb, tb, n = batch, cfg.n_blocks, block_len, candidates
+    h, d, f = cfg.n_heads, cfg.d_model, FLOAT_BYTES
+    cache = 2 * b * cfg.n_layers * h * nb * tb * cfg.head_dim * f + b * nb * tb  # keys, values, bool mask
+    if graph == USER_ENCODER:
+        tokens = tb
+        io = cache + 4 * b * nb * tb * INT_BYTES + b * INT_BYTES
+        attention = ATTENTION_COPIES * b * nb * h * tb * tb * f + 2 * b * nb * tb * tb * INT_BYTES
+        bgf = 0
+    else:
+        tokens = n
+        io = cache + b * n * INT_BYTES + b * nb * tb * INT_BYTES + 2 * b * INT_BYTES + b * n * cfg.n_tasks * f
+        attention = ATTENTION_COPIES * b * nb * h * n * (tb + 1) * f
+        bgf = ATTENTION_COPIES * b * n * h * nb * nb * f
+    ffn = FFN_COPIES * b * nb * tokens * cfg.ffn_mult * d * f
+    hidden = HIDDEN_COPIES * b * nb * tokens * d * f + bgf
+    return MemoryEstimate(graph, (b, tb, n), io, attention, ffn, hidden)
+
+
+def weight_bytes(cfg: AstroConfig) -> int:
+    """fp32 weights of both engines: the item embedding in each graph, per-block layer stacks."""
+    layers = cfg.n_blocks * cfg.n_layers * (4 + 2 * cfg.ffn_mult) * cfg.d_model**2  # qkv, out, FFN in/out
+    return 2 * FLOAT_BYTES * (cfg.item_buckets * cfg.d_model + layers)
+
+
+def profile_max_estimates(cfg: AstroConfig) -> dict[str, MemoryEstimate]:
+    """Each graph's estimate at the config's (= the profile's) maxima."""
+    return {g: memory_estimate(cfg, g, cfg.max_batch_size, cfg.max_block_len, cfg.max_candidates) for g in GRAPHS}
+
+
+def gpu_bytes(cfg: AstroConfig, workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> int:
+    """Everything on the GPU with both engines at their profile maxima at once (the ensemble
+    pipelines them): their working sets, one workspace each, the weights and the runtime."""
+    engines = sum(e.total for e in profile_max_estimates(cfg).values())
+    return int(engines + 2 * workspace_gib * GiB + weight_bytes(cfg) + RUNTIME_RESERVE_GIB * GiB)
+
+
+def fit_to_gpu(cfg: AstroConfig, budget_gib: float = ENGINE_BUDGET_GIB) -> tuple[AstroConfig, list[str]]:
+    """``cfg`` with ``max_candidates`` (then ``max_batch_size``) lowered until each engine's working
+    set at the profile maxima fits ``budget_gib``; returns it and a line per change.
+
+    The lowered limits are the ones the ``tensorrt`` repository publishes (the ensemble's
+    ``max_candidates`` / ``max_batch_size``), so the client chunks longer candidate lists and
+    larger batches: nothing is refused that the old limits allowed. ``max_candidates`` goes down to
+    a multiple of 64 (kernel-friendly) before the batch is halved.
+    """
+    budget = int(budget_gib * GiB)
+    batch, n = cfg.max_batch_size, cfg.max_candidates
+
+    def fits(b: int, c: int) -> bool:
+        return all(memory_estimate(cfg, g, b, cfg.max_block_len, c).total <= budget for g in GRAPHS)
+
+    while not fits(batch, n):
+        if memory_estimate(cfg, "user_encoder", batch, cfg.max_block_len, 1).total <= budget:
+            # the largest multiple of 64 (or any N below 64) that fits at this batch
+            step = 64 if n > 64 else 1
+            best = next((c for c in range(n - n % step or n, 0, -step) if fits(batch, c)), 0)
+            if best:
+                n = best
+                break
+        if batch == 1:
+            raise ValueError(
+                f"config {cfg.name!r} does not fit {budget_gib} GiB per engine even at batch 1 and 1 candidate: "
+                + memory_estimate(cfg, "user_encoder", 1, cfg.max_block_len, 1).describe()
+            )
+        batch = max(1, batch // 2)
+    changes = [
+        f"{field} {old} -> {new}"
+        for field, old, new in (
+            ("max_candidates", cfg.max_candidates, n),
+            ("max_batch_size", cfg.max_batch_size, batch),
+        )
+        if old != new
+    ]
+    if not changes:
+        return cfg, []
+    return cfg.replace(max_candidates=n, max_batch_size=batch), changes
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,12 +447,13 @@ class EngineMetadata:
     workspace_gib: float
     profiles: dict[str, ShapeRange]  # the one optimization profile (index 0)
     io_dtypes: dict[str, str] = dataclasses.field(default_factory=dict)  # engine I/O, DataType names
-    fp32_layers: tuple[str, ...] = ()  # layers pinned by keep_fp32
+    fp32_nodes: tuple[str, ...] = ()  # the ONNX graph's fp32 islands (export/precision.py) in a low-precision engine
+    network: str = "strongly typed"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["profiles"] = {k: v.to_dict() for k, v in self.profiles.items()}
-        d["fp32_layers"] = list(self.fp32_layers)
+        d["fp32_nodes"] = list(self.fp32_nodes)
         return d
 
     def to_json(self) -> str:
@@ -389,7 +466,7 @@ class EngineMetadata:
             raise ValueError(f"unknown engine metadata keys {unknown}; known keys: {sorted(known)}")
         kw = dict(d)
         kw["profiles"] = {k: ShapeRange.from_dict(v) for k, v in d["profiles"].items()}
-        kw["fp32_layers"] = tuple(d.get("fp32_layers", ()))
+        kw["fp32_nodes"] = tuple(d.get("fp32_nodes", ()))
         kw["io_dtypes"] = dict(d.get("io_dtypes", {}))
         return cls(**kw)
 
@@ -427,20 +504,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # Is TensorRT usable here?
 # ---------------------------------------------------------------------------------------
 def _require_tensorrt() -> str:
-    """Import the real TensorRT or raise :class:`TensorRTUnavailable`; returns its version."""
+    """Import the real TensorRT or raise :class:`TensorRTUnavailable`; returns its (supported) version."""
     try:
         import tensorrt
     except (ImportError, OSError) as e:  # OSError: the wheel is there but libnvinfer is not
-        raise TensorRTUnavailable(f"`import tensorrt` failed ({type(e).__name__}: {e}). {INSTALL_HINT}") from e
-    # `tensorrt-stubs` installs a bare `tensorrt/` folder of .pyi files, which Python then
-    # imports as an empty namespace package: that is not TensorRT.
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TensorRTUnavailable(f"no TensorRT here (`import tensorrt`: {first}); {INSTALL_HINT}") from e
+    # A bare `tensorrt/` folder of type stubs imports as an empty namespace package: not TensorRT.
+    # (The project installs its stubs outside site-packages, .venv/typings, so this is someone else's.)
     if not hasattr(tensorrt, "Builder"):
-        where = ", ".join(getattr(tensorrt, "__path__", [])) or "?"
-        raise TensorRTUnavailable(
-            f"`import tensorrt` found only a namespace package without the TensorRT API at {where} "
-            f"(type stubs such as tensorrt-stubs, not the library). {INSTALL_HINT}"
-        )
-    return str(tensorrt.__version__)
+        raise TensorRTUnavailable(f"`import tensorrt` found type stubs, not TensorRT; {INSTALL_HINT}")
+    version = str(tensorrt.__version__)
+    try:
+        require_supported(version)
+    except TensorRTVersionError as e:
+        raise TensorRTUnavailable(str(e)) from None
+    return version
 
 
 def _gpu_identity() -> tuple[str, str] | None:
@@ -485,6 +564,11 @@ def _parse_compute_capability(cc: str) -> tuple[int, int] | None:
     return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
 
 
+def installed_tensorrt() -> str:
+    """The version of the supported TensorRT installed here; :class:`TensorRTUnavailable` otherwise."""
+    return _require_tensorrt()
+
+
 def tensorrt_available() -> tuple[bool, str]:
     """Whether TensorRT engines can be built here, with a human reason either way.
 
@@ -497,10 +581,7 @@ def tensorrt_available() -> tuple[bool, str]:
         return False, str(e)
     gpu = _gpu_identity()
     if gpu is None:
-        return False, (
-            f"TensorRT {version} is installed but no CUDA GPU is visible "
-            f"(torch.cuda.is_available() is false and nvidia-smi lists none). {INSTALL_HINT}"
-        )
+        return False, f"TensorRT {version} is installed but no CUDA GPU is visible (PyTorch and nvidia-smi see none)"
     return True, f"TensorRT {version} with {gpu[0]} (compute capability {gpu[1]})"
 
 
@@ -558,6 +639,16 @@ def _make_progress_monitor(progress: Callable[[str], None]) -> trt.IProgressMoni
     return _Monitor()
 
 
+def onnx_precision(onnx_path: Path) -> tuple[str, tuple[str, ...]]:
+    """(precision recorded in the ONNX graph, its fp32-island node names) via ``export/precision.py``."""
+    import onnx
+
+    from export.precision import fp32_islands, graph_precision
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return graph_precision(model), tuple(fp32_islands(model))
+
+
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
@@ -565,17 +656,20 @@ def build_engine(
     graph: Graph,
     precision: Precision | str = Precision.FP32,
     timing_cache: Path | None = None,
-    workspace_gib: float = 4.0,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     progress: Callable[[str], None] = log.info,
 ) -> EngineMetadata:
     """Build ``onnx_path`` into a serialized engine at ``plan_path`` (+ ``<plan>.json`` metadata).
 
-    One optimization profile from :func:`profile_shapes`; precision flags from
-    :func:`precision_flags`, and under fp16/bf16 the :func:`keep_fp32` layers pinned to fp32.
-    ``timing_cache``, when given, is loaded if it exists and saved back after the build, so
-    rebuilding on the same GPU skips most kernel timing. ``workspace_gib`` caps the scratch
-    memory a layer's kernels may use. Raises :class:`TensorRTUnavailable` without TensorRT
-    or a GPU, :class:`EngineBuildError` when parsing, the I/O check or the build fails.
+    A strongly typed network (:data:`NETWORK_FLAGS`): the engine computes in the types the ONNX
+    graph holds, so an fp16/bf16 engine needs the graph ``export/precision.py`` converted to that
+    precision (its precision is recorded in the graph; a mismatch is an :class:`EngineBuildError`).
+    One optimization profile from :func:`profile_shapes` (pass a config already bounded by
+    :func:`fit_to_gpu`); builder flags from :func:`builder_flags`. ``timing_cache``, when given, is
+    loaded if it exists and saved back after the build, so rebuilding on the same GPU skips most
+    kernel timing. ``workspace_gib`` caps the scratch memory a layer's kernels may use. Raises
+    :class:`TensorRTUnavailable` without a supported TensorRT or a GPU, :class:`EngineBuildError`
+    when the graph's precision, parsing, the I/O check or the build fails.
     """
     p = Precision(precision)
     if graph not in GRAPHS:
@@ -587,7 +681,7 @@ def build_engine(
     version = _require_tensorrt()
     gpu = _gpu_identity()
     if gpu is None:
-        raise TensorRTUnavailable(f"TensorRT {version} is installed but no CUDA GPU is visible. {INSTALL_HINT}")
+        raise TensorRTUnavailable(f"TensorRT {version} is installed but no CUDA GPU is visible; {INSTALL_HINT}")
     gpu_name, cc = gpu
     need = min_compute_capability(p)
     if (have := _parse_compute_capability(cc)) is not None and have < need:
@@ -595,15 +689,25 @@ def build_engine(
             f"{p} engines need compute capability >= {need[0]}.{need[1]}, but {gpu_name} is {cc}; "
             "choose another precision"
         )
+    graph_prec, fp32_nodes = onnx_precision(onnx_path)
+    if graph_prec != p:
+        raise EngineBuildError(
+            f"{onnx_path} is a {graph_prec} graph but a {p} engine was asked for: strongly typed engines compute "
+            f"in the graph's types; convert it first (`export.precision.convert_file(src, dst, '{p}')`)"
+            if p is not Precision.FP32
+            else f"{onnx_path} is a {graph_prec} graph but an fp32 engine was asked for: build from the fp32 export"
+        )
 
     import tensorrt as trt
 
     t0 = time.monotonic()
     logger, errors = _make_logger(progress)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: always explicit batch, weakly typed
+    # TensorRT 11 accepts and ignores STRONGLY_TYPED (always strongly typed there); 10.12+ needs it
+    network_flag = {"STRONGLY_TYPED": trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED}
+    network = builder.create_network(sum(1 << int(network_flag[name]) for name in NETWORK_FLAGS))
     parser = trt.OnnxParser(network, logger)
-    progress(f"parsing {onnx_path}")
+    progress(f"parsing {onnx_path} ({graph_prec} graph, strongly typed network)")
     parsed = parser.parse_from_file(str(onnx_path))  # resolves external weight files beside it
     parse_errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
     if not parsed:
@@ -626,37 +730,12 @@ def build_engine(
     cache_dtype = CACHE_DTYPE_NAMES[kv_dtype]
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    flag_of = {
-        "FP16": trt.BuilderFlag.FP16,
-        "BF16": trt.BuilderFlag.BF16,
-        "TF32": trt.BuilderFlag.TF32,
-        "OBEY_PRECISION_CONSTRAINTS": trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS,
-    }
-    flags = precision_flags(p)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * GiB))
+    flags, flag_of = builder_flags(p), {"TF32": trt.BuilderFlag.TF32}
     for name in flags.set:
         config.set_flag(flag_of[name])
     for name in flags.clear:
         config.clear_flag(flag_of[name])
-    if p is Precision.FP16 and not builder.platform_has_fast_fp16:
-        progress(f"warning: {gpu_name} has no fast fp16; the fp16 engine may be no faster than fp32")
-
-    pinned: list[str] = []
-    if p is not Precision.FP32:
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            label = f"{layer.name} {getattr(layer, 'metadata', '')}"  # metadata: "[ONNX Layer: <node>]"
-            if not keep_fp32(layer.type.name, label):
-                continue
-            outs = [layer.get_output(j) for j in range(layer.num_outputs)]
-            if not outs or any(t.dtype.name not in FLOAT_DTYPES for t in outs):
-                continue  # integer/bool layers have no fp32 kernel to pin to
-            layer.precision = trt.float32
-            for j, t in enumerate(outs):
-                if not t.is_network_output:  # network outputs keep the dtype the ONNX declares
-                    layer.set_output_type(j, trt.float32)
-            pinned.append(layer.name)
-        progress(f"{len(pinned)} of {network.num_layers} layers pinned to fp32 under {p}")
 
     profile = builder.create_optimization_profile()
     shapes = profile_shapes(cfg, graph)
@@ -664,6 +743,7 @@ def build_engine(
         profile.set_shape(name, trt.Dims(list(rng.min)), trt.Dims(list(rng.opt)), trt.Dims(list(rng.max)))
     if config.add_optimization_profile(profile) < 0:
         raise EngineBuildError(f"TensorRT rejected the optimization profile {shapes}")
+    progress(memory_estimate(cfg, graph, cfg.max_batch_size, cfg.max_block_len, cfg.max_candidates).describe())
 
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
@@ -676,7 +756,7 @@ def build_engine(
 
     monitor = _make_progress_monitor(progress)  # held here: it must outlive the build
     config.progress_monitor = monitor
-    progress(f"building {graph} ({p}, cache {cache_dtype}) for {gpu_name}; this takes a while")
+    progress(f"building {graph} ({p}, cache {cache_dtype}) for {gpu_name} with TensorRT {version}; this takes a while")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:  # the API returns None on failure; the logger holds the reason
         raise EngineBuildError(f"TensorRT failed to build {graph} from {onnx_path}:\n  " + "\n  ".join(errors))
@@ -707,7 +787,7 @@ def build_engine(
         workspace_gib=workspace_gib,
         profiles=shapes,
         io_dtypes=io_dtypes,
-        fp32_layers=tuple(pinned),
+        fp32_nodes=fp32_nodes,
     )
     meta_path = meta.write(plan_path)
     progress(f"wrote {plan_path} ({len(plan) / 2**20:.1f} MiB) and {meta_path.name} in {meta.build_seconds:.1f} s")
@@ -727,13 +807,13 @@ def _load_config(spec: str) -> AstroConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--check", action="store_true", help="only report whether TensorRT + a GPU are usable (exit 0/1)")
-    ap.add_argument("--onnx", type=Path, help="ONNX graph to build (user_encoder.onnx or item_scorer.onnx)")
+    ap.add_argument("--onnx", type=Path, help="ONNX graph to build (for fp16/bf16: the export/precision.py graph)")
     ap.add_argument("--plan", type=Path, help="where to write the engine, e.g. .../user_encoder/1/model.plan")
     ap.add_argument("--graph", choices=GRAPHS, help="which graph the ONNX holds (selects the profile)")
-    ap.add_argument("--config", default="small", help="preset name (tiny/small/paper) or an AstroConfig .json")
-    ap.add_argument("--precision", choices=[p.value for p in Precision], default="fp16", help="engine precision")
+    ap.add_argument("--config", default="small", help="preset name or an AstroConfig .json")
+    ap.add_argument("--precision", choices=[p.value for p in Precision], default="fp32", help="engine precision")
     ap.add_argument("--timing-cache", type=Path, default=None, help="timing cache file to load and update")
-    ap.add_argument("--workspace-gib", type=float, default=4.0, help="max scratch memory per layer, GiB")
+    ap.add_argument("--workspace-gib", type=float, default=DEFAULT_WORKSPACE_GIB, help="max scratch memory, GiB")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -744,18 +824,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.onnx is None or args.plan is None or args.graph is None:
         ap.error("--onnx, --plan and --graph are required unless --check")
     try:
+        cfg, changes = fit_to_gpu(_load_config(args.config))
+        if changes:
+            print(f"profile maxima lowered to fit a 24 GB GPU: {', '.join(changes)}")
         build_engine(
             args.onnx,
             args.plan,
-            _load_config(args.config),
+            cfg,
             args.graph,
             args.precision,
             args.timing_cache,
             args.workspace_gib,
             progress=print,
         )
-    except (TensorRTUnavailable, EngineBuildError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TensorRTUnavailable, EngineBuildError, ConfigError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from contract.blocks import EventHistory, stack_blocks
 from contract.config import AstroConfig
+from contract.tensors import CACHE_TENSORS, GRAPH_IO
 
 I64 = npt.NDArray[np.int64]
 NOW = 1_700_000_000  # a fixed "request time" (unix seconds) so runs are reproducible
@@ -50,8 +51,10 @@ class RandomRequest:
     def as_dict(self) -> dict[str, I64]:
         return dict(self.__dict__)
 
-    def user_inputs(self) -> dict[str, I64]:
-        return {k: v for k, v in self.as_dict().items() if k != "cand_item_ids"}
+    def graph_inputs(self, graph: str) -> dict[str, I64]:
+        """The request inputs ``graph`` takes (a composing model's cache inputs excluded), by the contract."""
+        names = set(GRAPH_IO[graph][0]) - set(CACHE_TENSORS)
+        return {k: v for k, v in self.as_dict().items() if k in names}
 
 
 def random_request(

@@ -3,21 +3,33 @@
 Starts ``tritonserver``, waits until the ensemble (``astro`` by default) is ready, prints the gRPC, HTTP and
 metrics addresses, then serves until Ctrl-C or SIGTERM and stops the server cleanly. Extra ``tritonserver``
 flags go after ``--``, e.g. ``python -m serve -- --repository-poll-secs=5``.
+
+Before starting it warns when the repository is stale (its ``provenance.json`` names a checkpoint that has
+changed since the export) and refuses ports that are already taken, in one line. The server's log goes to a
+file that is kept after the stop. Run by ``make``, it also stops when only the ``make`` process gets SIGINT
+(GNU make does not pass SIGINT on to the command it runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.tensors import USER_ENCODER
+from export.provenance import ProvenanceError, read_provenance, stale_reason
 from export.repository_check import load_config
+from serve.response_cache import DEFAULT_USERS, cache_sizing
 from serve.triton_server import (
     MODEL_CONTROL_MODES,
     GrpcTls,
+    PortInUseError,
     Restriction,
     TritonNotFoundError,
     TritonServer,
@@ -26,6 +38,13 @@ from serve.triton_server import (
 )
 
 DEFAULT_WAIT_MODEL = "astro"
+# GNU make waits for its recipe on these and passes none of them on (it does pass SIGTERM)
+_SIGNALS_MAKE_KEEPS = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+PORTS_HINT = (
+    'pick other ports: make serve SERVE_ARGS="--grpc-port 9001 --http-port 9000 --metrics-port 9002" '
+    "(python -m serve takes the same flags; 0 = any free port)"
+)
+CPU_LOG_NOTE = "; its CUDA error lines are harmless on this host without an NVIDIA driver"
 
 
 def _port(value: str) -> int:
@@ -90,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-file",
         type=Path,
         default=None,
-        help="file that receives the server's output (default: a temporary file, printed at start)",
+        help="file that receives the server's output, kept after the stop (default: a new file in the temporary "
+        "directory, printed at start and at stop)",
     )
     parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve gRPC over TLS")
     parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
@@ -101,8 +121,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse PROTOCOLS (comma-separated, e.g. model-repository,model-config) unless the call carries "
         "header KEY=VALUE (gRPC clients send it as triton-grpc-protocol-KEY)",
     )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache-users",
+        type=_positive,
+        default=DEFAULT_USERS,
+        metavar="N",
+        help="size Triton's local response cache (user_encoder's keys/values) for N users at the longest history: "
+        "N × (2·L·H·S_max·dh·dtype bytes + S_max), read from the repository (default: %(default)s)",
+    )
+    cache.add_argument(
+        "--cache-size",
+        type=_positive,
+        default=None,
+        metavar="BYTES",
+        help="response cache size in bytes, instead of --cache-users",
+    )
+    cache.add_argument(
+        "--no-cache", action="store_true", help="start without a response cache (every request runs the encoder)"
+    )
     parser.add_argument("triton_args", nargs="*", help="extra flags passed to tritonserver unchanged (after '--')")
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def response_cache_size(args: argparse.Namespace, repository: Path) -> tuple[int | None, str]:
+    """(cache size in bytes or None for no cache, the line that says so at start)."""
+    if args.no_cache:
+        return None, "response cache: off (--no-cache): every request runs user_encoder"
+    if any(a.startswith("--cache-config") for a in args.triton_args):
+        return None, "response cache: as given after '--' (--cache-config)"
+    if args.cache_size is not None:
+        return args.cache_size, f"response cache: local, {args.cache_size:,} bytes (--cache-size)"
+    if not (repository / USER_ENCODER / "config.pbtxt").is_file():
+        return None, f"response cache: off (no {USER_ENCODER} in the repository to size it for; see --cache-size)"
+    sizing = cache_sizing(repository, args.cache_users)
+    return sizing.size, f"response cache: local, {sizing.describe()}; --cache-users/--cache-size/--no-cache change it"
 
 
 def not_servable_here(repository: Path, models: Sequence[str]) -> list[str]:
@@ -110,6 +170,59 @@ def not_servable_here(repository: Path, models: Sequence[str]) -> list[str]:
     paths = {m: repository / m / "config.pbtxt" for m in models}
     configs = {m: load_config(p) for m, p in paths.items() if p.is_file()}
     return [f"{m} ({c.platform})" for m, c in configs.items() if c.platform not in ("", "ensemble")]
+
+
+def _caught_signals(pid: int) -> int | None:
+    """The mask of signals process ``pid`` has a handler for (``SigCgt`` in /proc), or None if unreadable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return None
+
+
+def watch_make_parent(poll_s: float = 0.2) -> threading.Thread | None:
+    """When run by GNU make, stop as on Ctrl-C once make gets SIGINT/SIGHUP/SIGQUIT, or goes away.
+
+    make passes SIGTERM on to the command it runs, but not these: it expects the terminal to have sent them
+    to the whole foreground process group, and waits for its command. So ``kill -INT <make's pid>`` alone
+    would leave the server running. make's handler for such a signal first resets it to the default, which
+    /proc shows: that is what this thread watches for. Returns the thread, or None when the parent is not make.
+    """
+    ppid = os.getppid()
+    try:
+        parent = Path(f"/proc/{ppid}/comm").read_text().strip()
+    except OSError:
+        return None
+    caught = _caught_signals(ppid)
+    if parent not in ("make", "gmake") or caught is None:
+        return None
+    bits = [1 << (s - 1) for s in _SIGNALS_MAKE_KEEPS if caught & (1 << (s - 1))]
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            now = _caught_signals(ppid) if os.getppid() == ppid else None
+            if now is None or any(not now & bit for bit in bits):
+                os.kill(os.getpid(), signal.SIGINT)  # _interrupt: unwind, which stops the server
+                return
+
+    thread = threading.Thread(target=watch, name="watch-make", daemon=True)
+    thread.start()
+    return thread
+
+
+def default_log_file() -> Path:
+    """A new file in the temporary directory, named by time and pid: it outlives the server."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"astro-tritonserver-{stamp}-{os.getpid()}.log"
+
+
+def cpu_only_host() -> bool:
+    return not Path("/proc/driver/nvidia/version").exists()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -170,9 +283,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         restricted = Restriction(tuple(protocols.split(",")), key, value)
 
+    try:
+        cache_size, cache_line = response_cache_size(args, repository)
+    except ValueError as exc:  # a repository without the published serving parameters
+        print(f"error: cannot size the response cache: {exc}; pass --cache-size or --no-cache", file=sys.stderr)
+        return 2
+
+    provenance = None
+    if DEFAULT_WAIT_MODEL in models:  # an ASTRO repository: was it exported from the checkpoint as it is now?
+        stale = stale_reason(repository)
+        if stale is not None:
+            print(f"warning: {stale}", file=sys.stderr, flush=True)
+        try:
+            provenance = read_provenance(repository)
+        except ProvenanceError:
+            provenance = None
+    log_file: Path = args.log_file if args.log_file is not None else default_log_file()
+
     # SIGTERM behaves like Ctrl-C, so the server is stopped cleanly in both cases, during startup too.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    watch_make_parent()
     server = TritonServer(
         repository,
         host=args.host,
@@ -182,21 +313,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_control_mode=args.model_control_mode,
         load_models=load_models,
         extra_args=args.triton_args,
-        log_file=args.log_file,
+        log_file=log_file,
         log_verbose=args.log_verbose,
         grpc_tls=tls,
         restricted=restricted,
+        cache_size=cache_size,
     )
     try:
+        server.check_ports()  # before anything is printed or loaded: one line if a port is taken
         with server:
-            print(f"starting tritonserver on {repository.resolve()} (models: {', '.join(models)}) ...", flush=True)
+            print(
+                f"starting tritonserver on {repository.resolve()} (models: {', '.join(models)}); log: {log_file} ...",
+                flush=True,
+            )
+            print(cache_line, flush=True)
             server.start(ready_models=wait_models, timeout_s=args.startup_timeout)
             print(
                 f"Triton is ready (pid {server.pid}); models ready: {', '.join(wait_models) or '-'}\n"
                 f"  gRPC:    {server.grpc_url}\n"
                 f"  HTTP:    http://{server.http_url}\n"
                 f"  metrics: {server.metrics_url}\n"
-                f"  log:     {server.log_path}\n"
+                + (f"  model:   {provenance.describe()}\n" if provenance is not None else "")
+                + f"  log:     {log_file} (kept after the stop{CPU_LOG_NOTE if cpu_only_host() else ''})\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
             )
@@ -209,8 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
     except KeyboardInterrupt:
-        print("stopped tritonserver", flush=True)
+        print(f"stopped tritonserver; its log: {log_file}", flush=True)
         return 0
+    except PortInUseError as exc:
+        print(f"error: {exc.what()}; {PORTS_HINT}", file=sys.stderr)
+        return 2
     except TritonNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

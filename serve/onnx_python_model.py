@@ -6,6 +6,12 @@ once in ``initialize``: the session, the I/O names and dtypes, the input limits.
 checks each request against the limits the config publishes and answers a bad request with
 an error naming the tensor, its size and the limit, so one bad request never fails others
 in the same batch, and the model keeps serving.
+
+A dynamic batch runs as few ONNX Runtime calls as its shapes allow: the valid requests are
+grouped by their inputs' shapes past the batch axis (equal Tb for the encoder, equal N and Tb
+for the scorer), each group's inputs are concatenated along the batch axis, run once, and the
+outputs split back per request. A group whose run fails is re-run request by request, so an
+ONNX Runtime error stays the error of the request that caused it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeExcept
 
 # Triton config dtype -> the numpy dtype ONNX Runtime is fed
 _NUMPY = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_BOOL": np.bool_}
+
+
+Feed = np.ndarray[Any, Any]
+
+
+def _error_response(message: str, code: Any = None) -> Any:
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
 class RequestRejected(ValueError):
@@ -59,7 +73,7 @@ class TritonPythonModel:
         if missing:
             raise pb_utils.TritonModelException(f"{self.name}: {path} lacks inputs {sorted(missing)}")
 
-    def _feeds(self, request: Any) -> dict[str, np.ndarray[Any, Any]]:
+    def _feeds(self, request: Any) -> dict[str, Feed]:
         feeds = {}
         batch = None
         seen: dict[str, tuple[str, int]] = {}  # axis symbol -> (first input with it, its size)
@@ -94,22 +108,54 @@ class TritonPythonModel:
         return feeds
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return [self._answer(request) for request in requests]
+        """One response per request, in order: same-shape requests share one ONNX Runtime run."""
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[tuple[tuple[int, ...], ...], list[tuple[int, dict[str, Feed]]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                feeds = self._feeds(request)
+            except RequestRejected as e:
+                responses[i] = _error_response(str(e), pb_utils.TritonError.INVALID_ARG)
+                continue
+            shapes = tuple(feeds[name].shape[1:] for name, _, _ in self.inputs)
+            groups.setdefault(shapes, []).append((i, feeds))
+        for members in groups.values():
+            for i, response in self._run_group(members):
+                responses[i] = response
+        return responses
 
-    def _answer(self, request: Any) -> Any:
-        """One request's response; a failure becomes that request's error, never the batch's."""
+    def _run_group(self, members: list[tuple[int, dict[str, Feed]]]) -> list[tuple[int, Any]]:
+        """(request index, response) of requests whose inputs agree in shape past the batch axis."""
+        if len(members) == 1:
+            i, feeds = members[0]
+            return [(i, self._answer(feeds))]
+        names = [name for name, _, _ in self.inputs]
+        batch = {name: np.concatenate([feeds[name] for _, feeds in members]) for name in names}
         try:
-            results = self.session.run(self.outputs, self._feeds(request))
-            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r)) for n, r in zip(self.outputs, results, strict=True)]
-        except RequestRejected as e:
-            return pb_utils.InferenceResponse(
-                output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
-            )
+            results = self.session.run(self.outputs, batch)
+        except ORT_ERRORS:  # find the request that caused it: each alone gets its own answer
+            return [(i, self._answer(feeds)) for i, feeds in members]
+        answered = []
+        start = 0
+        for i, feeds in members:
+            stop = start + int(feeds[names[0]].shape[0])
+            answered.append((i, self._response([r[start:stop] for r in results])))
+            start = stop
+        return answered
+
+    def _answer(self, feeds: dict[str, Feed]) -> Any:
+        """One request run alone; an ONNX Runtime failure becomes that request's error."""
+        try:
+            results = self.session.run(self.outputs, feeds)
         except ORT_ERRORS as e:  # ONNX Runtime's own errors, with its message
-            error = f"{self.name}: ONNX Runtime failed: {e}"
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error))
+            return _error_response(f"{self.name}: ONNX Runtime failed: {e}")
+        return self._response(results)
+
+    def _response(self, results: list[Feed]) -> Any:
+        try:
+            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r)) for n, r in zip(self.outputs, results, strict=True)]
         except pb_utils.TritonModelException as e:  # e.g. building an output tensor
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{self.name}: {e}"))
+            return _error_response(f"{self.name}: {e}")
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:

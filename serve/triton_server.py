@@ -55,6 +55,7 @@ from typing import Any, Self
 
 __all__ = [
     "MODEL_CONTROL_MODES",
+    "PortInUseError",
     "TritonInstall",
     "TritonNotFoundError",
     "TritonServer",
@@ -62,6 +63,7 @@ __all__ = [
     "find_tritonserver",
     "free_port",
     "iter_models",
+    "ports_in_use",
 ]
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
@@ -72,6 +74,12 @@ _PORT_RETRIES = 3
 _BENIGN_UNAVAILABLE_REASONS = frozenset({"", "unloaded", "unloading"})
 # Error lines every run prints on a machine without an NVIDIA driver; left out of the error summary.
 _NOISE_ERRORS = ("CudaDriverHelper has not been initialized",)
+# Written at the top of the log on such machines, so nobody chases those lines.
+_CPU_HOST_NOTE = (
+    "# astro-serving: this host has no NVIDIA driver, so the CUDA lines below are expected and harmless "
+    '("CUDA driver version is insufficient", "CUDA memory pool disabled", "CudaDriverHelper has not been '
+    'initialized"): the models run on the CPU\n'
+)
 
 
 class TritonServerError(RuntimeError):
@@ -81,6 +89,19 @@ class TritonServerError(RuntimeError):
         super().__init__(message)
         self.log_tail = log_tail
         self.returncode = returncode
+
+
+class PortInUseError(TritonServerError):
+    """A port asked for explicitly is taken (often by another server); the message is one line naming it."""
+
+    def __init__(self, taken: Sequence[str], host: str) -> None:
+        self.taken = tuple(taken)  # e.g. ("gRPC 8001",)
+        self.host = host
+        super().__init__(f"{self.what()}; pass other ports (or None: any free port)", log_tail="", returncode=None)
+
+    def what(self) -> str:
+        ports, verb = ("ports", "are") if len(self.taken) > 1 else ("port", "is")
+        return f"{ports} {', '.join(self.taken)} on {self.host} {verb} already in use (another server running?)"
 
 
 class TritonNotFoundError(TritonServerError):
@@ -222,6 +243,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     return _free_ports(host, 1)[0]
 
 
+def ports_in_use(host: str, ports: Mapping[str, int]) -> list[str]:
+    """Which of ``ports`` (``{"gRPC": 8001, ...}``) something already listens on at ``host``, as ``"gRPC 8001"``.
+
+    Probed with ``SO_REUSEADDR``, as servers bind: a port in TIME_WAIT after a stopped server counts as free.
+    """
+    taken = []
+    for what, port in ports.items():
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError:
+                taken.append(f"{what} {port}")
+    return taken
+
+
+def _nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -317,6 +359,7 @@ class TritonServer:
         allow_gpu_metrics: bool = False,
         grpc_tls: GrpcTls | None = None,
         restricted: Restriction | None = None,
+        cache_size: int | None = None,
     ) -> None:
         if model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}")
@@ -324,6 +367,8 @@ class TritonServer:
             raise ValueError("load_models needs model_control_mode='explicit' (tritonserver rejects it otherwise)")
         if log_verbose < 0:
             raise ValueError(f"log_verbose must be >= 0, got {log_verbose}")
+        if cache_size is not None and cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1 byte or None (no response cache), got {cache_size}")
         for name, port in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
             if port is not None and not 0 < port < 65536:
                 raise ValueError(f"{name} must be in 1..65535 or None (pick a free port), got {port}")
@@ -336,6 +381,7 @@ class TritonServer:
         self.allow_gpu_metrics = allow_gpu_metrics
         self.grpc_tls = grpc_tls
         self.restricted = restricted
+        self.cache_size = cache_size
         self._requested_ports = (grpc_port, http_port, metrics_port)
         self.grpc_port, self.http_port, self.metrics_port = self._pick_ports()
         self._user_log_file = Path(log_file).expanduser().resolve() if log_file is not None else None
@@ -418,6 +464,8 @@ class TritonServer:
         ]
         if install.cache_dir is not None:
             cmd.append(f"--cache-directory={install.cache_dir}")
+        if self.cache_size is not None:  # the local response cache, for models whose config enables it
+            cmd.append(f"--cache-config=local,size={self.cache_size}")
         if self.grpc_tls is not None:
             cmd += [
                 "--grpc-use-ssl=true",
@@ -445,6 +493,8 @@ class TritonServer:
         with self._log_path.open("ab") as log:
             self._log_offset = log.tell()
             log.write(f"# astro-serving: {shlex.join(self._command)}\n".encode())
+            if not _nvidia_driver_present():
+                log.write(_CPU_HOST_NOTE.encode())
             log.flush()
             self._proc = subprocess.Popen(
                 self._command,
@@ -473,6 +523,7 @@ class TritonServer:
             raise TritonServerError(f"model repository {self.repository} is not a directory")
         install = find_tritonserver()
         auto_ports = any(p is None for p in self._requested_ports)
+        self.check_ports()
         deadline = time.monotonic() + timeout_s
         for attempt in range(_PORT_RETRIES):
             self._launch(install)
@@ -482,12 +533,24 @@ class TritonServer:
             except TritonServerError as exc:
                 self.kill()
                 port_clash = "already in use" in exc.log_tail
+                if port_clash:
+                    self.check_ports()  # taken since the check above: say which, in one line
                 if not (auto_ports and port_clash and exc.returncode is not None and attempt + 1 < _PORT_RETRIES):
                     raise
                 self.grpc_port, self.http_port, self.metrics_port = self._pick_ports()
             except BaseException:
                 self.kill()
                 raise
+
+    def check_ports(self) -> None:
+        """Raise :class:`PortInUseError` if a port given explicitly is taken: otherwise the server would load
+        every model, then exit on the port while our readiness probe got its answer from the other server.
+        :meth:`start` calls it first; call it earlier to fail before anything else."""
+        named = ("gRPC", "HTTP", "metrics")
+        ports = {what: port for what, port in zip(named, self._requested_ports, strict=True) if port is not None}
+        taken = ports_in_use(self.host, ports)
+        if taken:
+            raise PortInUseError(taken, self.host)
 
     def _wait_ready(self, ready_models: tuple[str, ...], deadline: float) -> None:
         import tritonclient.grpc as grpcclient  # imported late: the module must stay importable without the client

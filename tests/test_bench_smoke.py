@@ -36,11 +36,10 @@ def test_flop_formulas_equal_counted_matmuls(preset: str, batch: int, block_len:
     model = AstroModel(cfg).eval()
     t = to_torch(make_request(cfg, 0, batch, block_len, n), torch.device("cpu"))
     with torch.inference_mode():
-        cache = model.encode_user(t.history, t.request)
-        assert counted(lambda: model.encode_user(t.history, t.request)) == encoder_flops(cfg, batch, block_len)
-        assert counted(lambda: model.score_candidates(t.candidates, t.request, cache)) == scorer_flops(
-            cfg, batch, block_len, n
-        )
+        cache = model.encode_user(t.history, t.request.scenario)
+        assert counted(lambda: model.encode_user(t.history, t.request.scenario)) == encoder_flops(cfg, batch, block_len)
+        scored = counted(lambda: model.score_candidates(t.candidates, t.request, t.history.timestamps, cache))
+        assert scored == scorer_flops(cfg, batch, block_len, n)
         assert counted(lambda: model.sumi(t.history, t.request, t.candidates)) == dense_flops(cfg, batch, block_len, n)
         pp = path_flops(cfg, "per_pair", batch, block_len, n)
         assert counted(lambda: model.per_pair(t.history, t.request, t.candidates)) == pp
@@ -58,23 +57,43 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     rc = bench_main(["--quick", "--out", str(out), "--concurrency", "1,2", "--served-requests", "6"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
-    assert {(c["block_len"], c["candidates"]) for c in results["turbo"]} == {(32, 16), (32, 64)}
+    assert {(c["block_len"], c["candidates"]) for c in results["turbo"]} == {(16, 16), (16, 64)}
     for cell in results["turbo"]:
         assert cell["per_pair_method"] == "measured" and cell["device"] == "cpu"
         assert set(cell["speedup_vs_per_pair"]) == {"sumi", "split"}
     assert set(results["runtimes"][0]["seconds"]) == {"torch_eager", "ort_fp32", "ort_fp16"}
     levels = results["served"]["levels"]
     assert [(lv["cache_dtype"], lv["concurrency"]) for lv in levels] == [("fp32", 1), ("fp32", 2)]
-    assert all(lv["requests_per_phase"] == 6 for lv in levels)
+    for lv in levels:  # perf_analyzer's figures, Triton's per-model split, the cache off in (c)
+        assert lv["served"]["throughput_rps"] > 0 and lv["served"]["latency_us"]["p99"] > 0
+        assert {"astro", "user_encoder", "item_scorer"} <= set(lv["server_ms_per_request"])
+        assert lv["cache"] == {m: {"cache_hit": 0, "cache_miss": 0} for m in ("user_encoder", "item_scorer")}
     assert (
         results["served"]["handoff_bytes"]["fp16"]["user_keys"] * 2
         == results["served"]["handoff_bytes"]["fp32"]["user_keys"]
     )
+    runs = {(r["candidates"], r["cache"]): r for r in results["sessions"]["runs"]}
+    assert set(runs) == {(64, "off"), (64, "on")}
+    trace = results["sessions"]["traces"]["64"]
+    for r in runs.values():  # the whole trace, once
+        assert r["requests"] == trace["requests"] and not r["wrapped"] and r["scorer_cache_activity"] == 0
+    assert runs[(64, "off")]["hits"] + runs[(64, "off")]["misses"] == 0
+    assert runs[(64, "on")]["hit_rate"] == pytest.approx(trace["ideal_hit_rate"], abs=0.15)
     assert results["efficiency"] and results["matmul_flops"]["median"] > 0
     if not torch.cuda.is_available():
         assert results["gpu"] == {"device": NO_GPU}
     report = (out / "report.md").read_text()
-    for heading in ("## Machine", "## (a)", "## (b)", "## (c)", "## (d)", "## (e)", "## Findings and fixes"):
+    for heading in (
+        "## Machine",
+        "## (a)",
+        "## (b)",
+        "## (c)",
+        "## (d)",
+        "## (e)",
+        "## (f)",
+        "## Goals",
+        "## Findings",
+    ):
         assert heading in report, heading
     for png in ("turbo.png", "runtimes.png", "served.png", "roofline.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

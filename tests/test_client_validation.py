@@ -1,10 +1,11 @@
-"""The gRPC client without a Triton server: validation, call planning, padding, retries, CLI.
+"""The gRPC client without a Triton server: validation, plausibility, call planning, padding,
+waiting and retrying, round-robin over several addresses, the served vocabulary, CLI.
 
-Where the wire matters (retries that reconnect, headers, error mapping, chunked calls)
-the client talks over real gRPC to ``StubTriton``, a few-line in-process servicer of
+Where the wire matters (gRPC's retries and waiting, headers, error mapping, chunked calls,
+balancing) the client talks over real gRPC to ``StubTriton``, a few-line in-process servicer of
 Triton's own protocol (``tritonclient.grpc.service_pb2_grpc``). Its scores are a known
 function of each row's inputs, not the model: it checks the client's plumbing only.
-Tests against the real server live elsewhere.
+Tests against the real server live elsewhere (``test_client_replicas.py`` for several).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from client import (
+    Allow,
     AstroClient,
     AsyncAstroClient,
     ChunkRow,
@@ -41,6 +44,8 @@ from client import (
     ServerUnavailableError,
     assemble_scores,
     build_call_inputs,
+    grpc_target,
+    is_model_loading,
     plan_calls,
     spec_from_model_config,
     split_evenly,
@@ -48,15 +53,25 @@ from client import (
     validate_request,
 )
 from client.__main__ import main, parse_header, request_from_json
+from client.astro_client import (
+    PROBE_METHODS,
+    PROBE_TIMEOUT_S,
+    RETRYABLE_STATUS_CODES,
+    WAITING_METHODS,
+    HeaderPlugin,
+    channel_args,
+)
 from contract.blocks import build_blocks
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
 from contract.tensors import CANDIDATE_INPUT, HISTORY_INPUTS
+from contract.validation import TIMESTAMP_END
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ServingSpec.from_config(AstroConfig.from_name("tiny"))  # max_batch_size=8, max_candidates=512, Tb<=12
 I64 = np.int64
 F32 = npt.NDArray[np.float32]
+NOW = 1_700_000_000
 
 
 def history(n: int = 5, seed: int = 0) -> EventHistory:
@@ -71,14 +86,14 @@ def history(n: int = 5, seed: int = 0) -> EventHistory:
 
 def request(n_cand: int = 3, seed: int = 0, n_hist: int = 5) -> ScoreRequest:
     rng = np.random.default_rng(seed + 1000)
-    return ScoreRequest(history(n_hist, seed), rng.integers(1, 1_000_000, n_cand, dtype=I64), seed % 4, 1_700_000_000)
+    return ScoreRequest(history(n_hist, seed), rng.integers(1, 1_000_000, n_cand, dtype=I64), seed % 4, NOW)
 
 
 def call_inputs(batch: int = 2, nb: int = SPEC.n_blocks, tb: int = 4, n: int = 3) -> dict[str, Any]:
     return {
         **{name: np.ones((batch, nb, tb), dtype=I64) for name in HISTORY_INPUTS},
         "request_scenario": np.zeros((batch, 1), dtype=I64),
-        "request_timestamp": np.full((batch, 1), 1_700_000_000, dtype=I64),
+        "request_timestamp": np.full((batch, 1), NOW, dtype=I64),
         CANDIDATE_INPUT: np.ones((batch, n), dtype=I64),
     }
 
@@ -92,7 +107,13 @@ def raises(match_all: list[str], fn: Any, *args: Any, **kwargs: Any) -> RequestE
     return info.value
 
 
-# ---- one request ---------------------------------------------------------------------
+def with_history(h: EventHistory, **fields: Any) -> EventHistory:
+    return EventHistory(
+        **{f: fields.get(f, getattr(h, f)) for f in ("item_ids", "behaviors", "scenarios", "timestamps")}
+    )
+
+
+# ---- one request: the integer rule ---------------------------------------------------------
 
 
 def test_valid_request_is_normalised_to_int64() -> None:
@@ -100,7 +121,7 @@ def test_valid_request_is_normalised_to_int64() -> None:
         EventHistory([5, 6], [0, 1], [2, 3], [10, 20]),  # type: ignore[arg-type]  # lists, as a caller may pass
         [7, 8, 9],
         np.int32(2),  # type: ignore[arg-type]
-        1_700_000_000,
+        NOW,
     )
     req = validate_request(raw)
     assert isinstance(req.candidates, np.ndarray) and req.candidates.dtype == I64
@@ -120,19 +141,19 @@ def test_history_lengths_must_match() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "bad", "dtype"),
+    ("field", "bad", "parts"),
     [
-        ("item_ids", np.array([1.0, 2.0, 3.0]), "float64"),
-        ("behaviors", np.array([True, False, True]), "bool"),
-        ("scenarios", np.array([1, "x", 2], dtype=object), "object"),
-        ("timestamps", np.array([1.5, 2.5, 3.5], dtype=np.float32), "float32"),
+        ("item_ids", np.array([1.0, 2.0, 3.0]), ["dtype float64", "element 0: 1.0"]),
+        ("behaviors", np.array([True, False, True]), ["dtype bool"]),
+        ("scenarios", np.array([1, "x", 2], dtype=object), ["element 1 is 'x' (str)"]),
+        ("timestamps", np.array([1.5, 2.5, 3.5], dtype=np.float32), ["dtype float32"]),
+        ("timestamps", [NOW, 1.7e9, NOW], ["element 1 is 1700000000.0 (float)", "not 1.7e9"]),
+        ("item_ids", [1, True, 3], ["element 1 is True (bool)"]),
     ],
 )
-def test_history_fields_must_be_ints_not_cast(field: str, bad: Any, dtype: str) -> None:
-    h = history(3)
-    fields = {f: getattr(h, f) for f in ("item_ids", "behaviors", "scenarios", "timestamps")}
-    fields[field] = bad
-    raises([f"history.{field}", f"dtype {dtype}"], validate_request, ScoreRequest(EventHistory(**fields), [1], 0, 0))
+def test_history_fields_must_be_ints_not_cast(field: str, bad: Any, parts: list[str]) -> None:
+    h = with_history(history(3), **{field: bad})
+    raises([f"history.{field}", *parts], validate_request, ScoreRequest(h, [1], 0, 0))
 
 
 def test_negative_item_ids_are_legal() -> None:
@@ -141,24 +162,8 @@ def test_negative_item_ids_are_legal() -> None:
     items = h.item_ids.copy()
     items[3] = -42
     items[4] = -(2**63)
-    odd = EventHistory(items, h.behaviors, h.scenarios, h.timestamps)
-    out = validate_request(ScoreRequest(odd, [-7, 2**63 - 1], 0, 0))
-    assert out.history.item_ids[3] == -42 and list(out.candidates) == [-7, 2**63 - 1]
-
-
-def test_negative_history_timestamp_is_refused() -> None:
-    h = history(3)
-    ts = h.timestamps.copy()
-    ts[1] = -5
-    bad = EventHistory(h.item_ids, h.behaviors, h.scenarios, ts)
-    raises(["history.timestamps", "-5", "index 1"], validate_request, ScoreRequest(bad, [1], 0, 0))
-
-
-def test_out_of_range_behaviours_and_scenarios_are_legal() -> None:
-    # DESIGN/config: ids outside the known ranges map to a learned "unknown" slot in the graph
-    h = history(3)
-    odd = EventHistory(h.item_ids, np.array([99, -1, 7]), np.array([-3, 50, 0]), h.timestamps)
-    validate_request(ScoreRequest(odd, [1], 12345, 0))
+    out = validate_request(ScoreRequest(with_history(h, item_ids=items), [-7, 0, 2**63 - 1], 0, 0))
+    assert out.history.item_ids[3] == -42 and list(out.candidates) == [-7, 0, 2**63 - 1]  # candidate 0 is an id
 
 
 @pytest.mark.parametrize(
@@ -167,12 +172,15 @@ def test_out_of_range_behaviours_and_scenarios_are_legal() -> None:
         ([], ["candidates", "must not be empty", "(0,)"]),
         (np.zeros(0, I64), ["candidates", "must not be empty"]),
         ([[1, 2], [3, 4]], ["candidates", "1-D", "(2, 2)"]),
-        ([1, 2.5], ["candidates", "dtype float64"]),
-        ([True, False], ["candidates", "dtype bool"]),
-        (["a", "b"], ["candidates", "dtype <U1"]),
+        ([1, 2.5], ["candidates", "element 1 is 2.5 (float)"]),
+        ([True, False], ["candidates", "element 0 is True (bool)"]),
+        (["abc"], ["candidates", "element 0 is 'abc' (str), not an integer"]),
+        (["a", "b"], ["candidates", "element 0 is 'a' (str)"]),
         (np.array([1, 2**63], dtype=np.uint64), ["candidates", str(2**63), "index 1", "int64 maximum"]),
-        ([1, 2**70], ["candidates", "dtype object"]),
-        ([[1], [2, 3]], ["candidates"]),  # ragged
+        ([1, 2**70], ["candidates", "element 1 is " + str(2**70), "outside int64"]),
+        ([[1], [2, 3]], ["candidates", "cannot be read"]),  # ragged
+        ("123", ["candidates", "sequence of integers", "'123' (str)"]),
+        (None, ["candidates", "None"]),
     ],
 )
 def test_candidate_errors_name_field_value_and_limit(candidates: Any, parts: list[str]) -> None:
@@ -182,13 +190,13 @@ def test_candidate_errors_name_field_value_and_limit(candidates: Any, parts: lis
 @pytest.mark.parametrize(
     ("scenario", "timestamp", "parts"),
     [
-        (1.0, 0, ["scenario", "must be an int", "1.0", "float"]),
-        (True, 0, ["scenario", "True", "bool"]),
-        ("home", 0, ["scenario", "'home'", "str"]),
+        (1.0, 0, ["scenario", "must be an integer", "1.0 (float)"]),
+        (True, 0, ["scenario", "True (bool)"]),
+        ("home", 0, ["scenario", "'home' (str)"]),
         (None, 0, ["scenario", "None"]),
         (2**63, 0, ["scenario", str(2**63), "int64 maximum"]),
-        (0, -1, ["timestamp", "-1", "minimum 0"]),
-        (0, 1.7e9, ["timestamp", "1700000000.0", "float"]),
+        (0, -1, ["timestamp", "value -1", f"[0, {TIMESTAMP_END})"]),
+        (0, 1.7e9, ["timestamp", "1700000000.0 (float)", "not 1.7e9"]),
         (0, np.bool_(True), ["timestamp", "bool"]),
         (0, 2**64, ["timestamp", str(2**64), "int64 maximum"]),
     ],
@@ -204,8 +212,121 @@ def test_not_a_history_or_request() -> None:
 
 def test_batch_errors_name_the_request_index() -> None:
     batch = [request(), ScoreRequest(history(), [], 0, 0)]
-    err = raises(["requests[1].candidates", "empty"], AstroClient._prepare, batch)
+    with AstroClient("127.0.0.1:1", spec=SPEC) as c:  # refused before any connection is tried
+        err = raises(["requests[1].candidates", "empty"], c.score_batch, batch)
     assert err.field == "requests[1].candidates"
+
+
+# ---- one request: likely mistakes, refused unless allowed ----------------------------------------
+
+H = history(4)
+PLAUSIBILITY: list[tuple[str, ScoreRequest, Allow, list[str]]] = [
+    ("milliseconds", ScoreRequest(H, [1], 0, NOW * 1000), Allow(any_timestamp=True),
+     ["timestamp", str(NOW * 1000), f"[0, {TIMESTAMP_END})", "milliseconds? divide by 1000", "--allow-any-timestamp"]),
+    ("negative request time", ScoreRequest(H, [1], 0, -3), Allow(any_timestamp=True), ["timestamp", "value -3"]),
+    ("history in milliseconds", ScoreRequest(with_history(H, timestamps=H.timestamps * 1000), [1], 0, NOW),
+     Allow(any_timestamp=True), ["history.timestamps", "at index 0", "(one of 4)", "plausible unix seconds"]),
+    ("negative history time", ScoreRequest(with_history(H, timestamps=np.array([5, -5, 6, 7])), [1], 0, NOW),
+     Allow(any_timestamp=True), ["history.timestamps", "-5", "index 1"]),
+    ("padding item", ScoreRequest(with_history(H, item_ids=np.array([4, 0, 0, 9])), [1], 0, NOW),
+     Allow(padding_items=True),
+     ["history.item_ids", "value 0 at index 1 is the padding item id (2 in all)", "dropped", "--allow-padding-items"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "req", "allow", "parts"), PLAUSIBILITY, ids=[c[0] for c in PLAUSIBILITY])
+def test_likely_mistakes_are_refused_unless_allowed(
+    case: str, req: ScoreRequest, allow: Allow, parts: list[str]
+) -> None:
+    raises(parts, validate_request, req)
+    validate_request(req, allow=allow)  # the flag lets exactly this through
+    others = Allow(**{k: True for k in ("unknown_ids", "any_timestamp", "padding_items") if not getattr(allow, k)})
+    raises(parts[:1], validate_request, req, allow=others)  # and no other flag does
+
+
+VOCAB: list[tuple[str, ScoreRequest, list[str]]] = [
+    ("behaviour", ScoreRequest(with_history(H, behaviors=np.array([0, 1, 4, 3])), [1], 0, NOW),
+     ["history.behaviors", "value 4 at index 2", "[0, 4)", "0=play, 1=like, 2=share, 3=skip", "--allow-unknown-ids"]),
+    ("negative behaviour", ScoreRequest(with_history(H, behaviors=np.array([0, -1, 1, 3])), [1], 0, NOW),
+     ["history.behaviors", "value -1 at index 1"]),
+    ("history scenario", ScoreRequest(with_history(H, scenarios=np.array([0, 1, 2, 9])), [1], 0, NOW),
+     ["history.scenarios", "value 9 at index 3", "0=home, 1=search, 2=radio, 3=playlist"]),
+    ("request scenario", ScoreRequest(H, [1], 12345, NOW), ["scenario", "value 12345 is outside the served scenario"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "req", "parts"), VOCAB, ids=[c[0] for c in VOCAB])
+def test_ids_outside_the_served_vocabularies_are_refused_unless_allowed(
+    case: str, req: ScoreRequest, parts: list[str]
+) -> None:
+    validate_request(req)  # without the served spec there is no vocabulary to check
+    raises(parts, validate_request, req, vocab=SPEC)
+    validate_request(req, vocab=SPEC, allow=Allow(unknown_ids=True))
+
+
+# ---- JSON requests -------------------------------------------------------------------------------
+
+
+def cli_request(**override: Any) -> dict[str, Any]:
+    h = history(4, seed=7)
+    d: dict[str, Any] = {
+        "history": {f: getattr(h, f).tolist() for f in ("item_ids", "behaviors", "scenarios", "timestamps")},
+        "candidates": [11, 12, 13],
+        "scenario": 1,
+        "timestamp": NOW,
+    }
+    d.update(override)
+    return d
+
+
+def test_json_request_reads_integers() -> None:
+    req = request_from_json(cli_request(), "requests[0]")
+    assert req.candidates.tolist() == [11, 12, 13] and req.scenario == 1  # type: ignore[union-attr]
+    assert req.history.item_ids.dtype == I64 and len(req.history) == 4
+    new = request_from_json(
+        cli_request(history={key: [] for key in ("item_ids", "behaviors", "scenarios", "timestamps")})
+    )
+    assert len(new.history) == 0
+
+
+def without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("obj", "parts"),
+    [
+        ([], ["request", "JSON object"]),
+        ({**without(cli_request(), "candidates"), "candidate": [1]},
+         ["request", "unknown field 'candidate' (did you mean 'candidates'?)",
+          "history, candidates, scenario, timestamp"]),
+        (cli_request(user="u1"), ["request", "unknown field 'user'"]),
+        (cli_request(history={**cli_request()["history"], "item_id": [1]}),
+         ["history", "unknown field 'item_id' (did you mean 'item_ids'?)"]),
+        (without(cli_request(), "history"), ["request", "lacks keys ['history']", "new user", '"item_ids": []']),
+        ({"candidates": [1]}, ["request", "lacks keys", "history", "scenario", "timestamp"]),
+        (cli_request(history=[]), ["history", "JSON object", "new user", '"timestamps": []']),
+        (cli_request(history={"item_ids": []}), ["history", "lacks keys", "behaviors", "use []"]),
+        (cli_request(history={"item_ids": [1.5], "behaviors": [0], "scenarios": [0], "timestamps": [1]}),
+         ["history.item_ids", "element 0 is 1.5 (float)"]),
+        (cli_request(candidates=["abc"]), ["candidates", "element 0 is 'abc' (str), not an integer"]),
+        (cli_request(candidates=[1, 2, "3"]), ["candidates", "element 2 is '3' (str)"]),
+        (cli_request(candidates=5), ["candidates", "sequence of integers", "5 (int)"]),
+        (cli_request(scenario="radio"), ["scenario", "'radio' (str)"]),
+        (cli_request(timestamp=1.7e9), ["timestamp", "1700000000.0 (float)", "not 1.7e9"]),
+    ],
+)  # fmt: skip
+def test_json_request_errors(obj: Any, parts: list[str]) -> None:
+    raises(parts, request_from_json, obj)
+
+
+def test_json_errors_in_a_list_name_the_entry() -> None:
+    raises(
+        ["requests[2].candidates", "element 0 is 'abc'"],
+        request_from_json,
+        cli_request(candidates=["abc"]),
+        "requests[2]",
+    )
 
 
 # ---- the raw tensors of one call ---------------------------------------------------------
@@ -224,13 +345,18 @@ def test_valid_call_inputs_pass() -> None:
         (lambda d: d.update(cand_item_ids=np.ones((2, 3), np.int32)), ["cand_item_ids", "dtype int32", "int64"]),
         (lambda d: d.update(hist_behaviors=np.ones((2, 3, 4))), ["hist_behaviors", "dtype float64", "int64"]),
         (lambda d: d.update(hist_item_ids=np.ones((2, 4), I64)), ["hist_item_ids", "3-D", "(2, 4)"]),
-        (lambda d: d.update(request_timestamp=np.ones((3, 1), I64)), ["request_timestamp", "batch size 3", "2"]),
-        (lambda d: d.update(request_scenario=np.ones((2, 2), I64)), ["request_scenario", "(2, 2)", "[B, 1]"]),
-        (lambda d: d.update(hist_scenarios=np.ones((2, 3, 5), I64)), ["hist_scenarios", "(2, 3, 5)", "(2, 3, 4)"]),
+        (lambda d: d.update(request_timestamp=np.ones((3, 1), I64)),
+         ["request_timestamp", "batch B = 3", "hist_item_ids's 2"]),
+        (lambda d: d.update(request_scenario=np.ones((2, 2), I64)), ["request_scenario", "(2, 2)", "axis 1 is 2", "1"]),
+        (lambda d: d.update(hist_scenarios=np.ones((2, 3, 5), I64)),
+         ["hist_scenarios", "(2, 3, 5)", "block length Tb = 5", "(2, 3, 4)"]),
         (lambda d: d.update(request_timestamp=np.full((2, 1), -9, I64)), ["request_timestamp", "-9", "index (0, 0)"]),
         (lambda d: d["hist_timestamps"].__setitem__((0, 1, 3), -1), ["hist_timestamps", "-1", "index (0, 1, 3)"]),
+        (lambda d: d["hist_timestamps"].__setitem__((1, 0, 0), NOW * 1000), ["hist_timestamps", "milliseconds"]),
+        (lambda d: d["hist_behaviors"].__setitem__((0, 2, 1), 7), ["hist_behaviors", "7", "index (0, 2, 1)", "0=play"]),
+        (lambda d: d.update(request_scenario=np.full((2, 1), 4, I64)), ["request_scenario", "4", "3=playlist"]),
     ],
-)
+)  # fmt: skip
 def test_call_input_errors(change: Any, parts: list[str]) -> None:
     d = call_inputs()
     change(d)
@@ -240,12 +366,12 @@ def test_call_input_errors(change: Any, parts: list[str]) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "parts"),
     [
-        ({"batch": SPEC.max_batch_size + 1}, ["cand_item_ids", "batch size 9", "max_batch_size=8"]),
-        ({"nb": SPEC.n_blocks + 1}, ["hist_item_ids", "Nb=4", "3", "'play'"]),
-        ({"tb": SPEC.max_block_len + 1}, ["hist_item_ids", "Tb=13", "max_block_len=12"]),
-        ({"tb": 0}, ["hist_item_ids", "Tb=0"]),
-        ({"n": SPEC.max_candidates + 1}, ["cand_item_ids", "N=513", "max_candidates=512"]),
-        ({"n": 0}, ["cand_item_ids", "N=0"]),
+        ({"batch": SPEC.max_batch_size + 1}, ["hist_item_ids", "batch B = 9", "max_batch_size=8", "score_batch"]),
+        ({"nb": SPEC.n_blocks + 1}, ["hist_item_ids", "axis 1 is 4", "n_blocks=3", "'play'"]),
+        ({"tb": SPEC.max_block_len + 1}, ["hist_item_ids", "Tb = 13", "max_block_len=12"]),
+        ({"tb": 0}, ["hist_item_ids", "Tb = 0"]),
+        ({"n": SPEC.max_candidates + 1}, ["cand_item_ids", "N = 513", "max_candidates=512", "chunks"]),
+        ({"n": 0}, ["cand_item_ids", "N = 0"]),
     ],
 )
 def test_call_limits_name_value_and_limit(kwargs: dict[str, int], parts: list[str]) -> None:
@@ -254,6 +380,20 @@ def test_call_limits_name_value_and_limit(kwargs: dict[str, int], parts: list[st
 
 def test_batch_at_the_limits_is_valid() -> None:
     validate_inputs(call_inputs(batch=SPEC.max_batch_size, tb=SPEC.max_block_len, n=SPEC.max_candidates), SPEC)
+
+
+def test_padding_slots_are_not_held_to_plausibility() -> None:
+    """Padding slots (item id 0) carry behaviour/scenario/timestamp 0 or anything: only real events are checked."""
+    d = call_inputs()
+    d["hist_item_ids"][0, 1, 3] = 0
+    d["hist_behaviors"][0, 1, 3] = 99
+    d["hist_timestamps"][0, 1, 3] = -1
+    validate_inputs(d, SPEC)
+    validate_inputs(call_inputs(), SPEC, Allow())
+    d["hist_item_ids"][0, 1, 3] = 5  # a real event now: both its odd values are refused
+    raises(["hist_timestamps", "-1"], validate_inputs, d, SPEC)
+    raises(["hist_behaviors", "99"], validate_inputs, d, SPEC, Allow(any_timestamp=True))
+    validate_inputs(d, SPEC, Allow(unknown_ids=True, any_timestamp=True))
 
 
 # ---- call planning -------------------------------------------------------------------
@@ -313,7 +453,7 @@ def fake_scores(inputs: Mapping[str, npt.NDArray[np.int64]], n_tasks: int) -> F3
 
 
 def expected_scores(req: ScoreRequest, spec: ServingSpec) -> F32:
-    blocks = build_blocks(req.history, spec.blocks)
+    blocks = build_blocks(req.history, spec)
     one = {
         "hist_item_ids": blocks.item_ids[None],
         "request_scenario": np.array([[req.scenario]], dtype=I64),
@@ -327,7 +467,9 @@ def expected_scores(req: ScoreRequest, spec: ServingSpec) -> F32:
     ("counts", "max_batch", "max_cand"), [([1], 8, 512), ([3, 40, 1, 17], 2, 8), ([1300, 2, 513], 8, 512)]
 )
 def test_padding_is_dropped_and_scores_reassemble_in_order(counts: list[int], max_batch: int, max_cand: int) -> None:
-    spec = ServingSpec(max_batch, max_cand, SPEC.max_block_len, ("a", "b", "c"), SPEC.blocks)
+    spec = ServingSpec(
+        max_batch, max_cand, SPEC.max_block_len, ("a", "b", "c"), SPEC.blocks, SPEC.behaviors, SPEC.scenarios
+    )
     reqs = [validate_request(request(n, seed=i, n_hist=3 * i)) for i, n in enumerate(counts)]
     calls = plan_calls(counts, max_batch, max_cand)
     results = []
@@ -398,20 +540,56 @@ def test_bad_served_config_is_a_server_error(override: dict[str, Any], match: st
         spec_from_model_config(triton_config_json(SPEC, **override))
 
 
-def test_spec_with_blocks_beyond_max_block_len_is_refused() -> None:
-    bad = ServingSpec(8, 512, 4, ("a",), SPEC.blocks)  # the play block keeps 12 > 4
-    with pytest.raises(ServerError, match="keeps 12 events but max_block_len=4"):
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"max_block_len": 4}, "keeps 12 events but max_block_len=4"),  # the play block keeps 12 > 4
+        ({"behaviors": ("play", "like", "skip")}, r"block 'like' keeps behaviours \['share'\] outside behaviors"),
+        ({"scenarios": ("home", "home")}, r"scenarios=\['home', 'home'\] must be distinct"),
+    ],
+)
+def test_inconsistent_served_specs_are_refused(change: dict[str, Any], match: str) -> None:
+    bad = ServingSpec(**{**SPEC.__dict__, **change})
+    with pytest.raises(ServerError, match=match):
         spec_from_model_config(triton_config_json(bad))
 
 
-# ---- client options ------------------------------------------------------------------
+# ---- client options: gRPC's service config and the header plugin ----------------------------------
 
 
 def test_retry_policy_backoff_doubles_and_caps() -> None:
     p = RetryPolicy(retries=5, backoff_s=0.1, backoff_max_s=0.3)
     assert [p.delay(k) for k in range(1, 5)] == pytest.approx([0.1, 0.2, 0.3, 0.3])
+    assert p.grpc_attempts == 5 and RetryPolicy(retries=1000).grpc_attempts == 5 and RetryPolicy(0).grpc_attempts == 1
     with pytest.raises(ValueError, match="retries=-1"):
         RetryPolicy(retries=-1)
+
+
+def service_config(**kwargs: Any) -> dict[str, Any]:
+    args = dict(channel_args(RetryPolicy(**kwargs)))
+    assert args["grpc.enable_retries"] == 1 and args["grpc.lb_policy_name"] == "round_robin"
+    config: dict[str, Any] = json.loads(str(args["grpc.service_config"]))
+    return config
+
+
+def test_service_config_waits_retries_unavailable_and_balances() -> None:
+    config = service_config(retries=2, backoff_s=0.1, backoff_max_s=0.4)
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    waiting, probes = config["methodConfig"]
+    assert [n["method"] for n in waiting["name"]] == list(WAITING_METHODS)
+    assert "ModelInfer" in WAITING_METHODS and "ModelConfig" in WAITING_METHODS
+    assert waiting["waitForReady"] is True
+    assert waiting["retryPolicy"] == {
+        "maxAttempts": 3,
+        "initialBackoff": "0.100s",
+        "maxBackoff": "0.400s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    assert [n["method"] for n in probes["name"]] == list(PROBE_METHODS)
+    assert probes["waitForReady"] is False and "retryPolicy" not in probes  # health: one fail-fast attempt
+    no_retries = service_config(retries=0, wait_for_ready=False)["methodConfig"][0]
+    assert no_retries["waitForReady"] is False and "retryPolicy" not in no_retries  # gRPC wants maxAttempts >= 2
 
 
 def test_client_options_are_checked() -> None:
@@ -423,73 +601,68 @@ def test_client_options_are_checked() -> None:
         AstroClient(ssl=True, root_certificates="/nonexistent/ca.pem")
     with AstroClient(headers={"X-Api-Key": "k"}) as c:
         assert c.headers == {"x-api-key": "k"}  # gRPC metadata keys must be lowercase
+        plugin = c._triton.plugin()  # headers go through tritonclient's plugin, not each call
+        assert isinstance(plugin, HeaderPlugin) and plugin.headers == {"x-api-key": "k"}
+    with AstroClient() as c:
+        assert c._triton.plugin() is None
 
 
-# ---- retries against a closed port (no server at all) ---------------------------------------
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("127.0.0.1:8001", "127.0.0.1:8001"),  # one address: any gRPC target, as it is
+        ("dns:///triton-headless:8001", "dns:///triton-headless:8001"),
+        ("127.0.0.1:1, 127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        ("localhost:1,127.0.0.1:2,127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),  # names resolved, duplicates once
+        ("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2"),
+    ],
+)
+def test_several_addresses_become_one_round_robin_target(url: str, target: str) -> None:
+    assert grpc_target(url)[0] == target
+    assert grpc_target(url)[1] == tuple(p.strip() for p in url.split(","))
 
 
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port bound but not listening: every connection is refused (UNAVAILABLE), with no race."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    yield int(s.getsockname()[1])
-    s.close()
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("127.0.0.1:1,,127.0.0.1:2", "empty address"),
+        ("127.0.0.1:1,127.0.0.1", "must be host:port"),
+        ("127.0.0.1:1,127.0.0.1:99999", "must be host:port"),
+        ("127.0.0.1:1,[::1]:2", "mixes IPv4 and IPv6"),
+        ("127.0.0.1:1,no-such-host.invalid:2", "cannot resolve 'no-such-host.invalid'"),
+    ],
+)
+def test_bad_address_lists_are_refused(url: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AstroClient(url)
 
 
-@pytest.mark.parametrize("retries", [0, 1, 3])
-def test_sync_retries_unavailable_then_gives_up(closed_port: int, retries: int) -> None:
-    backoff = 0.05
-    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=5.0, retries=retries, backoff_s=backoff) as c:
-        t0 = time.monotonic()
-        with pytest.raises(ServerUnavailableError) as info:
-            c.score(history(), [1, 2], 0, 1_700_000_000)
-        elapsed = time.monotonic() - t0
-    err = info.value
-    assert err.attempts == retries + 1
-    assert err.status == "StatusCode.UNAVAILABLE"
-    assert f"127.0.0.1:{closed_port}" in str(err) and "get_model_config" in str(err)
-    assert err.server_message and "connect" in err.server_message
-    slept = sum(RetryPolicy(retries, backoff).delay(k) for k in range(1, retries + 1))
-    assert slept * 0.9 <= elapsed < 5.0
+# ---- the mutation pin: what is retried, and by whom -------------------------------------------------
 
 
-def test_retries_stop_at_the_deadline(closed_port: int) -> None:
-    # 10 retries at 0.2 s, 0.4 s, ... would take minutes; the 0.5 s deadline stops them after 0.2 s
-    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=0.5, retries=10, backoff_s=0.2, backoff_max_s=10) as c:
-        t0 = time.monotonic()
-        with pytest.raises(ServerUnavailableError) as info:
-            c.get_spec()
-        elapsed = time.monotonic() - t0
-    assert info.value.attempts == 2  # a third try would start after 0.2 + 0.4 s > 0.5 s
-    assert elapsed < 0.5
+def exception(status: str, message: str) -> InferenceServerException:
+    return InferenceServerException(msg=message, status=f"StatusCode.{status}")
 
 
-def test_async_retries_unavailable_then_gives_up(closed_port: int) -> None:
-    async def go() -> tuple[ServerUnavailableError, float, dict[str, Any]]:
-        async with AsyncAstroClient(f"127.0.0.1:{closed_port}", timeout_s=5.0, retries=2, backoff_s=0.05) as c:
-            t0 = time.monotonic()
-            try:
-                await c.score_batch([request(), request(seed=1)])
-            except ServerUnavailableError as e:
-                return e, time.monotonic() - t0, await c.health()
-        raise AssertionError("no error against a closed port")
-
-    err, elapsed, health = asyncio.run(go())
-    assert err.attempts == 3 and (0.05 + 0.1) * 0.9 <= elapsed < 5.0
-    assert health["ready"] is False and health["server_live"] is False and "UNAVAILABLE" in health["error"]
-
-
-def test_health_against_a_closed_port_says_not_ready(closed_port: int) -> None:
-    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=2.0) as c:
-        h = c.health()
-        assert c.is_ready() is False
-    assert h["ready"] is False and h["server_live"] is False and "UNAVAILABLE" in h["error"]
+LOADING_MSG = "Request for unknown model: 'astro' has no available versions"
+BY_HAND: list[tuple[str, str, bool]] = [
+    ("NOT_FOUND", LOADING_MSG, True),  # the one thing gRPC cannot know: a model still (re)loading
+    ("NOT_FOUND", "Request for unknown model: 'nope' is not found", False),
+    ("UNAVAILABLE", "failed to connect", False),  # gRPC's retry policy did that already
+    ("UNAVAILABLE", LOADING_MSG, False),
+    ("INVALID_ARGUMENT", LOADING_MSG, False),
+    ("INTERNAL", LOADING_MSG, False),
+    ("UNKNOWN", LOADING_MSG, False),
+    ("DEADLINE_EXCEEDED", "Deadline Exceeded", False),
+    ("RESOURCE_EXHAUSTED", "queue full", False),
+    ("CANCELLED", "cancelled", False),
+]
 
 
-def test_request_errors_raise_before_any_network_call(closed_port: int) -> None:
-    with AstroClient(f"127.0.0.1:{closed_port}", retries=0) as c:
-        raises(["candidates", "empty"], c.score, history(), [], 0, 0)
+@pytest.mark.parametrize(("status", "message", "retried"), BY_HAND)
+def test_only_a_loading_model_is_retried_by_hand(status: str, message: str, retried: bool) -> None:
+    assert is_model_loading(exception(status, message)) is retried
+    assert RETRYABLE_STATUS_CODES == ("UNAVAILABLE",)  # and gRPC retries UNAVAILABLE alone
 
 
 # ---- over gRPC to a stub of Triton's protocol ---------------------------------------------
@@ -497,18 +670,36 @@ def test_request_errors_raise_before_any_network_call(closed_port: int) -> None:
 
 class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # untyped base
     # method names are gRPC's (CamelCase)
-    """Answers Triton's gRPC protocol for an ``astro`` serving ``spec``; scores = :func:`fake_scores`."""
+    """Answers Triton's gRPC protocol for an ``astro`` serving ``spec``; scores = :func:`fake_scores`.
+
+    ``fail[method]`` is a list of (status, message) that the next calls of ``method`` abort with;
+    ``calls`` records (method, metadata) of every ModelConfig/ModelInfer/ServerLive call."""
 
     def __init__(self, spec: ServingSpec) -> None:
         self.spec = spec
-        self.metadata: list[dict[str, str]] = []
+        self.calls: list[tuple[str, dict[str, str]]] = []
         self.batch_shapes: list[tuple[int, ...]] = []
+        self.inputs: list[dict[str, npt.NDArray[np.int64]]] = []
+        self.fail: dict[str, list[tuple[Any, str]]] = {}
+        self.lock = threading.Lock()
 
-    def _seen(self, context: Any) -> None:
-        self.metadata.append({k: v for k, v in context.invocation_metadata()})
+    def _seen(self, method: str, context: Any) -> None:
+        with self.lock:
+            self.calls.append((method, {k: v for k, v in context.invocation_metadata()}))
+            failures = self.fail.get(method)
+            failure = failures.pop(0) if failures else None
+        if failure is not None:
+            context.abort(*failure)
+
+    @property
+    def metadata(self) -> list[dict[str, str]]:
+        return [m for _, m in self.calls]
+
+    def count(self, method: str) -> int:
+        return sum(1 for m, _ in self.calls if m == method)
 
     def ServerLive(self, request: Any, context: Any) -> Any:
-        self._seen(context)
+        self._seen("ServerLive", context)
         return service_pb2.ServerLiveResponse(live=True)
 
     def ServerReady(self, request: Any, context: Any) -> Any:
@@ -518,7 +709,7 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         return service_pb2.ModelReadyResponse(ready=request.name == "astro")
 
     def ModelConfig(self, request: Any, context: Any) -> Any:
-        self._seen(context)
+        self._seen("ModelConfig", context)
         if request.name != "astro":
             context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request.name}' is not found")
         cfg = model_config_pb2.ModelConfig(name="astro", platform="ensemble", max_batch_size=self.spec.max_batch_size)
@@ -527,16 +718,18 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         return service_pb2.ModelConfigResponse(config=cfg)
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
-        self._seen(context)
+        self._seen("ModelInfer", context)
         arrays = {
             t.name: np.frombuffer(raw, dtype=I64).reshape(tuple(t.shape))
             for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
         }
         try:  # the same limits Triton enforces from the ensemble config
-            arrays = validate_inputs(arrays, self.spec)
+            arrays = validate_inputs(arrays, self.spec, Allow(unknown_ids=True, any_timestamp=True))
         except RequestError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"[request id: <id_unknown>] {e}")
-        self.batch_shapes.append(tuple(arrays[CANDIDATE_INPUT].shape))
+        with self.lock:
+            self.batch_shapes.append(tuple(arrays[CANDIDATE_INPUT].shape))
+            self.inputs.append(arrays)
         scores = fake_scores(arrays, self.spec.n_tasks)
         resp = service_pb2.ModelInferResponse(model_name="astro")
         out = resp.outputs.add()
@@ -547,7 +740,14 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
 
 
 SMALL = ServingSpec(
-    max_batch_size=3, max_candidates=8, max_block_len=12, task_names=("play", "like"), blocks=SPEC.blocks
+    max_batch_size=3,
+    max_candidates=8,
+    max_block_len=12,
+    task_names=("play", "like"),
+    blocks=SPEC.blocks,
+    behaviors=SPEC.behaviors,
+    scenarios=SPEC.scenarios,
+    preset="stub",
 )
 
 
@@ -567,6 +767,71 @@ def stub_server() -> Iterator[tuple[StubTriton, str]]:
     server.stop(grace=None)
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port bound but not listening: every connection is refused, with no race."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    yield int(s.getsockname()[1])
+    s.close()
+
+
+UNAVAILABLE_ABORT = (grpc.StatusCode.UNAVAILABLE, "server busy")
+STATUS_CASES: list[tuple[str, Any, str, bool]] = [
+    # (case, status the stub aborts the first call with, its message, whether the call is tried again)
+    ("UNAVAILABLE", grpc.StatusCode.UNAVAILABLE, "server busy", True),
+    ("loading", grpc.StatusCode.NOT_FOUND, LOADING_MSG, True),
+    ("unknown model", grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'astro' is not found", False),
+    ("INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT, "bad input " + LOADING_MSG, False),
+    ("INTERNAL", grpc.StatusCode.INTERNAL, "onnxruntime failed", False),
+    ("UNKNOWN", grpc.StatusCode.UNKNOWN, "stub crashed", False),
+    ("RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", False),
+    ("ABORTED", grpc.StatusCode.ABORTED, "aborted", False),
+]
+
+
+@pytest.mark.parametrize(("case", "status", "message", "retried"), STATUS_CASES, ids=[c[0] for c in STATUS_CASES])
+@pytest.mark.parametrize("method", ["ModelConfig", "ModelInfer"])
+def test_each_status_is_retried_or_final(
+    stub_server: tuple[StubTriton, str], method: str, case: str, status: Any, message: str, retried: bool
+) -> None:
+    """The pin on what is retried: a change that retries anything else, or stops retrying either of
+    the two, fails here (the stub counts the attempts it sees)."""
+    stub, url = stub_server
+    with AstroClient(url, retries=2, backoff_s=0.01, timeout_s=5) as c:
+        if method == "ModelInfer":
+            c.get_spec()
+        stub.fail[method] = [(status, message)]
+        if retried:
+            assert c.score(history(), [1, 2], 0, NOW).shape == (2, SMALL.n_tasks)
+        else:
+            with pytest.raises(ServerError) as info:
+                c.score(history(), [1, 2], 0, NOW)
+            assert not isinstance(info.value, ServerUnavailableError)
+            assert info.value.attempts == 1 and info.value.status == str(status)
+            assert info.value.server_message is not None and message in info.value.server_message
+    assert stub.count(method) == (2 if retried else 1), case
+    if status == grpc.StatusCode.UNAVAILABLE:  # retried by gRPC's policy, not by hand: gRPC marks the retry
+        assert [m.get("grpc-previous-rpc-attempts") for name, m in stub.calls if name == method] == [None, "1"]
+
+
+def test_unavailable_is_retried_up_to_the_policy_then_raised(stub_server: tuple[StubTriton, str]) -> None:
+    stub, url = stub_server
+    stub.fail["ModelConfig"] = [UNAVAILABLE_ABORT] * 10
+    with AstroClient(url, retries=3, backoff_s=0.01, timeout_s=5) as c, pytest.raises(ServerUnavailableError) as info:
+        c.get_spec()
+    assert stub.count("ModelConfig") == 4 and "server busy" in str(info.value)  # 1 + retries, no more
+
+
+def test_loading_is_retried_within_retries_and_deadline(stub_server: tuple[StubTriton, str]) -> None:
+    stub, url = stub_server
+    stub.fail["ModelConfig"] = [(grpc.StatusCode.NOT_FOUND, LOADING_MSG)] * 10
+    with AstroClient(url, retries=2, backoff_s=0.01, timeout_s=5) as c, pytest.raises(ServerError) as info:
+        c.get_spec()
+    assert stub.count("ModelConfig") == 3 and info.value.attempts == 3 and "after 3 attempts" in str(info.value)
+    assert "has no available versions" in str(info.value)
+
+
 def test_score_batch_over_grpc_chunks_batches_and_sends_headers(stub_server: tuple[StubTriton, str]) -> None:
     stub, url = stub_server
     counts = [20, 1, 9, 3, 8]  # 20 -> 3 rows of <= 8; 9 -> 2 rows; 8 rows at max_batch_size=3 -> 3 calls
@@ -574,7 +839,8 @@ def test_score_batch_over_grpc_chunks_batches_and_sends_headers(stub_server: tup
     with AstroClient(url, headers={"X-Tenant": "qa"}) as c:
         out = c.score_batch(reqs)
         single = c.score(reqs[0].history, reqs[0].candidates, reqs[0].scenario, reqs[0].timestamp)
-        assert c.health()["ready"] is True
+        health = c.health()
+    assert health["ready"] is True and health["served"] == json.loads(SMALL.to_json())
     for req, got in zip(reqs, out, strict=True):
         np.testing.assert_array_equal(got, expected_scores(validate_request(req), SMALL))
         assert got.dtype == np.float32
@@ -585,17 +851,39 @@ def test_score_batch_over_grpc_chunks_batches_and_sends_headers(stub_server: tup
 
 
 def test_async_score_batch_over_grpc_matches_sync(stub_server: tuple[StubTriton, str]) -> None:
-    _, url = stub_server
+    stub, url = stub_server
     reqs = [request(n, seed=i) for i, n in enumerate([17, 2, 30, 5])]
 
-    async def go() -> tuple[list[F32], bool]:
-        async with AsyncAstroClient(url, max_in_flight=2) as c:
-            return await c.score_batch(reqs), await c.is_ready()
+    async def go() -> tuple[list[F32], dict[str, Any]]:
+        async with AsyncAstroClient(url, max_in_flight=2, headers={"X-Tenant": "aio"}) as c:
+            return await c.score_batch(reqs), await c.health()
 
-    out, ready = asyncio.run(go())
-    assert ready
+    out, health = asyncio.run(go())
+    assert health["ready"] and health["served"]["preset"] == "stub"
     for req, got in zip(reqs, out, strict=True):
         np.testing.assert_array_equal(got, expected_scores(validate_request(req), SMALL))
+    assert all(m.get("x-tenant") == "aio" for m in stub.metadata)
+
+
+def test_async_client_retries_like_the_sync_one(stub_server: tuple[StubTriton, str]) -> None:
+    stub, url = stub_server
+    stub.fail["ModelConfig"] = [(grpc.StatusCode.NOT_FOUND, LOADING_MSG)]
+    stub.fail["ModelInfer"] = [UNAVAILABLE_ABORT]
+
+    async def go() -> ServerError:
+        async with AsyncAstroClient(url, backoff_s=0.01) as c:
+            first = await c.score(history(), [1, 2], 0, NOW)  # loading, then UNAVAILABLE: both ridden out
+            assert first.shape == (2, SMALL.n_tasks)
+            stub.fail["ModelInfer"] = [(grpc.StatusCode.INTERNAL, "boom")]
+            try:
+                await c.score(history(), [1, 2], 0, NOW)
+            except ServerError as e:
+                return e
+        raise AssertionError("INTERNAL was not raised")
+
+    err = asyncio.run(go())
+    assert err.status == "StatusCode.INTERNAL" and "boom" in str(err)
+    assert stub.count("ModelConfig") == 2 and stub.count("ModelInfer") == 3
 
 
 def test_infer_arrays_keeps_the_server_message(stub_server: tuple[StubTriton, str]) -> None:
@@ -604,13 +892,13 @@ def test_infer_arrays_keeps_the_server_message(stub_server: tuple[StubTriton, st
     with AstroClient(url, retries=3) as c:
         with pytest.raises(ServerError) as info:
             c.infer_arrays(too_many)  # raw: the client does not check, the server refuses
-        with pytest.raises(RequestError, match=r"N=13.*max_candidates=8"):
+        with pytest.raises(RequestError, match=r"N = 13.*max_candidates=8"):
             c.infer_arrays(too_many, validate=True)  # checked against the served spec, never sent
         ok = c.infer_arrays(call_inputs(batch=2, n=4))
     err = info.value
     assert not isinstance(err, ServerUnavailableError) and err.attempts == 1  # INVALID_ARGUMENT is not retried
     assert err.status == "StatusCode.INVALID_ARGUMENT"
-    assert err.server_message is not None and "N=13" in err.server_message and "max_candidates=8" in str(err)
+    assert err.server_message is not None and "N = 13" in err.server_message and "max_candidates=8" in str(err)
     assert ok.shape == (2, 4, SMALL.n_tasks) and ok.dtype == np.float32
 
 
@@ -619,68 +907,153 @@ def test_unknown_model_is_a_server_error_with_its_message(stub_server: tuple[Stu
     with AstroClient(url, model="nope") as c:
         with pytest.raises(ServerError, match=r"NOT_FOUND.*unknown model: 'nope'"):
             c.get_spec()
-        assert c.health()["model_ready"] is False
+        health = c.health()
+    assert health["model_ready"] is False and health["ready"] is False and health["served"] is None
 
 
-def test_retry_reaches_a_server_that_comes_up_late() -> None:
-    # gRPC waits its reconnect backoff (1 s by default) before dialling a refused address
-    # again; the client matches it to backoff_s, or these retries would all fail at once.
+def test_served_vocabulary_is_checked_before_sending(stub_server: tuple[StubTriton, str]) -> None:
+    stub, url = stub_server
+    with AstroClient(url) as c:
+        with pytest.raises(RequestError, match=r"^scenario: value 7 is outside the served scenario ids \[0, 4\)"):
+            c.score(history(), [1], 7, NOW)
+        with pytest.raises(RequestError, match=r"^requests\[1\]\.history\.behaviors: value 9"):
+            c.score_batch([request(), ScoreRequest(with_history(H, behaviors=np.array([0, 9, 1, 1])), [1], 0, NOW)])
+    assert stub.batch_shapes == []  # nothing was sent
+    with AstroClient(url, allow=Allow(unknown_ids=True)) as c:
+        assert c.score(history(), [1], 7, NOW).shape == (1, SMALL.n_tasks)
+
+
+def test_blocks_follow_the_servers_vocabulary() -> None:
+    """A server whose model was trained with a reordered behaviour vocabulary: id 0 is "like" there.
+    The client learns the vocabulary from the served spec and blocks events by it."""
+    reordered = ServingSpec(**{**SMALL.__dict__, "behaviors": ("like", "play", "skip", "share")})
+    server, stub, port = start_stub(reordered)
+    h = EventHistory.from_lists([10, 11, 12, 13], [0, 1, 2, 3], [0, 0, 0, 0], [NOW - 4, NOW - 3, NOW - 2, NOW - 1])
+    try:
+        with AstroClient(f"127.0.0.1:{port}") as c:
+            assert c.get_spec().behaviors == ("like", "play", "skip", "share")
+            c.score(h, [1], 0, NOW)
+    finally:
+        server.stop(grace=None)
+    items = stub.inputs[0]["hist_item_ids"][0]  # [Nb, Tb]: blocks play {play}, like {like, share}, recent (all)
+    names = [b.name for b in reordered.blocks]
+    assert items[names.index("play")].tolist()[:2] == [11, 0]  # behaviour 1 = "play" on this server
+    assert items[names.index("like")].tolist()[:2] == [13, 10]  # 3 = "share", 0 = "like", newest first
+    default = build_blocks(h, SMALL).item_ids
+    assert default[names.index("play")].tolist()[:2] == [10, 0]  # by the default vocabulary it would differ
+
+
+# ---- waiting for a server: gRPC's waitForReady ----------------------------------------------
+
+
+def test_waits_for_a_server_until_the_deadline_then_says_unavailable(closed_port: int) -> None:
+    url = f"127.0.0.1:{closed_port}"
+    with AstroClient(url, timeout_s=1.0) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnavailableError) as info:
+            c.score(history(), [1, 2], 0, NOW)
+        elapsed = time.monotonic() - t0
+    err = info.value
+    assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0
+    assert err.status == "StatusCode.UNAVAILABLE" and err.attempts == 1
+    assert url in str(err) and "get_model_config" in str(err) and "within timeout_s=1 s" in str(err)
+    assert err.server_message and "onnect" in err.server_message  # gRPC's "Failed to connect ... Connection refused"
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_without_waiting_unavailable_fails_fast(closed_port: int, retries: int) -> None:
+    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=5.0, retries=retries, wait_for_ready=False) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnavailableError) as info:
+            c.get_spec()
+        elapsed = time.monotonic() - t0
+    assert elapsed < 2.0 and info.value.status == "StatusCode.UNAVAILABLE"
+    assert info.value.server_message and "onnect" in info.value.server_message
+
+
+def test_async_waits_then_says_unavailable(closed_port: int) -> None:
+    async def go() -> tuple[ServerUnavailableError, float, dict[str, Any]]:
+        async with AsyncAstroClient(f"127.0.0.1:{closed_port}", timeout_s=1.0) as c:
+            t0 = time.monotonic()
+            try:
+                await c.score_batch([request(), request(seed=1)])
+            except ServerUnavailableError as e:
+                return e, time.monotonic() - t0, await c.health()
+        raise AssertionError("no error against a closed port")
+
+    err, elapsed, health = asyncio.run(go())
+    assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0 and "within timeout_s=1 s" in str(err)
+    assert health["ready"] is False and health["server_live"] is False and "UNAVAILABLE" in health["error"]
+
+
+def test_health_against_a_closed_port_says_not_ready_at_once(closed_port: int) -> None:
+    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=5.0) as c:
+        t0 = time.monotonic()
+        h = c.health()
+        assert c.is_ready() is False
+        assert time.monotonic() - t0 < 2.0  # probes do not wait for a server
+    assert h["ready"] is False and h["server_live"] is False and "UNAVAILABLE" in h["error"] and h["served"] is None
+
+
+def test_request_errors_raise_before_any_network_call(closed_port: int) -> None:
+    with AstroClient(f"127.0.0.1:{closed_port}", retries=0) as c:
+        t0 = time.monotonic()
+        raises(["candidates", "empty"], c.score, history(), [], 0, 0)
+        raises(["timestamp", "milliseconds"], c.score, history(), [1], 0, NOW * 1000)
+        assert time.monotonic() - t0 < 0.5
+
+
+def test_a_server_that_comes_up_late_is_waited_for() -> None:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = int(s.getsockname()[1])
     servers: list[grpc.Server] = []
 
     def come_up() -> None:
-        time.sleep(0.05)
+        time.sleep(0.5)
         s.close()
         servers.append(start_stub(SMALL, port)[0])
 
-    with AstroClient(f"127.0.0.1:{port}", timeout_s=5.0, retries=2, backoff_s=0.2, backoff_max_s=0.4) as c:
+    with AstroClient(f"127.0.0.1:{port}", timeout_s=10.0, backoff_s=0.05, backoff_max_s=0.2) as c:
         late = threading.Thread(target=come_up)
         late.start()
         try:
-            assert c.get_spec() == SMALL  # attempts at ~0, 0.2, 0.6 s; the server is up from 0.05 s
+            t0 = time.monotonic()
+            assert c.get_spec() == SMALL  # the default client waits: no retries are spent
+            assert time.monotonic() - t0 < 0.5 + 0.2 + 1.0  # re-dialled within backoff_max_s of the server's start
         finally:
             late.join()
             for server in servers:
                 server.stop(grace=None)
 
 
+# ---- several addresses: gRPC's round_robin ---------------------------------------------------
+
+
+def test_several_addresses_share_the_load_and_a_stopped_one_costs_nothing() -> None:
+    (server_a, stub_a, port_a), (server_b, stub_b, port_b) = start_stub(SMALL), start_stub(SMALL)
+    try:
+        with AstroClient(f"127.0.0.1:{port_a},127.0.0.1:{port_b}") as c:
+            first = [c.score(history(seed=i), [1, 2, 3], 0, NOW) for i in range(20)]
+            assert len(stub_a.batch_shapes) >= 5 and len(stub_b.batch_shapes) >= 5  # both served
+            server_b.stop(grace=None)
+            served_b = len(stub_b.batch_shapes)
+            after = [c.score(history(seed=i), [1, 2, 3], 0, NOW) for i in range(20)]
+        assert len(stub_b.batch_shapes) == served_b and len(stub_a.batch_shapes) >= 25  # all went to a
+        for a, b in zip(first, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        server_a.stop(grace=None)
+        server_b.stop(grace=None)
+
+
 # ---- CLI -------------------------------------------------------------------------------
-
-
-def cli_request(**override: Any) -> dict[str, Any]:
-    h = history(4, seed=7)
-    d: dict[str, Any] = {
-        "history": {f: getattr(h, f).tolist() for f in ("item_ids", "behaviors", "scenarios", "timestamps")},
-        "candidates": [11, 12, 13],
-        "scenario": 1,
-        "timestamp": 1_700_000_000,
-    }
-    d.update(override)
-    return d
 
 
 def test_cli_parses_headers() -> None:
     assert parse_header("X-Api-Key=a=b") == ("x-api-key", "a=b")
     with pytest.raises(Exception, match="KEY=VALUE"):
         parse_header("novalue")
-
-
-@pytest.mark.parametrize(
-    ("obj", "parts"),
-    [
-        ([], ["request", "JSON object"]),
-        ({"candidates": [1]}, ["request", "lacks keys", "history", "scenario", "timestamp"]),
-        (cli_request(history={"item_ids": []}), ["history", "lacks keys", "behaviors"]),
-        (
-            cli_request(history={"item_ids": [1.5], "behaviors": [0], "scenarios": [0], "timestamps": [1]}),
-            ["history.item_ids", "float64"],
-        ),
-    ],
-)
-def test_cli_request_errors(obj: Any, parts: list[str]) -> None:
-    raises(parts, request_from_json, obj)
 
 
 def test_cli_score_prints_scores_keyed_by_task(
@@ -706,21 +1079,61 @@ def test_cli_score_list_and_errors(
     out = json.loads(capsys.readouterr().out)
     assert [o["candidates"] for o in out] == [[11, 12, 13], [5]]
 
-    f.write_text(json.dumps(cli_request(candidates=[1, 2.5])))
-    assert main(["score", str(f), "--url", url]) == 2
-    assert "candidates" in capsys.readouterr().err
+    for bad, message in [
+        (cli_request(candidates=[1, 2.5]), "candidates: element 1 is 2.5 (float)"),
+        ([cli_request(), {**cli_request(), "candidate": [1]}], "requests[1]: unknown field 'candidate'"),
+        (without(cli_request(), "history"), "lacks keys ['history'] (a new user"),
+    ]:
+        f.write_text(json.dumps(bad))
+        assert main(["score", str(f), "--url", url]) == 2
+        assert message in capsys.readouterr().err
     f.write_text("{not json")
     assert main(["score", str(f), "--url", url]) == 2
     assert "input: is not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("override", "flag", "message"),
+    [
+        ({"scenario": 9}, "--allow-unknown-ids", "scenario: value 9 is outside the served scenario ids"),
+        ({"timestamp": NOW * 1000}, "--allow-any-timestamp", "timestamp: value 1700000000000"),
+        ({"history": {"item_ids": [0], "behaviors": [0], "scenarios": [0], "timestamps": [NOW]}},
+         "--allow-padding-items", "history.item_ids: value 0 at index 0 is the padding item id"),
+    ],
+)  # fmt: skip
+def test_cli_allow_flags(
+    stub_server: tuple[StubTriton, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    override: dict[str, Any],
+    flag: str,
+    message: str,
+) -> None:
+    _, url = stub_server
+    f = tmp_path / "req.json"
+    f.write_text(json.dumps(cli_request(**override)))
+    assert main(["score", str(f), "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert message in err and flag in err
+    assert main(["score", str(f), "--url", url, flag]) == 0
+
+
 def test_cli_health(stub_server: tuple[StubTriton, str], closed_port: int, capsys: pytest.CaptureFixture[str]) -> None:
     _, url = stub_server
     assert main(["health", "--url", url]) == 0
-    assert json.loads(capsys.readouterr().out)["ready"] is True
+    report = json.loads(capsys.readouterr().out)
+    assert report["ready"] is True and report["model"] == "astro"
+    served = report["served"]  # which preset, limits and vocabularies are served
+    assert served["preset"] == "stub" and served["behaviors"] == list(SMALL.behaviors)
+    assert served["scenarios"] == list(SMALL.scenarios) and served["max_candidates"] == SMALL.max_candidates
     assert main(["health", "--url", f"127.0.0.1:{closed_port}", "--timeout", "2"]) == 1
     assert json.loads(capsys.readouterr().out)["server_live"] is False
     assert main(["health", "--url", url, "--model", "nope"]) == 1
+    capsys.readouterr()
+    assert main(["health", "--url", f"{url},127.0.0.1:{closed_port}"]) == 1  # one report per address
+    both = json.loads(capsys.readouterr().out)
+    assert both["ready"] is False and [r["ready"] for r in both["replicas"]] == [True, False]
+    assert both["replicas"][0]["url"] == url
 
 
 def test_cli_help_covers_every_flag() -> None:
@@ -738,8 +1151,8 @@ def test_cli_help_covers_every_flag() -> None:
 
 def test_client_imports_without_torch() -> None:
     code = (
-        "import sys, client, client.__main__, client.astro_client, client.validation; "
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'model.astro'))); "
+        "import sys, client, client.__main__, client.astro_client, client.validation, contract.validation; "
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'model.'))); "
         "assert not bad, bad"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -18,13 +21,34 @@ from contract.serving_spec import ServingSpec
 from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER, CacheDType
 from export.__main__ import main as export_main
 from export.onnx_graphs import OPSET, GraphPaths, check_graph, export_graphs
-from export.parity import TOLERANCES, OrtPipeline, ParityError, Shape, check_ort_parity, shape_grid, torch_split
+from export.parity import (
+    TOLERANCES,
+    OrtPipeline,
+    ParityError,
+    Shape,
+    check_ort_parity,
+    shape_grid,
+    topk_overlap,
+    torch_split,
+)
 from export.repository import TARGETS, composing_config, ensemble_config, write_repository
 from export.repository_check import RepositoryError, check_repository, wiring_errors
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.random_inputs import random_request
 from serve.triton_server import TritonServer
+
+SEED_ENV = "ASTRO_TEST_SEED"
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed for each random test, or ``$ASTRO_TEST_SEED`` to replay one; printed, so pytest shows it
+    with a failure. It seeds numpy (pass it to a Generator) and torch's global generator (model init)."""
+    value = int(os.environ.get(SEED_ENV) or secrets.randbelow(2**31))
+    print(f"seed {value} (replay: {SEED_ENV}={value} pytest ...)")
+    torch.manual_seed(value)
+    return value
 
 
 def random_grid(cfg: AstroConfig, rng: np.random.Generator, count: int) -> list[Shape]:
@@ -56,11 +80,11 @@ def test_graphs_are_valid_onnx(tiny_graphs: Callable[[CacheDType], GraphPaths], 
 
 @pytest.mark.parametrize("cache_dtype", ["fp32", "fp16"])
 def test_ort_matches_pytorch_over_shapes(
-    tiny_model: AstroModel, tiny_graphs: Callable[[CacheDType], GraphPaths], cache_dtype: CacheDType
+    tiny_model: AstroModel, tiny_graphs: Callable[[CacheDType], GraphPaths], cache_dtype: CacheDType, seed: int
 ) -> None:
-    """Tolerances per cache dtype, with their reasons, live in export.parity.TOLERANCES."""
-    rng = np.random.default_rng()  # fresh inputs every run; the seed is printed on failure by pytest -ra
-    seed = int(rng.integers(2**31))
+    """Tolerances per cache dtype, with their reasons, live in export.parity.TOLERANCES. Fresh shapes and
+    inputs every run, all from ``seed``."""
+    rng = np.random.default_rng(seed)
     shapes = shape_grid(tiny_model.cfg) + random_grid(tiny_model.cfg, rng, 6)
     report = check_ort_parity(tiny_model, tiny_graphs(cache_dtype), cache_dtype, shapes, seed, progress=lambda _: None)
     assert report.shapes == len(shapes)
@@ -75,11 +99,27 @@ def test_trained_model_fp16_cache_keeps_rankings(small_model: AstroModel, tmp_pa
     assert report.min_topk_overlap >= TOLERANCES["fp16"].min_topk_overlap
 
 
-def test_parity_check_can_fail(tiny_model: AstroModel, tiny_graphs: Callable[[CacheDType], GraphPaths]) -> None:
+def test_parity_check_can_fail(
+    tiny_model: AstroModel, tiny_graphs: Callable[[CacheDType], GraphPaths], seed: int
+) -> None:
     """A model whose weights drifted from the exported graph is caught, naming the tensor."""
-    other = AstroModel(tiny_model.cfg).eval()
+    other = AstroModel(tiny_model.cfg).eval()  # initialised from ``seed`` (the fixture seeds torch)
     with pytest.raises(ParityError, match="scores @ B=1 Tb=1 N=1"):
-        check_ort_parity(other, tiny_graphs("fp32"), "fp32", [Shape(1, 1, 1)], progress=lambda _: None)
+        check_ort_parity(other, tiny_graphs("fp32"), "fp32", [Shape(1, 1, 1)], seed=seed, progress=lambda _: None)
+
+
+def test_topk_overlap_counts_the_shared_top_items(seed: int) -> None:
+    """The fp16 ranking check is only as good as this count: all shared, none shared, exactly 7 of 10."""
+    a = np.random.default_rng(seed).random((2, 30, 2)).astype(np.float32)  # distinct values: no ties
+    assert topk_overlap(a, a.copy()) == 1.0
+    assert topk_overlap(a, -a) == 0.0  # the top 10 of 30 against the bottom 10
+    b = a.copy()
+    for user in range(2):
+        for task in range(2):
+            top = np.argsort(-a[user, :, task])[:10]
+            b[user, top[:3], task] = -1.0  # three of each top 10 pushed to the bottom
+    assert topk_overlap(a, b) == pytest.approx(0.7)
+    assert topk_overlap(a[:, :4], -a[:, :4]) == 1.0  # k is cut to N = 4: every item is in both top-4s
 
 
 def test_ort_scores_are_finite_for_empty_history(
@@ -176,6 +216,25 @@ def test_repository_on_disk_is_complete(tiny_graphs: Callable[[CacheDType], Grap
         check_repository(tmp_path / "python")
 
 
+def test_reexport_leaves_identical_configs_untouched(
+    tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path
+) -> None:
+    """A re-export beside a running server must not touch an unchanged config.pbtxt (docs/reliability.md: a
+    touched ensemble config makes Triton reload it and drop requests); a changed one is rewritten."""
+    cfg = AstroConfig.from_name("tiny")
+    paths = tiny_graphs("fp32")
+    files = {USER_ENCODER: paths.user_encoder, ITEM_SCORER: paths.item_scorer}
+    configs = write_repository(tmp_path, cfg, "python", files, "fp32", progress=lambda _: None)
+    past = 1_000_000_000 * 10**9  # 2001: any write moves the mtime to now
+    for path in configs:
+        os.utime(path, ns=(past, past))
+    write_repository(tmp_path, cfg, "python", files, "fp32", progress=lambda _: None)
+    assert {p.name: p.stat().st_mtime_ns for p in configs} == {p.name: past for p in configs}, "rewritten"
+    write_repository(tmp_path, cfg, "python", files, "fp32", threads=3, progress=lambda _: None)
+    changed = [p.parent.name for p in configs if p.stat().st_mtime_ns != past]
+    assert changed == [USER_ENCODER, ITEM_SCORER]  # the thread count lives in the composing configs only
+
+
 def test_export_cli_produces_a_checked_repository(exported_repo: Path) -> None:
     configs = check_repository(exported_repo)
     params = {k: v.string_value for k, v in configs[ENSEMBLE].parameters.items()}
@@ -204,9 +263,9 @@ def test_unknown_target_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown target 'tflite'" in capsys.readouterr().err
 
 
-def test_config_checkpoint_mismatch_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_checkpoint_mismatch_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: int) -> None:
     ck = tmp_path / "ck"
-    save_checkpoint(AstroModel(AstroConfig.from_name("tiny")), ck)
+    save_checkpoint(AstroModel(AstroConfig.from_name("tiny")), ck)  # initialised from ``seed``
     small_json = (DEFAULT_CHECKPOINT / "config.json").read_text()
     (ck / "config.json").write_text(small_json)  # weights are tiny, config says small
     rc = export_main(["--checkpoint", str(ck), "--target", "python", "--out", str(tmp_path / "repo")])

@@ -1,4 +1,6 @@
-"""The TensorRT engine builder's pure logic: profiles, I/O checks, precision, metadata.
+"""The TensorRT engine builder's pure logic: profiles, I/O checks, strongly typed flags, the GPU
+memory arithmetic behind the profile maxima, supported versions and containers, metadata and
+the repository check that reads it.
 
 Runs everywhere (no TensorRT, no GPU). The build itself is tested in
 test_tensorrt_engine.py where TensorRT and a GPU exist.
@@ -6,8 +8,12 @@ test_tensorrt_engine.py where TensorRT and a GPU exist.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,7 @@ from contract.config import PRESETS, AstroConfig
 from contract.tensors import (
     CACHE_TENSORS,
     CANDIDATE_INPUT,
+    GRAPH_IO,
     HISTORY_INPUTS,
     REQUEST_INPUTS,
     SCORES_OUTPUT,
@@ -23,25 +30,49 @@ from contract.tensors import (
     USER_MASK,
     USER_VALUES,
 )
+from export.repository import write_repository
+from export.repository_check import RepositoryError, check_repository
 from export.tensorrt_engine import (
+    ATTENTION_COPIES,
+    ENGINE_BUDGET_GIB,
+    FLOAT_BYTES,
+    GPU_MEMORY_GIB,
     GRAPHS,
+    NETWORK_FLAGS,
+    REMOVED_IN_11,
     EngineMetadata,
+    GiB,
     Graph,
     Precision,
     ShapeRange,
     TensorRTUnavailable,
     _parse_compute_capability,
     build_engine,
+    builder_flags,
+    fit_to_gpu,
+    gpu_bytes,
     io_mismatches,
-    keep_fp32,
     main,
+    memory_estimate,
     metadata_path,
     min_compute_capability,
     output_shapes,
-    precision_flags,
+    profile_max_estimates,
     profile_shapes,
     shape_mismatches,
     tensorrt_available,
+)
+from export.tensorrt_versions import (
+    SUPPORTED,
+    TRITON_RELEASES,
+    TensorRTVersionError,
+    is_supported,
+    parse_version,
+    plan_problem,
+    release,
+    releases_shipping,
+    require_supported,
+    same_plan_format,
 )
 
 ALL_PRESETS = sorted(PRESETS)
@@ -57,13 +88,13 @@ def _dims(rng: ShapeRange) -> list[tuple[int, int, int]]:
 def test_user_encoder_profile_matches_config(preset: str) -> None:
     cfg = AstroConfig.from_name(preset)
     prof = profile_shapes(cfg, "user_encoder")
-    assert list(prof) == [*HISTORY_INPUTS, *REQUEST_INPUTS]
+    assert list(prof) == list(GRAPH_IO["user_encoder"][0]) == [*HISTORY_INPUTS, "request_scenario"]
     for name in HISTORY_INPUTS:  # [B, Nb, Tb]
         b, nb, tb = _dims(prof[name])
         assert (b[0], b[2]) == (1, cfg.max_batch_size), name
         assert nb == (cfg.n_blocks,) * 3, name
         assert (tb[0], tb[2]) == (1, cfg.max_block_len), name
-    for name in REQUEST_INPUTS:  # [B, 1]
+    for name in ("request_scenario",):  # [B, 1]; the encoder never sees the request time
         assert prof[name] == ShapeRange((1, 1), prof[name].opt, (cfg.max_batch_size, 1)), name
         assert prof[name].opt[1] == 1
 
@@ -72,7 +103,8 @@ def test_user_encoder_profile_matches_config(preset: str) -> None:
 def test_item_scorer_profile_matches_config(preset: str) -> None:
     cfg = AstroConfig.from_name(preset)
     prof = profile_shapes(cfg, "item_scorer")
-    assert list(prof) == [CANDIDATE_INPUT, "request_scenario", *CACHE_TENSORS]
+    assert list(prof) == list(GRAPH_IO["item_scorer"][0])
+    assert list(prof) == [CANDIDATE_INPUT, *REQUEST_INPUTS, HISTORY_INPUTS[3], *CACHE_TENSORS]
     b, n = _dims(prof[CANDIDATE_INPUT])
     assert (b[0], b[2], n[0], n[2]) == (1, cfg.max_batch_size, 1, cfg.max_candidates)
     for name in (USER_KEYS, USER_VALUES):  # [B, L, H, S, dh]
@@ -183,49 +215,42 @@ def test_shape_mismatches() -> None:
     assert "must be dynamic in [1, 12]" in shape_mismatches("x", (-1, 2, 12), rng)[0]
 
 
-# ---- precision -----------------------------------------------------------------------------
-def test_precision_flags() -> None:
-    assert precision_flags("fp32") == ((), ("TF32",))  # true fp32 for 1e-4 parity
-    assert precision_flags(Precision.FP16).set == ("FP16", "OBEY_PRECISION_CONSTRAINTS")
-    assert precision_flags("bf16").set == ("BF16", "OBEY_PRECISION_CONSTRAINTS")
-    assert precision_flags("fp16").clear == precision_flags("bf16").clear == ()
+# ---- precision: strongly typed networks only -----------------------------------------------------
+ENGINE_SOURCE = Path(__file__).parents[1] / "export" / "tensorrt_engine.py"
+
+
+def test_builder_flags_strongly_typed() -> None:
+    assert NETWORK_FLAGS == ("STRONGLY_TYPED",)
+    assert builder_flags("fp32") == ((), ("TF32",))  # true fp32 for 1e-4 parity
+    for p in (Precision.FP16, "bf16"):  # the reduced type lives in the ONNX graph, not in flags
+        assert builder_flags(p) == ((), ())
     with pytest.raises(ValueError):
-        precision_flags("int8")
+        builder_flags("int8")
 
 
-@pytest.mark.parametrize(
-    ("layer_type", "name", "pinned"),
-    [
-        # always fp32, whatever the name
-        ("SOFTMAX", "node_softmax", True),
-        ("NORMALIZATION", "node_layer_norm_2", True),
-        ("REDUCE", "node_sum_1", True),
-        ("SELECT", "node_masked_fill", True),
-        ("RAGGED_SOFTMAX", "x", True),
-        # element-wise: by name (decomposed LayerNorm / softmax, temperature softplus, head sigmoid)
-        ("ELEMENTWISE", "/layers.0/norm1/Pow", True),
-        ("UNARY", "/layers.0/norm1/Sqrt_1", True),
-        ("ELEMENTWISE", "/layers.0/norm1/ReduceMean_output_0", True),
-        ("UNARY", "node_Exp_12", True),
-        ("ACTIVATION", "node_softplus", True),
-        ("ACTIVATION", "node_sigmoid", True),
-        ("ELEMENTWISE", "node_layer_norm_sub", True),
-        # stays in the reduced type
-        ("MATRIX_MULTIPLY", "node_softmax_matmul", False),  # matmuls are the speed, never pinned
-        ("ELEMENTWISE", "node_add_12", False),
-        ("ELEMENTWISE", "node_Div_72", False),
-        ("UNARY", "node_Erf_73", False),  # GELU stays fp16
-        ("ACTIVATION", "/ffn/Gelu", False),
-        ("ELEMENTWISE", "/head/logits/Add", False),  # "logits" is not "log"
-        ("SLICE", "/Expand_3", False),  # "expand" is not "exp"
-        ("UNARY", "node_expand_1", False),
-        ("CONSTANT", "/layers.0/norm1/Constant", False),  # a constant computes nothing
-        ("CAST", "node_softmax_cast", False),
-        ("GATHER", "node_embedding", False),
-    ],
-)
-def test_keep_fp32(layer_type: str, name: str, pinned: bool) -> None:
-    assert keep_fp32(layer_type, name) is pinned
+def test_build_path_uses_no_api_removed_in_tensorrt_11() -> None:
+    """The weakly typed API (deprecated in 10.12, removed in 11) appears nowhere in the code (mypy
+    also refuses it: the stubs in .venv/typings lack it, see typings/repair_tensorrt_stubs.py)."""
+    tree = ast.parse(ENGINE_SOURCE.read_text())
+    flags = {name.removeprefix("BuilderFlag.") for name in REMOVED_IN_11 if name.startswith("BuilderFlag.")}
+    methods = {name for name in REMOVED_IN_11 if "." not in name and "=" not in name}
+    used = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            on_flags = isinstance(node.value, ast.Attribute) and node.value.attr == "BuilderFlag"
+            if (on_flags and node.attr in flags) or node.attr in methods:
+                used.append(f"line {node.lineno}: .{node.attr}")
+        if isinstance(node, ast.Assign):
+            used += [
+                f"line {node.lineno}: .precision = (a per-layer pin)"
+                for t in node.targets
+                if isinstance(t, ast.Attribute) and t.attr == "precision"
+            ]
+        is_getattr = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+        if is_getattr and isinstance(node, ast.Call) and "BuilderFlag" in ast.unparse(node.args[0]):
+            used.append(f"line {node.lineno}: a BuilderFlag looked up by name (mypy cannot check it)")
+    assert not used, "TensorRT-11-removed API in export/tensorrt_engine.py:\n" + "\n".join(used)
+    assert "STRONGLY_TYPED" in ENGINE_SOURCE.read_text()
 
 
 def test_compute_capability_gate() -> None:
@@ -254,7 +279,7 @@ def _metadata() -> EngineMetadata:
         workspace_gib=4.0,
         profiles=profile_shapes(cfg, "item_scorer"),
         io_dtypes={"cand_item_ids": "INT64", "user_mask": "BOOL", "scores": "FLOAT"},
-        fp32_layers=("node_softmax", "node_layer_norm"),
+        fp32_nodes=("node_softmax", "node_layer_norm"),
     )
 
 
@@ -290,7 +315,8 @@ def test_build_engine_raises_tensorrt_unavailable(tmp_path: Path) -> None:
     with pytest.raises(TensorRTUnavailable) as err:
         build_engine(onnx_path, tmp_path / "model.plan", AstroConfig.from_name("tiny"), "user_encoder", "fp16")
     message = str(err.value)
-    assert "pip install .[gpu]" in message and "NVIDIA GPU" in message and "NGC" in message
+    assert "pip install '.[gpu]'" in message and "nvcr.io/nvidia/tritonserver" in message
+    assert "\n" not in message and len(message) < 300, message
     assert not (tmp_path / "model.plan").exists()
 
 
@@ -300,3 +326,134 @@ def test_check_cli_reports_unavailable(capsys: pytest.CaptureFixture[str]) -> No
         pytest.skip(f"TensorRT and a GPU are present here ({reason})")
     assert main(["--check"]) == 1
     assert capsys.readouterr().out.strip() == reason
+
+
+# ---- GPU memory at the profile maxima ------------------------------------------------------------
+def test_memory_arithmetic_by_hand() -> None:
+    """The attention tensors dominate: scorer [B, Nb, H, N, Tb+1], encoder [B, Nb, H, Tb, Tb], per copy."""
+    cfg = AstroConfig.from_name("climber-large")  # Nb=4, H=8, Tb=200
+    b, n, tb, nb, h = 64, 2048, 200, 4, 8
+    scorer = memory_estimate(cfg, "item_scorer", b, tb, n)
+    assert scorer.attention == ATTENTION_COPIES * b * nb * h * n * (tb + 1) * FLOAT_BYTES
+    assert scorer.attention == 4 * 843_055_104 * 4  # 843M elements per copy: 3.1 GiB each
+    encoder = memory_estimate(cfg, "user_encoder", b, tb, n)
+    assert encoder.attention == ATTENTION_COPIES * b * nb * h * tb * tb * FLOAT_BYTES + 2 * b * nb * tb * tb * 8
+    # the cache both graphs hold: keys and values [B, L, H, S, dh] in fp32, S = Nb*Tb
+    cache = 2 * b * cfg.n_layers * h * nb * tb * cfg.head_dim * FLOAT_BYTES
+    assert scorer.io > cache and encoder.io > cache
+    assert scorer.total > 16 * GiB  # the config's own maxima would not fit a 24 GB card
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_every_preset_fits_a_24_gb_gpu(preset: str) -> None:
+    cfg = AstroConfig.from_name(preset)
+    fitted, changes = fit_to_gpu(cfg)
+    estimates = profile_max_estimates(fitted)
+    for graph in GRAPHS:
+        est = estimates[graph]
+        assert est.total <= ENGINE_BUDGET_GIB * GiB, est.describe()
+        # the profile is the fitted config's: its maxima are what was estimated
+        prof = profile_shapes(fitted, graph)
+        assert max(r.max[0] for r in prof.values()) == fitted.max_batch_size
+    assert gpu_bytes(fitted) <= GPU_MEMORY_GIB * GiB, f"{gpu_bytes(fitted) / GiB:.1f} GiB"
+    # only the limits move, and only down; the client chunks what the published limits exclude
+    assert fitted.max_candidates <= cfg.max_candidates and fitted.max_batch_size <= cfg.max_batch_size
+    assert fitted.model_dump(exclude={"max_candidates", "max_batch_size"}) == cfg.model_dump(
+        exclude={"max_candidates", "max_batch_size"}
+    )
+    assert (fitted == cfg) == (changes == [])
+    if fitted.max_candidates != cfg.max_candidates:
+        assert fitted.max_candidates % 64 == 0
+        # the largest such N: one step of 64 more would not fit
+        bigger = memory_estimate(
+            cfg, "item_scorer", fitted.max_batch_size, cfg.max_block_len, fitted.max_candidates + 64
+        )
+        assert bigger.total > ENGINE_BUDGET_GIB * GiB
+
+
+def test_fit_lowers_only_what_does_not_fit() -> None:
+    assert fit_to_gpu(AstroConfig.from_name("small")) == (AstroConfig.from_name("small"), [])
+    large, changes = fit_to_gpu(AstroConfig.from_name("climber-large"))
+    assert changes == [f"max_candidates 2048 -> {large.max_candidates}"] and large.max_batch_size == 64
+    _, changes = fit_to_gpu(AstroConfig.from_name("climber-large"), budget_gib=0.5)
+    assert any(c.startswith("max_batch_size") for c in changes), changes
+    with pytest.raises(ValueError, match="even at batch 1"):
+        fit_to_gpu(AstroConfig.from_name("climber-large"), budget_gib=0.001)
+
+
+# ---- supported TensorRT versions and NGC containers -------------------------------------------------
+def test_supported_range_and_gpu_extra_agree() -> None:
+    assert is_supported("10.12.0.36") and is_supported("10.16.0.72") and is_supported("11.4.0.106")
+    assert not is_supported("10.11.0.33") and not is_supported("10.5.0.18") and not is_supported("12.0.0")
+    with pytest.raises(TensorRTVersionError, match=re.escape(SUPPORTED)):
+        require_supported("10.8.0.43")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert f"tensorrt{SUPPORTED}" in pyproject["project"]["optional-dependencies"]["gpu"]
+
+
+def test_version_parsing_and_plan_format() -> None:
+    assert parse_version("10.13.3.9") == (10, 13, 3) and parse_version("11.1") == (11, 1, 0)
+    assert same_plan_format("10.13.3.9", "10.13.3.1") and not same_plan_format("10.13.3.9", "10.13.2.6")
+    with pytest.raises(TensorRTVersionError, match="cannot read"):
+        parse_version("ten")
+
+
+def test_release_table() -> None:
+    for name, row in TRITON_RELEASES.items():
+        assert re.fullmatch(r"\d\d\.\d\d", name) and row.release == name
+        assert row.image == f"nvcr.io/nvidia/tritonserver:{name}-py3"
+        assert row.source.endswith(f"rel-{name.replace('.', '-')}.html")
+        parse_version(row.tensorrt)
+    assert release("25.10").tensorrt.startswith("10.13") and release("25.10-py3") == release("25.10")
+    assert [r.release for r in releases_shipping("10.13.3.9")] == ["25.09", "25.10"]
+    with pytest.raises(TensorRTVersionError, match=r"unknown NGC Triton release .19\.01."):
+        release("19.01")
+    assert plan_problem("10.13.3.9", release("25.10")) is None
+    problem = plan_problem("10.13.3.9", release("25.12"))
+    assert problem is not None and "ships TensorRT 10.14.1.48" in problem and "25.09, 25.10" in problem
+
+
+def _tensorrt_repository(tmp_path: Path, tensorrt_version: str, graph_names: dict[str, str] | None = None) -> Path:
+    """A tensorrt-target repository with placeholder plans and real metadata files beside them."""
+    cfg = AstroConfig.from_name("tiny")
+    files: dict[str, Path] = {}
+    for graph in GRAPHS:
+        plan = tmp_path / "build" / f"{graph}.plan"
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        plan.write_bytes(b"placeholder: the check reads the metadata, never the plan")
+        meta = dataclasses.replace(
+            _metadata(),
+            graph=(graph_names or {}).get(graph, graph),
+            tensorrt_version=tensorrt_version,
+            profiles=profile_shapes(cfg, graph),
+        )
+        meta.write(plan)
+        files[graph] = plan
+    root = tmp_path / "repo"
+    write_repository(root, cfg, "tensorrt", files, "fp32", progress=lambda _: None)
+    return root
+
+
+def test_repository_check_refuses_a_plan_from_another_tensorrt(tmp_path: Path) -> None:
+    root = _tensorrt_repository(tmp_path, "10.13.3.9")
+    assert (root / "item_scorer" / "1" / "model.plan.json").is_file()
+    check_repository(root, release("25.10"))  # 25.10 ships 10.13.3.9: loads
+    check_repository(root)  # no container named: metadata still read and checked
+    with pytest.raises(RepositoryError) as err:
+        check_repository(root, release("25.12"))
+    message = str(err.value)
+    for graph in GRAPHS:
+        assert (
+            f"{graph}: 1/model.plan: built with TensorRT 10.13.3.9 but nvcr.io/nvidia/tritonserver:25.12-py3" in message
+        )
+    assert "serve it in 25.09, 25.10 instead" in message
+
+
+def test_repository_check_needs_the_metadata_and_the_right_graph(tmp_path: Path) -> None:
+    root = _tensorrt_repository(tmp_path, "10.13.3.9", {"item_scorer": "user_encoder"})
+    (root / "user_encoder" / "1" / "model.plan.json").unlink()
+    with pytest.raises(RepositoryError) as err:
+        check_repository(root, release("25.10"))
+    message = str(err.value)
+    assert "user_encoder: 1/model.plan: no model.plan.json beside it" in message
+    assert "item_scorer: 1/model.plan: built for graph 'user_encoder', served as 'item_scorer'" in message

@@ -1,9 +1,12 @@
 """Write a repaired copy of the ``tensorrt-stubs`` type stubs that mypy can read.
 
-Why: ``export/tensorrt_engine.py`` is type-checked against the TensorRT 10 Python API, and
-TensorRT itself cannot be installed without an NVIDIA GPU, so ``make`` installs the
-``tensorrt-stubs`` package instead. As published (checked on 10.13.0.35.1) those stubs are
-unusable as they stand:
+Why: ``export/tensorrt_engine.py`` is type-checked against the TensorRT Python API of the
+supported versions (``>= 10.12, < 12``, see ``export/tensorrt_versions.py``), and TensorRT itself
+cannot be installed without an NVIDIA GPU, so ``make`` installs the ``tensorrt-stubs`` package
+instead: into a folder of its own (``pip install --target .venv/tensorrt-stubs``), never into
+site-packages, where its bare ``tensorrt/`` folder would shadow a real TensorRT and make
+``import tensorrt`` "succeed" on a host without it. As published (checked on 10.13.0.35.1; no
+stubs exist for TensorRT 11) those stubs are unusable as they stand:
 
 * ``tensorrt/`` and ``tensorrt_bindings/`` carry no ``py.typed`` marker, so mypy skips them
   (``import-untyped``) and every ``tensorrt`` name silently becomes ``Any``;
@@ -14,8 +17,8 @@ unusable as they stand:
   builtin for every ``-> bool`` / ``x: bool`` annotation in it: mypy rejects each one
   (``Variable "tensorrt_bindings.tensorrt.bool" is not valid as a type``) and types it ``Any``.
 
-What: this script finds the stub files through the installed distribution's metadata
-(``importlib.metadata``, never a hard-coded path), applies the minimal repairs below, checks
+What: this script finds the stub files through the distribution's metadata in ``--from``
+(``importlib.metadata``, never a hard-coded file list), applies the minimal repairs below, checks
 each one applied exactly as expected, and writes the result to ``--out`` (``make`` passes
 ``.venv/typings``, git-ignored and rebuilt with the virtualenv), which ``[tool.mypy]
 mypy_path`` in pyproject.toml puts ahead of site-packages. A directory on ``mypy_path`` needs
@@ -28,7 +31,14 @@ no ``py.typed``. Repairs:
    (calls that pass ``channel_axis`` by keyword, the only readable way, type-check);
 3. every annotation that names ``bool`` in a module that rebinds ``bool`` is rewritten to
    ``builtins.bool`` (and ``import builtins`` added); ``trt.bool`` itself is kept;
-4. each file gets a ``# mypy: ignore-errors`` header: the stubs stay third-party code whose
+4. the API TensorRT 11 removed is deleted from the 10.13 stubs (:data:`REMOVED_IN_11`: the weakly
+   typed precision API - ``BuilderFlag.FP16/BF16/INT8/FP8/INT4/FP4/OBEY_/PREFER_PRECISION_CONSTRAINTS``,
+   ``ILayer.precision``, ``set_output_type`` and friends, ``Builder.platform_has_*`` - the implicit
+   INT8 calibration API, and ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``; source: NVIDIA's
+   "Migrating Python code from TensorRT 10.x to 11.x", checked against the TensorRT 11.1 bindings),
+   so the stubs describe what 10.12 through 11.x all have and mypy rejects code that would only
+   run on 10.x;
+5. each file gets a ``# mypy: ignore-errors`` header: the stubs stay third-party code whose
    remaining internal nits (``ndarray`` without type arguments, unannotated helpers,
    ``tensorrt_libs`` imports) mypy would not report for an installed stub package either.
    Code *using* the stubs is checked in full.
@@ -37,8 +47,9 @@ If the installed stubs change so that a repair no longer matches (another versio
 files), the script stops with a non-zero exit and says which repair failed, instead of
 writing stubs that are silently wrong; update the repairs after reading the new stubs.
 
-Usage: ``python typings/repair_tensorrt_stubs.py --out .venv/typings`` (run by the ``make``
-bootstrap right after ``pip install --no-deps tensorrt-stubs``).
+Usage: ``python typings/repair_tensorrt_stubs.py --from .venv/tensorrt-stubs --out .venv/typings``
+(run by the ``make`` bootstrap right after
+``pip install --no-deps --target .venv/tensorrt-stubs tensorrt-stubs``).
 """
 
 from __future__ import annotations
@@ -105,6 +116,72 @@ REGEX_REPAIRS = (
 )
 
 
+# class -> members removed in TensorRT 11 (present in the 10.13 stubs; each must be found exactly once)
+REMOVED_IN_11: dict[str, tuple[str, ...]] = {
+    "BuilderFlag": (
+        "FP16",
+        "BF16",
+        "INT8",
+        "FP8",
+        "INT4",
+        "FP4",
+        "OBEY_PRECISION_CONSTRAINTS",
+        "PREFER_PRECISION_CONSTRAINTS",
+    ),
+    "ILayer": (
+        "precision",
+        "precision_is_set",
+        "reset_precision",
+        "set_output_type",
+        "reset_output_type",
+        "output_type_is_set",
+    ),
+    "Builder": ("platform_has_fast_fp16", "platform_has_fast_int8", "platform_has_tf32"),
+    "IBuilderConfig": (
+        "int8_calibrator",
+        "set_calibration_profile",
+        "get_calibration_profile",
+        "set_quantization_flag",
+        "get_quantization_flag",
+        "quantization_flags",
+        "clear_quantization_flag",
+    ),
+    "NetworkDefinitionCreationFlag": ("EXPLICIT_BATCH",),
+}
+
+
+def _member_name(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return node.name
+    return None
+
+
+def remove_members(path: str, text: str, removed: dict[str, tuple[str, ...]]) -> tuple[str, int]:
+    """Delete the ``removed`` members (attributes, methods and properties with their decorators and
+    overloads) from the classes of one stub file; every listed member must be there."""
+    tree = _parse(path, text)
+    spans: list[tuple[int, int]] = []
+    found: set[tuple[str, str]] = set()
+    for cls in tree.body:
+        if not isinstance(cls, ast.ClassDef) or cls.name not in removed:
+            continue
+        for node in cls.body:
+            name = _member_name(node)
+            if name in removed[cls.name]:
+                first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+                spans.append((first, node.end_lineno or node.lineno))
+                found.add((cls.name, name))
+    missing = sorted(f"{c}.{m}" for c, members in removed.items() for m in members if (c, m) not in found)
+    if missing:
+        raise RepairError(f"{path}: members to remove not found (stubs of another TensorRT?): {missing}")
+    lines = text.split("\n")
+    for first, last in sorted(spans, reverse=True):
+        del lines[first - 1 : last]
+    return "\n".join(lines), len(spans)
+
+
 def _binds_bool(tree: ast.Module) -> bool:
     """Whether the module's top level binds the name ``bool`` (``bool: DataType`` in the stubs)."""
     for node in tree.body:
@@ -165,12 +242,20 @@ def verify(path: str, text: str) -> None:
         raise RepairError(f"{path}: annotations still name the shadowed `bool` at lines {[n.lineno for n in left]}")
 
 
-def installed_stubs() -> tuple[str, dict[str, Path]]:
-    """(version, {relative path: file}) of the installed tensorrt-stubs distribution."""
-    try:
-        dist = metadata.distribution(DISTRIBUTION)
-    except metadata.PackageNotFoundError as e:
-        raise RepairError(f"{DISTRIBUTION} is not installed: `pip install --no-deps {DISTRIBUTION}`") from e
+def installed_stubs(source: Path | None = None) -> tuple[str, dict[str, Path]]:
+    """(version, {relative path: file}) of tensorrt-stubs installed in ``source`` (a ``pip install
+    --target`` folder), or in the running environment when ``source`` is None."""
+    found_dists = [
+        d
+        for d in metadata.distributions(**({"path": [str(source)]} if source is not None else {}))
+        if (d.metadata["Name"] or "").lower() == DISTRIBUTION
+    ]
+    if not found_dists:
+        where = f" in {source}" if source is not None else ""
+        raise RepairError(
+            f"{DISTRIBUTION} is not installed{where}: `pip install --no-deps --target {source or 'DIR'} {DISTRIBUTION}`"
+        )
+    dist = found_dists[0]
     found = {f.as_posix(): Path(str(dist.locate_file(f))) for f in dist.files or () if f.suffix == ".pyi"}
     if set(found) != set(STUB_FILES):
         raise RepairError(
@@ -179,14 +264,16 @@ def installed_stubs() -> tuple[str, dict[str, Path]]:
     return dist.version, found
 
 
-def repair(out: Path) -> list[str]:
+def repair(out: Path, source: Path | None = None) -> list[str]:
     """Write the repaired stubs under ``out``; returns a line per repair applied."""
-    version, files = installed_stubs()
+    version, files = installed_stubs(source)
     texts = {rel: files[rel].read_text(encoding="utf-8") for rel in STUB_FILES}
     done = []
     for r in REGEX_REPAIRS:
         texts[r.path] = r.apply(texts[r.path])
         done.append(f"{r.path}: {r.name} ({r.count}x)")
+    texts[BINDINGS], n_removed = remove_members(BINDINGS, texts[BINDINGS], REMOVED_IN_11)
+    done.append(f"{BINDINGS}: {n_removed} member(s) TensorRT 11 removed deleted (the API 10.12-11.x share)")
     for rel in STUB_FILES:
         texts[rel], n = repair_shadowed_bool(rel, texts[rel])
         if n:
@@ -208,9 +295,16 @@ def repair(out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--out", type=Path, required=True, help="folder to write tensorrt/ and tensorrt_bindings/ into")
+    ap.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        help="the `pip install --target` folder holding tensorrt-stubs (default: this environment)",
+    )
     args = ap.parse_args(argv)
     try:
-        done = repair(args.out)
+        done = repair(args.out, args.source)
     except RepairError as e:
         print(f"error: cannot repair the TensorRT type stubs: {e}", file=sys.stderr)
         return 1
