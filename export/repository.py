@@ -168,7 +168,9 @@ def write_repository(
         write_config(config_path, composing_config(cfg, graph, target, cache_dtype, threads))
         written.append(config_path)
         progress(f"  wrote {graph}/ ({dest.name}, config.pbtxt)")
-    (out / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version dir
+    (out / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version dir...
+    # ...which an object store (S3, GCS) cannot hold: a placeholder makes `aws s3 sync` upload it
+    (out / ENSEMBLE / "1" / ".keep").touch()
     config_path = out / ENSEMBLE / "config.pbtxt"
     write_config(config_path, ensemble_config(cfg, cache_dtype))
     written.append(config_path)
