@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # make train PRESET=tiny [CHECKPOINT=dir] -> checkpoints/tiny; make export CHECKPOINT=checkpoints/tiny exports it
+# make train DATA=movielens -> checkpoints/small-movielens; make ablations DATA=movielens SEEDS=0,1,2
 PRESET ?= small
+DATA ?= synthetic
+ABLATION ?= full
+SEEDS ?= 0,1,2
 CHECKPOINT ?=
 REPOSITORY ?= model_repository
 TRAIN_ARGS ?=
@@ -13,7 +17,7 @@ SERVE_ARGS ?=
 PARITY_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv train export serve parity test lint bench clean
+.PHONY: venv train ablations export serve parity test lint bench clean
 
 $(STAMP): pyproject.toml
 	@echo "==> bootstrapping $(VENV) (first run only: a few minutes; torch CPU, ONNX Runtime, the Triton server wheel)"
@@ -28,12 +32,17 @@ $(STAMP): pyproject.toml
 	# ... which mypy can only read once repaired, and cut to the API TensorRT 10.12-11 share:
 	# writes $(VENV)/typings, the mypy_path in pyproject.toml
 	$(PY) typings/repair_tensorrt_stubs.py --from $(VENV)/tensorrt-stubs --out $(VENV)/typings
+	# MovieLens-100k ships inside the recbole wheel; only its data file is read, so none of its dependencies
+	$(PY) -m pip install --quiet --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-train: $(STAMP)  ## train PRESET (default small) into CHECKPOINT (default checkpoints/<preset>); more: TRAIN_ARGS
-	$(PY) -m model.train --preset $(PRESET) $(if $(CHECKPOINT),--out $(CHECKPOINT)) $(TRAIN_ARGS)
+train: $(STAMP)  ## train PRESET (small) on DATA (synthetic|movielens) into CHECKPOINT (checkpoints/<preset>[-<data>]); more: TRAIN_ARGS
+	$(PY) -m model.train --preset $(PRESET) --data $(DATA) --ablation $(ABLATION) $(if $(CHECKPOINT),--out $(CHECKPOINT)) $(TRAIN_ARGS)
+
+ablations: $(STAMP)  ## the paper's ablations (-BGF, -ATL) and popularity on DATA over SEEDS: a Markdown table
+	$(PY) -m model.ablations --preset $(PRESET) --data $(DATA) --seeds $(SEEDS) --out docs/ablations/$(DATA).json
 
 export: $(STAMP)  ## checkpoint -> ONNX -> (TensorRT) -> model_repository/, checked
 	$(PY) -m export --out $(REPOSITORY) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(EXPORT_ARGS)

@@ -151,6 +151,15 @@ def describe(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _equal_blocks(max_len: int) -> tuple[BlockSpec, ...]:
+    """The paper-sized presets' four equal-length extraction strategies: plays, likes and shares,
+    skips (negative feedback), and the most recent events of any behaviour."""
+    return tuple(
+        BlockSpec(name=name, behaviors=behaviors, max_len=max_len)
+        for name, behaviors in (("play", ("play",)), ("like", ("like", "share")), ("skip", ("skip",)), ("recent", ()))
+    )
+
+
 PRESETS: dict[str, AstroConfig] = {
     # tiny: unit tests and parity grids; every path runs in milliseconds.
     "tiny": AstroConfig(
@@ -178,12 +187,7 @@ PRESETS: dict[str, AstroConfig] = {
         n_heads=4,
         n_layers=2,
         item_buckets=1_000_003,
-        blocks=(
-            BlockSpec(name="play", behaviors=("play",), max_len=50),
-            BlockSpec(name="like", behaviors=("like", "share"), max_len=50),
-            BlockSpec(name="skip", behaviors=("skip",), max_len=50),
-            BlockSpec(name="recent", behaviors=(), max_len=50),
-        ),
+        blocks=_equal_blocks(50),
         max_batch_size=64,
         max_candidates=2048,
     ),
@@ -194,12 +198,7 @@ PRESETS: dict[str, AstroConfig] = {
         n_heads=8,
         n_layers=12,
         item_buckets=1_000_003,
-        blocks=(
-            BlockSpec(name="play", behaviors=("play",), max_len=200),
-            BlockSpec(name="like", behaviors=("like", "share"), max_len=200),
-            BlockSpec(name="skip", behaviors=("skip",), max_len=200),
-            BlockSpec(name="recent", behaviors=(), max_len=200),
-        ),
+        blocks=_equal_blocks(200),
         max_batch_size=64,
         max_candidates=2048,
     ),
