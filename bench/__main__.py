@@ -165,6 +165,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"(f) fresh candidates per session request (default {f.session_candidates}; quick {q.session_candidates})",
     )
     p.add_argument("--session-k", type=int, default=4, help="(f) requests per session (default 4)")
+    p.add_argument(
+        "--session-rounds", type=int, default=None, help="(f) rounds, a fresh trace each (default 3; quick 1)"
+    )
     p.add_argument("--session-concurrency", type=int, default=4, help="(f) client lanes (default 4)")
     p.add_argument(
         "--concurrency",
@@ -216,6 +219,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(a, name, getattr(sizes, name))
     if a.cache_dtypes is None:
         a.cache_dtypes = sizes.cache_dtypes
+    if a.session_rounds is None:
+        a.session_rounds = 1 if a.quick else 3
     if a.out is None:
         a.out = Path(tempfile.gettempdir()) / "astro-bench-quick" if a.quick else DEFAULT_OUT
     if a.from_results is not None and not a.from_results.is_file():
@@ -226,8 +231,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if a.served_batch != 1:
         p.error("--served-batch: perf_analyzer's input data sends batch-1 requests")
-    if min(a.session_lane, a.session_k, a.session_concurrency, a.pa_max_trials) < 1:
-        p.error("--session-lane, --session-k, --session-concurrency, --pa-max-trials must be >= 1")
+    if min(a.session_lane, a.session_k, a.session_concurrency, a.pa_max_trials, a.session_rounds) < 1:
+        p.error("--session-lane, --session-k, --session-concurrency, --session-rounds, --pa-max-trials must be >= 1")
     if a.warmup < 0 or a.time_cap <= 0:
         p.error("--warmup must be >= 0 and --time-cap > 0")
     return a
@@ -327,7 +332,16 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     say(f"[5/7] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
     session_model = SessionModel(k=a.session_k)
     sessions = run_sessions(
-        repos["fp32"], cfg, session_model, a.session_candidates, a.session_concurrency, a.session_lane, pa, a.seed, say
+        repos["fp32"],
+        cfg,
+        session_model,
+        a.session_candidates,
+        a.session_concurrency,
+        a.session_lane,
+        pa,
+        a.seed,
+        say,
+        rounds=a.session_rounds,
     )
 
     say("[6/7] (d) limit: torch.matmul rate and block attention")

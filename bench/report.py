@@ -75,11 +75,10 @@ def headline(r: dict[str, Any]) -> str:
         )
     ses = r.get("sessions")
     if ses:
-        for n, speedup in ses["throughput_on_over_off"].items():
-            on = next(x for x in ses["runs"] if str(x["candidates"]) == n and x["cache"] == "on")
+        for n, sm in ses["summary"].items():
             lines.append(
-                f"(f) sessions k={ses['model']['k']} N={n}: response cache on/off throughput {speedup:.2f}x, "
-                f"hit rate {100 * on['hit_rate']:.0f}%"
+                f"(f) sessions k={ses['model']['k']} N={n}: response cache on/off throughput "
+                f"{ratio(sm['throughput_on_over_off'])}, hit rate {100 * sm['on']['hit_rate']:.0f}%"
             )
     return "\n".join(lines)
 
@@ -295,14 +294,15 @@ def _sessions(r: dict[str, Any]) -> str:
     m = ses["model"]
     doc = (sessions_doc or "").split("\n\n", 1)[1].strip()
     traces = ", ".join(
-        f"N={n}: {t['requests']} requests, {t['sessions']} sessions of {t['distinct_users']} distinct users, "
-        f"ideal hit rate {100 * t['ideal_hit_rate']:.0f}%"
+        f"N={n}: {t['requests']} requests per round, {t['sessions']} sessions of {t['distinct_users']} users over "
+        f"the rounds, ideal hit rate {100 * t['ideal_hit_rate']:.0f}%"
         for n, t in ses["traces"].items()
     )
     rows = []
     for x in ses["runs"]:
         rows.append(
             [
+                str(x["round"] + 1),
                 str(x["candidates"]),
                 x["cache"],
                 f"{x['throughput_rps']:.1f}",
@@ -313,16 +313,22 @@ def _sessions(r: dict[str, Any]) -> str:
                 str(x["requests"]) + (" (wrapped)" if x["wrapped"] else ""),
             ]
         )
-    speed = ", ".join(f"N={n}: **{v:.2f}x**" for n, v in ses["throughput_on_over_off"].items())
+    speed = ", ".join(f"N={n}: **{ratio(sm['throughput_on_over_off'])}**" for n, sm in ses["summary"].items())
+    hits = ", ".join(
+        f"N={n}: **{100 * sm['on']['hit_rate']:.0f}%** ({sm['on']['hits']} hits / {sm['on']['misses']} misses)"
+        for n, sm in ses["summary"].items()
+    )
     return "\n\n".join(
         [
             doc,
             f"This run: {m['users']} users, Zipf s = {m['zipf_s']}, k = {m['k']} requests per session, history "
             f"growth between sessions p = {m['p_new_event']}, {m['min_events']}–{m['max_events']} events per user, "
-            f"{ses['concurrency']} client lanes; cache size {ses['cache_size']:,} bytes (the `python -m serve` "
+            f"{ses['concurrency']} client lanes, {ses['rounds']} rounds; cache size {ses['cache_size']:,} bytes "
+            "(the `python -m serve` "
             f"default: the sizing rule for 10,000 users). Traces: {traces}.",
             _table(
                 [
+                    "round",
                     "N",
                     "response cache",
                     "req/s",
@@ -334,7 +340,7 @@ def _sessions(r: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
-            f"Throughput cache on / cache off: {speed}.",
+            f"Throughput cache on / cache off, per round: {speed}. Hit rate over all rounds: {hits}.",
         ]
     )
 
@@ -462,9 +468,9 @@ def goals(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
         )
     ses = r.get("sessions")
     if ses:
-        for n, speedup in ses["throughput_on_over_off"].items():
-            on = next(x for x in ses["runs"] if str(x["candidates"]) == n and x["cache"] == "on")
-            off = next(x for x in ses["runs"] if str(x["candidates"]) == n and x["cache"] == "off")
+        for n, sm in ses["summary"].items():
+            on, off = sm["on"], sm["off"]
+            speedup = sm["throughput_on_over_off"]["median"]
             hit_ok, speed_ok = on["hit_rate"] >= GOAL_HIT_RATE, speedup >= GOAL_CACHE_SPEEDUP
             share = off.get("encoder_share")
             cause = ""
@@ -488,8 +494,8 @@ def goals(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     f">= {GOAL_CACHE_SPEEDUP}x cache off",
                     hit_ok and speed_ok,
                     f"hit rate {100 * on['hit_rate']:.0f}%, throughput {on['throughput_rps']:.1f} vs "
-                    f"{off['throughput_rps']:.1f} req/s = {speedup:.2f}x; p99 {on['latency_ms']['p99']:.1f} vs "
-                    f"{off['latency_ms']['p99']:.1f} ms.{cause}",
+                    f"{off['throughput_rps']:.1f} req/s (medians over rounds), on/off per round "
+                    f"{ratio(sm['throughput_on_over_off'])}; p99 {on['p99_ms']:.1f} vs {off['p99_ms']:.1f} ms.{cause}",
                 )
             )
     return out

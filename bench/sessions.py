@@ -12,7 +12,12 @@ The trace is cut into ``concurrency`` lanes, each a client sending whole session
 request after the other, as one user's pages come), and interleaved so that perf_analyzer's
 thread ``t`` sends lane ``t`` (:func:`bench.perf_analyzer.lanes_to_steps`). perf_analyzer sends the
 whole trace once (``--request-count``) and measures over it.
-The hit rate comes from Triton's statistics (``user_encoder``'s cache hits / (hits + misses));
+Both servers run side by side; each round sends a fresh trace (new users) to both, order alternating,
+and the cache's gain is the on/off throughput ratio taken inside each round. Throughput is the closed
+loop's rate, concurrency / mean latency (Little's law: each lane always has one request in flight);
+perf_analyzer's own figure for a ``--request-count`` run divides by its duration in whole seconds,
+too coarse for traces of a few seconds. The hit rate comes from
+Triton's statistics (``user_encoder``'s cache hits / (hits + misses));
 the trace's own "ideal" rate (an unbounded cache, requests in trace order) is given beside it.
 """
 
@@ -29,6 +34,7 @@ import tritonclient.grpc as grpcclient
 
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, lanes_to_steps, run_level, write_input_data
 from bench.served import add_delta, cache_counts, server_counters
+from bench.timing import Stats
 from contract.blocks import EventHistory
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, GRAPH_IO, ITEM_SCORER, USER_ENCODER
@@ -136,7 +142,8 @@ def make_trace(cfg: AstroConfig, model: SessionModel, concurrency: int, per_lane
 class SessionRun:
     candidates: int
     cache: str  # "off" or "on"
-    throughput_rps: float
+    throughput_rps: float  # concurrency / mean latency: the closed loop's rate (Little's law)
+    pa_throughput_rps: float  # perf_analyzer's figure: requests over its duration in whole seconds (coarse)
     latency_ms: dict[str, float]  # p50, p95, p99, avg (perf_analyzer, client side)
     requests: int  # ensemble requests the server answered during the run
     hits: int  # user_encoder
@@ -169,66 +176,102 @@ def run_sessions(
     pa: PerfAnalyzer,
     seed: int,
     progress: Callable[[str], None],
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Each trace (one per candidate count, distinct users) on a cache-off server, then on a fresh cache-on
-    server sized by the default rule; returns the model, the traces' figures and one run per (N, cache)."""
-    traces = {n: make_trace(cfg, SessionModel(**{**asdict(model), "candidates": n}), concurrency, per_lane, seed + n)
-              for n in candidate_counts}  # fmt: skip
+    """A cache-off and a cache-on server (sized by the default rule) up side by side; each round sends a fresh
+    trace per candidate count (new users: nothing cached from earlier rounds can hit) to both, order
+    alternating, so load from other processes lands on both. Returns the model, the traces, every run and a
+    per-N summary: the on/off throughput ratio per round, the hit rate over all rounds."""
     size = cache_sizing(repository).size
-    runs: list[SessionRun] = []
-    with tempfile.TemporaryDirectory(prefix="astro-sessions-") as tmp:
+    runs: list[dict[str, Any]] = []
+    traces: dict[int, list[Trace]] = {n: [] for n in candidate_counts}
+    with (
+        tempfile.TemporaryDirectory(prefix="astro-sessions-") as tmp,
+        TritonServer(repository) as off_server,
+        TritonServer(repository, cache_size=size) as on_server,
+    ):
         work = Path(tmp)
-        data = {n: write_input_data(lanes_to_steps(t.lanes), work / f"sessions-n{n}.json") for n, t in traces.items()}
-        for side in CACHE_SIDES:
-            with TritonServer(repository, cache_size=size if side == "on" else None) as server:
-                server.start(ready_models=[ENSEMBLE], timeout_s=180)
-                admin = grpcclient.InferenceServerClient(server.grpc_url)
-                for n, trace in traces.items():
-                    # exactly the trace, each request once; `wrapped` says if the server saw more
-                    settings = PaSettings(total_requests=trace.requests)
-                    before = server_counters(admin)
-                    level = run_level(pa, server.grpc_url, ENSEMBLE, data[n], concurrency, settings, work)
+        servers = {"off": off_server, "on": on_server}
+        for server in servers.values():
+            server.start(ready_models=[ENSEMBLE], timeout_s=180)
+        admins = {side: grpcclient.InferenceServerClient(server.grpc_url) for side, server in servers.items()}
+        for r in range(rounds):
+            for n in candidate_counts:
+                sub = SessionModel(**{**asdict(model), "candidates": n})
+                trace = make_trace(cfg, sub, concurrency, per_lane, seed + 7919 * r + n)
+                traces[n].append(trace)
+                data = write_input_data(lanes_to_steps(trace.lanes), work / f"sessions-r{r}-n{n}.json")
+                settings = PaSettings(total_requests=trace.requests)  # the whole trace, each request once
+                for side in CACHE_SIDES if r % 2 == 0 else CACHE_SIDES[::-1]:
+                    before = server_counters(admins[side])
+                    level = run_level(pa, servers[side].grpc_url, ENSEMBLE, data, concurrency, settings, work)
                     counters: dict[str, dict[str, int]] = {}
-                    add_delta(counters, before, server_counters(admin))
+                    add_delta(counters, before, server_counters(admins[side]))
                     cache = cache_counts(counters)
+                    done = counters.get(ENSEMBLE, {}).get("success", 0)
                     run = SessionRun(
                         candidates=n,
                         cache=side,
-                        throughput_rps=level.throughput_rps,
+                        throughput_rps=concurrency * 1e6 / level.latency_us["avg"],
+                        pa_throughput_rps=level.throughput_rps,
                         latency_ms={k: level.latency_us[k] / 1e3 for k in ("p50", "p95", "p99", "avg")},
-                        requests=counters.get(ENSEMBLE, {}).get("success", 0),
+                        requests=done,
                         hits=cache[USER_ENCODER]["cache_hit"],
                         misses=cache[USER_ENCODER]["cache_miss"],
                         scorer_cache_activity=sum(cache[ITEM_SCORER].values()),
                         stable=level.stable,
-                        wrapped=counters.get(ENSEMBLE, {}).get("success", 0) > trace.requests,
+                        wrapped=done > trace.requests,
                         encoder_share=_encoder_share(counters),
                     )
-                    runs.append(run)
+                    runs.append({"round": r, **run.to_dict()})
                     progress(
-                        f"  sessions N={n}, cache {side}: {run.throughput_rps:.1f} req/s, "
+                        f"  sessions round {r + 1}/{rounds} N={n}, cache {side}: {run.throughput_rps:.1f} req/s, "
                         f"p50 {run.latency_ms['p50']:.2f} ms, p99 {run.latency_ms['p99']:.2f} ms, "
                         f"hit rate {100 * run.hit_rate:.0f}% "
                         f"({run.hits}/{run.hits + run.misses}; trace ideal {100 * trace.ideal_hit_rate:.0f}%)"
                     )
-                admin.close()
-    speedups = {}
-    for n in candidate_counts:
-        off, on = (next(r for r in runs if r.candidates == n and r.cache == s) for s in CACHE_SIDES)
-        speedups[str(n)] = on.throughput_rps / off.throughput_rps
+        for admin in admins.values():
+            admin.close()
     return {
         "model": asdict(model),
         "concurrency": concurrency,
+        "rounds": rounds,
         "cache_size": size,
         "traces": {
             str(n): {
-                "requests": t.requests,
-                "sessions": t.sessions,
-                "distinct_users": t.distinct_users,
-                "ideal_hit_rate": t.ideal_hit_rate,
+                "requests": ts[0].requests,
+                "sessions": sum(t.sessions for t in ts),
+                "distinct_users": sum(t.distinct_users for t in ts),
+                "ideal_hit_rate": float(np.mean([t.ideal_hit_rate for t in ts])),
             }
-            for n, t in traces.items()
+            for n, ts in traces.items()
         },
-        "runs": [r.to_dict() for r in runs],
-        "throughput_on_over_off": speedups,
+        "runs": runs,
+        "summary": {str(n): summarise([x for x in runs if x["candidates"] == n]) for n in candidate_counts},
     }
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One N's runs: per side the median throughput and p50/p99 over rounds, the hits pooled; the on/off
+    throughput ratio per round."""
+    side_runs = {
+        side: sorted((x for x in runs if x["cache"] == side), key=lambda x: x["round"]) for side in CACHE_SIDES
+    }
+    out: dict[str, Any] = {}
+    for side, xs in side_runs.items():
+        hits, misses = sum(x["hits"] for x in xs), sum(x["misses"] for x in xs)
+        shares = [x["encoder_share"] for x in xs if x["encoder_share"] is not None]
+        out[side] = {
+            "throughput_rps": float(np.median([x["throughput_rps"] for x in xs])),
+            "p50_ms": float(np.median([x["latency_ms"]["p50"] for x in xs])),
+            "p99_ms": float(np.median([x["latency_ms"]["p99"] for x in xs])),
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": hits / max(hits + misses, 1),
+            "encoder_share": float(np.median(shares)) if shares else None,
+            "scorer_cache_activity": sum(x["scorer_cache_activity"] for x in xs),
+            "wrapped": any(x["wrapped"] for x in xs),
+        }
+    ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(side_runs["on"], side_runs["off"], strict=True)]
+    out["throughput_on_over_off"] = Stats.of(ratios).to_dict()
+    return out

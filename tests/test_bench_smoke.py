@@ -72,13 +72,15 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         results["served"]["handoff_bytes"]["fp16"]["user_keys"] * 2
         == results["served"]["handoff_bytes"]["fp32"]["user_keys"]
     )
-    runs = {(r["candidates"], r["cache"]): r for r in results["sessions"]["runs"]}
-    assert set(runs) == {(64, "off"), (64, "on")}
-    trace = results["sessions"]["traces"]["64"]
-    for r in runs.values():  # the whole trace, once
+    ses = results["sessions"]
+    assert {(r["round"], r["candidates"], r["cache"]) for r in ses["runs"]} == {(0, 64, "off"), (0, 64, "on")}
+    trace = ses["traces"]["64"]
+    for r in ses["runs"]:  # the whole trace, once
         assert r["requests"] == trace["requests"] and not r["wrapped"] and r["scorer_cache_activity"] == 0
-    assert runs[(64, "off")]["hits"] + runs[(64, "off")]["misses"] == 0
-    assert runs[(64, "on")]["hit_rate"] == pytest.approx(trace["ideal_hit_rate"], abs=0.15)
+    summary = ses["summary"]["64"]
+    assert summary["off"]["hits"] + summary["off"]["misses"] == 0
+    assert summary["on"]["hit_rate"] == pytest.approx(trace["ideal_hit_rate"], abs=0.15)
+    assert summary["throughput_on_over_off"]["n"] == 1
     assert results["efficiency"] and results["matmul_flops"]["median"] > 0
     if not torch.cuda.is_available():
         assert results["gpu"] == {"device": NO_GPU}
