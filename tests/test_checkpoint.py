@@ -32,9 +32,9 @@ from model.checkpoint import (
     same_weights,
     save_checkpoint,
 )
+from model.metrics import auc
 from model.random_inputs import random_request
 from model.synthetic import SyntheticWorld, WorldSpec
-from model.metrics import auc
 from model.train import popularity_scores, predict
 
 CFG = AstroConfig.from_name("tiny")
