@@ -99,6 +99,8 @@ def test_composing_model_called_directly_with_inconsistent_cache(triton: TritonS
     arrays: Arrays = {
         "cand_item_ids": np.ones((1, 3), np.int64),
         "request_scenario": np.zeros((1, 1), np.int64),
+        "request_timestamp": np.zeros((1, 1), np.int64),
+        "hist_timestamps": np.zeros((1, CFG.n_blocks, 2), np.int64),
         "user_keys": kv,
         "user_values": kv,
         "user_mask": np.ones((1, s + 1), np.bool_),

@@ -188,7 +188,8 @@ def test_training_tiny_writes_checkpoints_tiny_never_the_default(tmp_path: Path)
     assert checkpoint_digest(DEFAULT_CHECKPOINT) == real_default
     peak_mb = int(proc.stdout.split("peak_rss_kb")[-1]) / 1024
     print(f"peak RSS of the tiny training run: {peak_mb:.0f} MB")
-    assert peak_mb < 1500, f"tiny training peaked at {peak_mb:.0f} MB RSS (it once took 8 GB for an 8 GB id array)"
+    # ~0.6 GB alone; up to 2.5 GB seen inside the full suite on 2 busy cores; the old id array alone was 8 GB
+    assert peak_mb < 4000, f"tiny training peaked at {peak_mb:.0f} MB RSS (it once took 8 GB for an 8 GB id array)"
 
 
 def test_mistyped_preset_is_a_usage_error_not_a_traceback() -> None:
