@@ -1,6 +1,6 @@
 """``python -m bench`` (``make bench``): TURBO breakdown, runtimes, served Triton, FLOP limit, GPU.
 
-    python -m bench                # the full run (3-4 min on 2 CPU cores) -> docs/bench/
+    python -m bench                # the full run (about 10 min on 2 CPU cores) -> docs/bench/
     python -m bench --quick        # smoke run (about 1 min), written to a temp folder unless --out
     python -m bench --threads 2    # another thread count for torch, ONNX Runtime and the served models
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ import torch
 from bench import block_attention, machine, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
+from bench.report import GOAL_CONCURRENCY
 from bench.roofline import config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
 from bench.served import handoff_bytes, run_served, wire_bytes
@@ -43,13 +45,16 @@ from bench.sessions import SessionModel, run_sessions
 from bench.turbo import device_sync, run_turbo
 from bench.workload import InProcess, make_request, padding_fraction
 from contract.config import AstroConfig
-from contract.tensors import CACHE_DTYPES
+from contract.tensors import CACHE_DTYPES, ITEM_SCORER
 from export.__main__ import main as export_main
 from export.parity import load_graph_paths
+from export.repository import write_config
+from export.repository_check import load_config
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"
+SCORER2 = "item_scorer on 2 instances"  # the repository variant (c) and (f) also run on
 FINDINGS = Path(__file__).resolve().parent / "findings.md"  # the investigation's record, quoted in the report
 
 
@@ -282,6 +287,15 @@ def check_shapes(a: argparse.Namespace, cfg: AstroConfig) -> None:
         raise SystemExit(f"error: the {cfg.name!r} checkpoint cannot take these shapes: {'; '.join(problems)}")
 
 
+def scorer_instances(repository: Path, out: Path, count: int) -> Path:
+    """A copy of ``repository`` whose ``item_scorer`` runs ``count`` instances (everything else unchanged)."""
+    shutil.copytree(repository, out, dirs_exist_ok=True)
+    config = load_config(out / ITEM_SCORER / "config.pbtxt")
+    config.instance_group[0].count = count
+    write_config(out / ITEM_SCORER / "config.pbtxt", config)
+    return out
+
+
 def tools(say: Callable[[str], None]) -> PerfAnalyzer:
     """perf_analyzer and its libraries, installed where possible; stops the run at once, saying what is missing."""
     try:
@@ -328,6 +342,15 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             repos[dtype], dtype, pipes[f"ort_{dtype}"], requests, a.concurrency, pa, settings, a.time_cap, say
         )
         served += levels
+    served_variants = []
+    variant = scorer_instances(repos["fp32"], work / "repo-fp32-scorer2", 2)
+    variant_levels = [c for c in a.concurrency if c >= GOAL_CONCURRENCY]
+    if not a.quick and variant_levels:
+        say(f"  (c) again with item_scorer on 2 instances (fp32), concurrency {variant_levels}")
+        levels, _ = run_served(
+            variant, "fp32", pipes["ort_fp32"], requests, variant_levels, pa, settings, a.time_cap, say
+        )
+        served_variants.append({"config": SCORER2, "levels": [lv.to_dict() for lv in levels]})
 
     say(f"[5/7] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
     session_model = SessionModel(k=a.session_k)
@@ -343,6 +366,12 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         say,
         rounds=a.session_rounds,
     )
+    sessions["config"] = "as exported: one instance per composing model"
+    variants = []
+    if not a.quick:
+        say("  (f) again with item_scorer on 2 instances: the core the cache frees from the encoder goes to the scorer")
+        args = (cfg, session_model, a.session_candidates, a.session_concurrency, a.session_lane, pa, a.seed, say)
+        variants.append({**run_sessions(variant, *args, rounds=a.session_rounds), "config": SCORER2})
 
     say("[6/7] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
@@ -388,8 +417,11 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             "wire_bytes": wire_bytes(cfg, a.served_batch, a.served_block_len, a.served_candidates),
             "levels": [lv.to_dict() for lv in served],
             "perf_analyzer": {"version": pa.version, "settings": asdict(settings)},
+            "config": "as exported: one instance per composing model",
+            "variants": served_variants,
         },
         "sessions": sessions,
+        "session_variants": variants,
         "matmul_flops": peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}
