@@ -13,7 +13,8 @@ Sections (docs/bench/report.md explains each):
   (c) the Triton ensemble (python target) driven by perf_analyzer vs in-process ONNX Runtime, same requests;
   (d) FLOPs per graph from the config against torch.matmul's measured rate;
   (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one;
-  (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on.
+  (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on;
+  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x).
 Every ratio is taken inside one round of one run and reported as median and spread over rounds.
 Timings are printed, never asserted.
 """
@@ -42,6 +43,7 @@ from bench.roofline import config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
 from bench.served import handoff_bytes, run_served, wire_bytes
 from bench.sessions import SessionModel, run_sessions
+from bench.training import run_training
 from bench.turbo import device_sync, run_turbo
 from bench.workload import InProcess, make_request, padding_fraction
 from contract.config import AstroConfig
@@ -54,7 +56,8 @@ from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"
-SCORER2 = "item_scorer on 2 instances"  # the repository variant (c) and (f) also run on
+AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1"
+SCORER1 = "before: item_scorer on 1 instance"  # the repository variant (c) and (f) also run on
 FINDINGS = Path(__file__).resolve().parent / "findings.md"  # the investigation's record, quoted in the report
 
 
@@ -201,6 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep the exported ONNX graphs and repositories here (default: temp)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every request")
+    p.add_argument("--train-users", type=int, default=8, help="(g) users (SUMI rows) per training step (default 8)")
+    p.add_argument(
+        "--train-candidates", type=int, default=32, help="(g) candidates per user (per-pair rows = users x this)"
+    )
     p.add_argument(
         "--from-results",
         type=Path,
@@ -317,19 +324,19 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     cpu = torch.device("cpu")
     pa = tools(say)
 
-    say("[1/7] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
+    say("[1/8] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
     export_dtypes = list(CACHE_DTYPES)  # (b) times both; (c) serves a.cache_dtypes of them
     repos = export_repositories(a.checkpoint, work, export_dtypes, a.threads, say)
     pipes = {f"ort_{d}": InProcess(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
 
-    say("[2/7] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
+    say("[2/8] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
     turbo_args = (a.block_lens, a.candidates, a.rounds, a.warmup, a.per_pair_full_max, a.per_pair_subset, a.seed, say)
     turbo = run_turbo(model, cpu, *turbo_args)
 
-    say("[3/7] (b) runtimes: PyTorch eager vs ONNX Runtime fp32 / fp16 cache, CPU")
+    say("[3/8] (b) runtimes: PyTorch eager vs ONNX Runtime fp32 / fp16 cache, CPU")
     runtimes = run_runtimes(model, cpu, pipes, a.block_lens, a.candidates, a.rounds, a.warmup, a.seed, say)
 
-    say(f"[4/7] (c) served: perf_analyzer on the ensemble vs in-process ONNX Runtime, concurrency {a.concurrency}")
+    say(f"[4/8] (c) served: perf_analyzer on the ensemble vs in-process ONNX Runtime, concurrency {a.concurrency}")
     requests = [
         make_request(cfg, a.seed + i, a.served_batch, a.served_block_len, a.served_candidates)
         for i in range(a.served_requests)
@@ -343,16 +350,16 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         )
         served += levels
     served_variants = []
-    variant = scorer_instances(repos["fp32"], work / "repo-fp32-scorer2", 2)
+    variant = scorer_instances(repos["fp32"], work / "repo-fp32-scorer1", 1)
     variant_levels = [c for c in a.concurrency if c >= GOAL_CONCURRENCY]
     if not a.quick and variant_levels:
-        say(f"  (c) again with item_scorer on 2 instances (fp32), concurrency {variant_levels}")
+        say(f"  (c) again with item_scorer on 1 instance, as before (fp32), concurrency {variant_levels}")
         levels, _ = run_served(
             variant, "fp32", pipes["ort_fp32"], requests, variant_levels, pa, settings, a.time_cap, say
         )
-        served_variants.append({"config": SCORER2, "levels": [lv.to_dict() for lv in levels]})
+        served_variants.append({"config": SCORER1, "levels": [lv.to_dict() for lv in levels]})
 
-    say(f"[5/7] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
+    say(f"[5/8] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
     session_model = SessionModel(k=a.session_k)
     sessions = run_sessions(
         repos["fp32"],
@@ -366,19 +373,19 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         say,
         rounds=a.session_rounds,
     )
-    sessions["config"] = "as exported: one instance per composing model"
+    sessions["config"] = AS_EXPORTED
     variants = []
     if not a.quick:
-        say("  (f) again with item_scorer on 2 instances: the core the cache frees from the encoder goes to the scorer")
+        say("  (f) again with item_scorer on 1 instance, as before: the core the cache frees from the encoder idles")
         args = (cfg, session_model, a.session_candidates, a.session_concurrency, a.session_lane, pa, a.seed, say)
-        variants.append({**run_sessions(variant, *args, rounds=a.session_rounds), "config": SCORER2})
+        variants.append({**run_sessions(variant, *args, rounds=a.session_rounds), "config": SCORER1})
 
-    say("[6/7] (d) limit: torch.matmul rate and block attention")
+    say("[6/8] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
     say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
     blocks = block_attention.run(cfg, a.block_lens, [1], a.warmup, max(3, a.rounds), a.seed)
 
-    say("[7/7] (e) CUDA GPU")
+    say("[7/8] (e) CUDA GPU")
     gpu: dict[str, Any] = {"device": machine.gpu_name()}
     if torch.cuda.is_available():
         dev = torch.device("cuda")
@@ -392,6 +399,12 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         gpu["matmul_flops"] = matmul_rate(4096, max(3, a.rounds), dev, device_sync(dev)).to_dict()
     else:
         say(f"  {machine.NO_GPU} to PyTorch: (a) and (b) ran on the CPU only")
+
+    say("[8/8] (g) training: SUMI rows vs one (user, item) per row, same model, data and optimiser step")
+    train_rounds = max(3, a.rounds)
+    training = [run_training(cfg, a.train_users, a.train_candidates, train_rounds, 1, "cpu", say).to_dict()]
+    if torch.cuda.is_available():
+        training.append(run_training(cfg, a.train_users, a.train_candidates, train_rounds, 1, "cuda", say).to_dict())
 
     info["load_average_end"] = machine.load_average()
     return {
@@ -417,7 +430,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             "wire_bytes": wire_bytes(cfg, a.served_batch, a.served_block_len, a.served_candidates),
             "levels": [lv.to_dict() for lv in served],
             "perf_analyzer": {"version": pa.version, "settings": asdict(settings)},
-            "config": "as exported: one instance per composing model",
+            "config": AS_EXPORTED,
             "variants": served_variants,
         },
         "sessions": sessions,
@@ -428,6 +441,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             for r in blocks
         ],
         "gpu": gpu,
+        "training": training,
     }
 
 

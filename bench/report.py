@@ -432,6 +432,28 @@ def _gpu(r: dict[str, Any]) -> str:
     )
 
 
+def _training(r: dict[str, Any]) -> str:
+    if "training" not in r:
+        return "Not measured in this run."
+    rows = [
+        [
+            t["device"],
+            f"{t['users']} x {t['candidates']}",
+            f"{t['sumi_samples_per_s']['median']:,.0f}",
+            f"{t['per_pair_samples_per_s']['median']:,.0f}",
+            ratio(t["speedup"]),
+        ]
+        for t in r["training"]
+    ]
+    return (
+        "One full training step (forward, backward, AdamW) of the same `small` model on the same samples: "
+        "SUMI rows (one row per user with all its candidates, each history encoded once) vs per-pair rows "
+        "(one (user, candidate) per row, the history repeated). Ratio of samples/s per round, median "
+        "[IQR] (min-max); the paper reports 5.15x for its model and data.\n\n"
+        + _table(["device", "users x candidates", "SUMI samples/s", "per-pair samples/s", "SUMI / per-pair"], rows)
+    )
+
+
 def _blocks(r: dict[str, Any]) -> str:
     rows = [
         [
@@ -614,6 +636,8 @@ def render(r: dict[str, Any], images: list[str], findings: str) -> str:
                 "![roofline](roofline.png)",
                 "## (e) GPU",
                 _gpu(r),
+                "## (g) Training: SUMI rows vs one (user, item) per row",
+                _training(r),
                 "## Block attention (bench/block_attention.py)",
                 _blocks(r),
                 "## Findings and fixes",

@@ -26,6 +26,7 @@ from contract.tensors import (
     CANDIDATES,
     ENSEMBLE,
     GRAPHS,
+    ITEM_SCORER,
     USER_ENCODER,
     CacheDType,
     Tensor,
@@ -42,6 +43,11 @@ WARMUP_CANDIDATES = 64  # warmup request size: a typical ranking request, not th
 # Composing models whose responses Triton may cache: the user encoder, whose output depends on the user's
 # history and the request scenario only. Never item_scorer: its candidates are new on every request.
 CACHED_GRAPHS = (USER_ENCODER,)
+# python target: instances per composing model, each a single ONNX Runtime session on a CPU core. The
+# scorer is the slower stage of the pipeline (N=256: ~10 ms against the encoder's 2-3 ms on 2 cores), and
+# a response-cache hit frees the encoder's core: a second scorer instance takes it (session traffic 1.17x
+# -> 1.68x over cache off, docs/bench/report.md, "Goals").
+PYTHON_INSTANCES = {USER_ENCODER: 1, ITEM_SCORER: 2}
 
 
 def _tensor(t: Tensor, cls: type[mc.ModelInput] | type[mc.ModelOutput]) -> mc.ModelInput | mc.ModelOutput:
@@ -96,7 +102,8 @@ def composing_config(
             c.parameters["intra_op_thread_count"].string_value = str(threads)
     else:
         c.backend = "python"
-        c.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+        count = PYTHON_INSTANCES[graph]
+        c.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=count))
         c.parameters["onnx_file"].string_value = "model.onnx"
         c.parameters["intra_op_threads"].string_value = str(threads)
         limits = input_limits(cfg, inputs)
