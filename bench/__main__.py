@@ -45,11 +45,11 @@ from bench.served import handoff_bytes, run_served, wire_bytes
 from bench.sessions import SessionModel, run_sessions
 from bench.training import run_training
 from bench.turbo import device_sync, run_turbo
-from bench.workload import InProcess, make_request, padding_fraction
+from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
 from contract.tensors import CACHE_DTYPES, ITEM_SCORER
 from export.__main__ import main as export_main
-from export.parity import load_graph_paths
+from export.parity import OrtPipeline, load_graph_paths
 from export.repository import write_config
 from export.repository_check import load_config
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
@@ -327,7 +327,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     say("[1/8] ONNX graphs and python-target repositories (fp32 and fp16 cache)")
     export_dtypes = list(CACHE_DTYPES)  # (b) times both; (c) serves a.cache_dtypes of them
     repos = export_repositories(a.checkpoint, work, export_dtypes, a.threads, say)
-    pipes = {f"ort_{d}": InProcess(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
+    pipes = {f"ort_{d}": OrtPipeline(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
 
     say("[2/8] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
     turbo_args = (a.block_lens, a.candidates, a.rounds, a.warmup, a.per_pair_full_max, a.per_pair_subset, a.seed, say)

@@ -8,7 +8,7 @@ the ratio to eager is taken inside each round.
 
 PyTorch runs the export wrappers (:class:`~model.astro.UserEncoder`, :class:`~model.astro.ItemScorer`),
 i.e. the very modules the ONNX graphs were exported from; ONNX Runtime runs the exported graphs
-through :class:`bench.workload.InProcess`, chained as the ensemble chains them.
+through :class:`export.parity.OrtPipeline`, chained as the ensemble chains them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from torch import Tensor
 
 from bench.timing import Stats, per_round_ratio, rotated
 from bench.turbo import device_label, device_sync
-from bench.workload import InProcess, TorchRequest, make_request, to_torch
+from bench.workload import TorchRequest, make_request, to_torch
+from export.parity import OrtPipeline
 from model.astro import AstroModel, ItemScorer, UserEncoder
 from model.random_inputs import RandomRequest
 
@@ -86,7 +87,7 @@ def _eager(encoder: UserEncoder, scorer: ItemScorer, t: TorchRequest) -> Stage:
     return partial(encoder, *t.encoder_args()), score
 
 
-def _ort(pipe: InProcess, req: RandomRequest) -> Stage:
+def _ort(pipe: OrtPipeline, req: RandomRequest) -> Stage:
     return partial(pipe.encode, req), partial(pipe.score, req)
 
 
@@ -94,7 +95,7 @@ def _ort(pipe: InProcess, req: RandomRequest) -> Stage:
 def run_runtimes(
     model: AstroModel,
     device: torch.device,
-    ort_pipelines: dict[str, InProcess],
+    ort_pipelines: dict[str, OrtPipeline],
     block_lens: list[int],
     candidate_counts: list[int],
     rounds: int,

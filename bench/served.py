@@ -6,7 +6,7 @@ response cache off: the in-process side has none, so both sides compute every re
 concurrency ``perf_analyzer`` (a C++ client, see :mod:`bench.perf_analyzer`) sends the fixed list of
 distinct requests from that many synchronous clients; Triton's statistics are read before and after
 (per-model queue and compute, requests per execution, cache hits and misses). The in-process side
-runs the very same ONNX files and requests through :class:`bench.workload.InProcess` from as many
+runs the very same ONNX files and requests through :class:`export.parity.OrtPipeline` from as many
 Python threads, once before and once after the served run, so the served/in-process ratio is taken
 twice around it. Our Python load code stays only there, where perf_analyzer cannot go.
 
@@ -33,9 +33,9 @@ import tritonclient.grpc as grpcclient
 
 from bench.perf_analyzer import PaLevel, PaSettings, PerfAnalyzer, run_level, write_input_data
 from bench.timing import Stats
-from bench.workload import InProcess
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
+from export.parity import OrtPipeline
 from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer
 
@@ -265,7 +265,7 @@ def children_cpu_seconds() -> float:
 def run_served(
     repository: Path,
     cache_dtype: str,
-    local: InProcess,
+    local: OrtPipeline,
     requests: Sequence[RandomRequest],
     concurrencies: Sequence[int],
     pa: PerfAnalyzer,

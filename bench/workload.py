@@ -10,14 +10,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import numpy.typing as npt
-import onnxruntime as ort
 import torch
 from torch import Tensor
 
 from contract.config import AstroConfig
-from contract.tensors import GRAPH_IO, ITEM_SCORER, USER_ENCODER
-from export.onnx_graphs import GraphPaths
 from model.astro import History, Request
 from model.random_inputs import RandomRequest, random_request
 
@@ -55,33 +51,3 @@ def to_torch(req: RandomRequest, device: torch.device) -> TorchRequest:
 def padding_fraction(req: RandomRequest) -> float:
     """Share of the ``B·Nb·Tb`` history slots that are padding (item id 0): computed, but worth nothing."""
     return float(np.mean(req.hist_item_ids == 0))
-
-
-class InProcess:
-    """The two exported graphs in ONNX Runtime in this process, chained as the ensemble chains them: each graph
-    is fed the inputs ``contract.tensors.GRAPH_IO`` names, from the request or from the encoder's outputs.
-    Sessions are configured like the served model's (``intra_op_threads``, no spinning)."""
-
-    def __init__(self, paths: GraphPaths, threads: int = 1) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.user = ort.InferenceSession(str(paths.user_encoder), opts, providers=["CPUExecutionProvider"])
-        self.scorer = ort.InferenceSession(str(paths.item_scorer), opts, providers=["CPUExecutionProvider"])
-        self.user_io = GRAPH_IO[USER_ENCODER]
-        self.scorer_io = GRAPH_IO[ITEM_SCORER]
-
-    def encode(self, req: RandomRequest) -> dict[str, npt.NDArray[np.generic]]:
-        inputs, outputs = self.user_io
-        feeds = {name: getattr(req, name) for name in inputs}
-        return dict(zip(outputs, self.user.run(list(outputs), feeds), strict=True))
-
-    def score(self, req: RandomRequest, cache: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float32]:
-        inputs, outputs = self.scorer_io
-        feeds = {name: cache[name] if name in cache else getattr(req, name) for name in inputs}
-        scores: npt.NDArray[np.float32] = self.scorer.run(list(outputs), feeds)[0]
-        return scores
-
-    def __call__(self, req: RandomRequest) -> npt.NDArray[np.float32]:
-        return self.score(req, self.encode(req))

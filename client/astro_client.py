@@ -13,11 +13,12 @@ error mapping and result assembly exist once:
   served vocabularies) before anything is sent;
 - one user's history is cut into ``[Nb, Tb]`` blocks by :mod:`contract.blocks` with the
   *server's* behaviour vocabulary;
-- :func:`plan_calls` splits candidate lists longer than ``max_candidates`` and batches
-  larger than ``max_batch_size`` into Triton calls; :func:`build_call_inputs` pads each
-  call's candidate rows to a common ``N`` (repeating a row's last id: a candidate's score
-  never depends on the other candidates) and :func:`assemble_scores` drops the padding
-  and puts every score back in request order.
+- :func:`plan_calls` makes every chunk of at most ``max_candidates`` candidates of every request
+  a Triton call of its own (``B=1``), :func:`build_call_inputs` gives all chunks of a request
+  the same encoder inputs (the user's blocks at its own Tb, the request scenario), byte for
+  byte, and :func:`assemble_scores` puts every score back in request order. A request's first
+  chunk is sent, and answered, before the rest: Triton's response cache on ``user_encoder``
+  then serves every later chunk (and every later request of an unchanged history) as a hit.
 
 Waiting and retrying are gRPC's, from the channel's service config (:func:`service_config`):
 calls wait for a connection up to their deadline (``waitForReady``), UNAVAILABLE is retried
@@ -60,7 +61,7 @@ from client.validation import (
     validate_inputs,
     validate_request,
 )
-from contract.blocks import EventHistory, stack_blocks
+from contract.blocks import EventHistory, build_blocks
 from contract.serving_spec import ServingSpec
 from contract.tensors import CANDIDATE_INPUT, ENSEMBLE, REQUEST_SCENARIO, REQUEST_TIMESTAMP, SCORES_OUTPUT
 from contract.validation import HISTORY_FIELDS, HISTORY_TENSOR
@@ -270,7 +271,7 @@ class HeaderPlugin(grpcclient.InferenceServerClientPlugin):  # type: ignore[misc
 
 @dataclass(frozen=True)
 class ChunkRow:
-    """One row of a Triton call: candidates ``[start, stop)`` of request number ``request``."""
+    """One Triton call, a batch of one row: candidates ``[start, stop)`` of request number ``request``."""
 
     request: int
     start: int
@@ -284,7 +285,7 @@ class ChunkRow:
 def split_evenly(n: int, limit: int) -> list[tuple[int, int]]:
     """``[0, n)`` cut into the fewest ``[start, stop)`` pieces of at most ``limit``, sizes within 1 of each other.
 
-    Even pieces keep the padding of a call (rows padded to the longest) small:
+    Even pieces keep every call of a long list about the same size:
     1025 candidates with ``limit=1024`` become 513 + 512, not 1024 + 1.
     """
     if n < 1 or limit < 1:
@@ -299,63 +300,80 @@ def split_evenly(n: int, limit: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def plan_calls(candidate_counts: Sequence[int], max_batch_size: int, max_candidates: int) -> list[list[ChunkRow]]:
-    """Rows of each Triton call for requests with ``candidate_counts`` candidates each.
+def plan_calls(candidate_counts: Sequence[int], max_candidates: int) -> list[ChunkRow]:
+    """The Triton calls for requests with ``candidate_counts`` candidates each: one ``B=1`` call per chunk.
 
-    Every request's candidates are split by :func:`split_evenly` into rows of at most
-    ``max_candidates``; rows are then packed, longest first (rows of similar length
-    share a call, so little padding), into calls of at most ``max_batch_size`` rows.
-    Together the rows cover every candidate of every request exactly once.
+    Every request's candidates are split by :func:`split_evenly` into chunks of at most
+    ``max_candidates``; each chunk is a call of its own, in request order, then candidate order.
+    Together the calls cover every candidate of every request exactly once.
+
+    Why never several rows in one call (neither several users nor several chunks of one user):
+    Triton's response cache on ``user_encoder`` keys on the bytes of the whole request it is given.
+    Rows packed into one call make one key for the lot, which no later request repeats: no chunk
+    can hit another, the next page of any of those users misses, and the encoder computes a user
+    once per row of the call. A ``B=1`` call carries the user's own encoder inputs
+    (:func:`encoder_inputs`), the same bytes on every chunk and on every later request with an
+    unchanged history, so each of them after the first is a hit. Packing used to save RPCs; the
+    server's dynamic batcher batches the single-row calls behind the cache lookup (same-shape
+    requests share one ONNX Runtime run), and the clients keep ``max_in_flight`` calls in flight.
     """
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
-    rows = [
+    return [
         ChunkRow(i, start, stop)
         for i, n in enumerate(candidate_counts)
         for start, stop in split_evenly(n, max_candidates)
     ]
-    rows.sort(key=lambda r: r.size, reverse=True)  # stable: equal sizes keep request order
-    calls = [rows[k : k + max_batch_size] for k in range(0, len(rows), max_batch_size)]
-    return [sorted(call, key=lambda r: (r.request, r.start)) for call in calls]
 
 
-def build_call_inputs(rows: Sequence[ChunkRow], requests: Sequence[ScoreRequest], spec: ServingSpec) -> dict[str, I64]:
-    """The contract tensors of one call: history ``[B, Nb, Tb]``, request ``[B, 1]``, candidates ``[B, N]``.
+def encoder_inputs(request: ScoreRequest, spec: ServingSpec) -> dict[str, I64]:
+    """``user_encoder``'s inputs of one request: history ``[1, Nb, Tb]`` and ``request_scenario`` ``[1, 1]``.
 
-    ``requests`` must be validated (:func:`~client.validation.validate_request`). Blocks are cut
-    by ``spec``'s layout and behaviour vocabulary, the server's. A user split over several rows
-    has its blocks cut once. ``N`` is the longest row; shorter rows repeat their last id, and
-    :func:`assemble_scores` drops those columns.
+    The history is cut into blocks by ``spec``'s layout and behaviour vocabulary (the server's)
+    at this user's own Tb (:func:`~contract.blocks.build_blocks`), so the tensors depend on the
+    user's history, the scenario and the served layout alone, never on other requests: the same
+    bytes in every chunk and in every later request of an unchanged history, which is what
+    Triton's response cache needs for a hit. ``request`` must be validated.
     """
-    users = sorted({r.request for r in rows})
-    where = {u: k for k, u in enumerate(users)}
-    blocks = stack_blocks([requests[u].history for u in users], spec)  # [U, Nb, Tb] each
-    take = np.array([where[r.request] for r in rows], dtype=np.int64)  # row -> unique user
-
-    width = max(r.size for r in rows)
-    cands = np.empty((len(rows), width), dtype=np.int64)  # [B, N]
-    for i, r in enumerate(rows):
-        ids = np.asarray(requests[r.request].candidates, dtype=np.int64)[r.start : r.stop]
-        cands[i, : r.size] = ids
-        cands[i, r.size :] = ids[-1]
+    blocks = build_blocks(request.history, spec)
     return {
-        **{HISTORY_TENSOR[f]: getattr(blocks, f)[take] for f in HISTORY_FIELDS},
-        REQUEST_SCENARIO: np.array([[requests[r.request].scenario] for r in rows], dtype=np.int64),
-        REQUEST_TIMESTAMP: np.array([[requests[r.request].timestamp] for r in rows], dtype=np.int64),
-        CANDIDATE_INPUT: cands,
+        **{HISTORY_TENSOR[f]: getattr(blocks, f)[None] for f in HISTORY_FIELDS},
+        REQUEST_SCENARIO: np.array([[request.scenario]], dtype=np.int64),
     }
 
 
+def build_call_inputs(
+    calls: Sequence[ChunkRow], requests: Sequence[ScoreRequest], spec: ServingSpec
+) -> list[dict[str, I64]]:
+    """The contract tensors of each call: history ``[1, Nb, Tb]``, request ``[1, 1]``, candidates ``[1, N]``.
+
+    ``requests`` must be validated (:func:`~client.validation.validate_request`); ``calls`` come
+    from :func:`plan_calls`. A request's :func:`encoder_inputs` are built once and shared by all
+    of its chunks (the very same arrays); each chunk adds its own candidates, ``N`` = its size.
+    """
+    encoder: dict[int, dict[str, I64]] = {}
+    out = []
+    for row in calls:
+        request = requests[row.request]
+        if row.request not in encoder:
+            encoder[row.request] = encoder_inputs(request, spec)
+        out.append(
+            {
+                **encoder[row.request],
+                REQUEST_TIMESTAMP: np.array([[request.timestamp]], dtype=np.int64),
+                CANDIDATE_INPUT: np.asarray(request.candidates, dtype=np.int64)[None, row.start : row.stop],
+            }
+        )
+    return out
+
+
 def assemble_scores(
-    calls: Sequence[Sequence[ChunkRow]], call_scores: Sequence[F32], candidate_counts: Sequence[int], n_tasks: int
+    calls: Sequence[ChunkRow], call_scores: Sequence[F32], candidate_counts: Sequence[int], n_tasks: int
 ) -> list[F32]:
-    """Per-request ``[N_i, n_tasks]`` scores from each call's ``[B, N, n_tasks]``, padding columns dropped."""
+    """Per-request ``[N_i, n_tasks]`` scores, in candidate order, from each call's ``[1, N, n_tasks]``."""
     out = [np.empty((n, n_tasks), dtype=np.float32) for n in candidate_counts]
     filled = [0] * len(candidate_counts)
-    for rows, scores in zip(calls, call_scores, strict=True):
-        for i, r in enumerate(rows):
-            out[r.request][r.start : r.stop] = scores[i, : r.size]
-            filled[r.request] += r.size
+    for row, scores in zip(calls, call_scores, strict=True):
+        out[row.request][row.start : row.stop] = scores[0]
+        filled[row.request] += row.size
     if filled != list(candidate_counts):
         raise AssertionError(f"call plan covered {filled} candidates, requests have {list(candidate_counts)}")
     return out
@@ -598,12 +616,19 @@ class _ClientCore:
         for r, f in zip(requests, fields, strict=True):
             check_served(r, f, spec, self.allow)  # the server's vocabularies
         counts = [len(r.candidates) for r in requests]
-        calls = plan_calls(counts, spec.max_batch_size, spec.max_candidates)
-        inputs = [validate_inputs(build_call_inputs(rows, requests, spec), spec, self.allow) for rows in calls]
-        raw: list[npt.NDArray[Any]] = yield Concurrently([self._infer_flow(a) for a in inputs])
+        calls = plan_calls(counts, spec.max_candidates)
+        inputs = [validate_inputs(a, spec, self.allow) for a in build_call_inputs(calls, requests, spec)]
+        # Two waves: every request's first chunk, then all other chunks. Triton stores an encoder
+        # response in its cache only once it is computed, so chunks sent beside the first would all
+        # miss (and compute the same keys/values again); sent after it, every one is a hit.
+        raw: list[npt.NDArray[Any]] = [np.empty(0)] * len(calls)
+        for wave in ([k for k, c in enumerate(calls) if c.start == 0], [k for k, c in enumerate(calls) if c.start]):
+            if wave:
+                answers = yield Concurrently([self._infer_flow(inputs[k]) for k in wave])
+                for k, answer in zip(wave, answers, strict=True):
+                    raw[k] = answer
         results = [
-            check_scores(r, len(rows), a[CANDIDATE_INPUT].shape[1], spec)
-            for r, rows, a in zip(raw, calls, inputs, strict=True)
+            check_scores(r, 1, a[CANDIDATE_INPUT].shape[1], spec) for r, a in zip(raw, inputs, strict=True)
         ]
         return assemble_scores(calls, results, counts, spec.n_tasks)
 

@@ -102,7 +102,9 @@ class ParityError(AssertionError):
 
 
 class OrtPipeline:
-    """The split graphs in ONNX Runtime, chained as the ensemble chains them."""
+    """The split graphs in ONNX Runtime in this process, chained as the ensemble chains them: each graph is
+    fed the inputs ``contract.tensors.GRAPH_IO`` names, from the request or from the encoder's outputs.
+    Sessions are configured like the served model's (``intra_op_threads``, no spinning)."""
 
     def __init__(self, paths: GraphPaths, threads: int = 0) -> None:
         opts = ort.SessionOptions()
@@ -121,6 +123,9 @@ class OrtPipeline:
         feeds = {**req.graph_inputs(ITEM_SCORER), **cache}
         out: npt.NDArray[np.float32] = self.scorer.run([SCORES_OUTPUT], feeds)[0]
         return out
+
+    def __call__(self, req: RandomRequest) -> npt.NDArray[np.float32]:
+        return self.score(req, self.encode(req))
 
 
 def torch_split(

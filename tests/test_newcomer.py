@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from add_one_model import ADD_ONE_MODEL, write_model
 
 from contract.tensors import ENSEMBLE, ITEM_SCORER
 from export.onnx_graphs import export_graphs
@@ -43,26 +43,6 @@ from serve.triton_server import PortInUseError, TritonServer, find_tritonserver
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-ADD_ONE_CONFIG = """\
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
-ADD_ONE_MODEL = """\
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (x + 1).astype(np.float32))]))
-        return out
-"""
 EXAMPLE_REQUEST = {
     "history": {
         "item_ids": [11, 12, 13],
@@ -79,9 +59,7 @@ EXAMPLE_REQUEST = {
 def tiny_repo(root: Path, name: str) -> Path:
     """A one-model Python-backend repository (x + 1) that starts in seconds; ``name`` "astro" makes it
     look like an ASTRO repository to ``python -m serve`` and the Makefile."""
-    (root / name / "1").mkdir(parents=True)
-    (root / name / "config.pbtxt").write_text(ADD_ONE_CONFIG)
-    (root / name / "1" / "model.py").write_text(textwrap.dedent(ADD_ONE_MODEL))
+    write_model(root, name, ADD_ONE_MODEL)
     return root
 
 

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from add_one_model import ADD_ONE_MODEL, write_model
 
 from contract.config import AstroConfig
 from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
@@ -38,29 +38,6 @@ from serve.triton_server import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-ADD_ONE_CONFIG = """\
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
-
-ADD_ONE_MODEL = """\
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            out = pb_utils.Tensor("OUTPUT0", (x + np.float32(1)).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-        return responses
-"""
-
 BROKEN_MODULE = "no_such_module_for_astro_serving_test"
 BROKEN_MODEL = f"""\
 import {BROKEN_MODULE}
@@ -70,14 +47,6 @@ class TritonPythonModel:
     def execute(self, requests):
         return []
 """
-
-
-def write_model(repository: Path, name: str, model_py: str, config: str = ADD_ONE_CONFIG) -> Path:
-    model_dir = repository / name
-    (model_dir / "1").mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(config)
-    (model_dir / "1" / "model.py").write_text(textwrap.dedent(model_py))
-    return model_dir
 
 
 @pytest.fixture(scope="module")
