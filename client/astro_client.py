@@ -39,6 +39,7 @@ import json
 import socket
 import time
 from collections.abc import Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -458,8 +459,8 @@ class Sleep:
 
 @dataclass(frozen=True)
 class Concurrently:
-    """Run ``flows`` and return their results in order: at once (asyncio, ``max_in_flight`` at a
-    time) or one after another (blocking)."""
+    """Run ``flows`` and return their results in order, ``max_in_flight`` at a time (asyncio tasks,
+    or threads of the blocking client)."""
 
     flows: Sequence[Flow[Any]]
 
@@ -621,15 +622,14 @@ class _ClientCore:
         # Two waves: every request's first chunk, then all other chunks. Triton stores an encoder
         # response in its cache only once it is computed, so chunks sent beside the first would all
         # miss (and compute the same keys/values again); sent after it, every one is a hit.
-        raw: list[npt.NDArray[Any]] = [np.empty(0)] * len(calls)
-        for wave in ([k for k, c in enumerate(calls) if c.start == 0], [k for k, c in enumerate(calls) if c.start]):
+        first = [k for k, c in enumerate(calls) if c.start == 0]
+        rest = [k for k, c in enumerate(calls) if c.start > 0]
+        raw: dict[int, npt.NDArray[Any]] = {}
+        for wave in (first, rest):
             if wave:
                 answers = yield Concurrently([self._infer_flow(inputs[k]) for k in wave])
-                for k, answer in zip(wave, answers, strict=True):
-                    raw[k] = answer
-        results = [
-            check_scores(r, 1, a[CANDIDATE_INPUT].shape[1], spec) for r, a in zip(raw, inputs, strict=True)
-        ]
+                raw.update(zip(wave, answers, strict=True))
+        results = [check_scores(raw[k], 1, a[CANDIDATE_INPUT].shape[1], spec) for k, a in enumerate(inputs)]
         return assemble_scores(calls, results, counts, spec.n_tasks)
 
     # -- health
@@ -677,8 +677,8 @@ class AstroClient(_ClientCore):
     ``headers`` go with every call (keys lowercased, as gRPC requires). With ``ssl=True``, the PEM
     files ``root_certificates``, ``private_key`` and ``certificate_chain`` go to ``tritonclient``.
     ``allow``: likely mistakes to send anyway (:class:`~contract.validation.Allow`). Pass ``spec``
-    to skip fetching it. ``max_in_flight`` is for :class:`AsyncAstroClient`; this client sends
-    the calls of a batch one after another.
+    to skip fetching it. The calls of one :meth:`score_batch` (or of a chunked :meth:`score`) run
+    in threads, at most ``max_in_flight`` at a time.
     """
 
     def _open(self) -> None:
@@ -704,7 +704,18 @@ class AstroClient(_ClientCore):
         if isinstance(step, Sleep):
             time.sleep(step.seconds)
             return None
-        return [self._run(f) for f in step.flows]
+        flows = list(step.flows)
+        if len(flows) < 2 or self.max_in_flight < 2:
+            return [self._run(f) for f in flows]
+        # a pool per step: a flow run in a worker never waits on a worker of the same pool
+        with ThreadPoolExecutor(min(self.max_in_flight, len(flows)), thread_name_prefix="astro-call") as pool:
+            futures = [pool.submit(self._run, f) for f in flows]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # one call failed: send no more (those running finish before the pool closes)
+                    f.cancel()
+                raise
 
     def get_spec(self) -> ServingSpec:
         """The served limits, vocabularies and block layout, fetched from the ensemble config on first use."""
@@ -724,7 +735,7 @@ class AstroClient(_ClientCore):
         return self._run(self._single(history, candidates, scenario, timestamp))[0]
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[F32]:
-        """``[N_i, n_tasks]`` scores per request, in order, sent in as few Triton calls as the limits allow."""
+        """``[N_i, n_tasks]`` scores per request, in order: one ``B=1`` call per user and chunk (:func:`plan_calls`)."""
         return self._run(self._batch(requests))
 
     def health(self) -> dict[str, Any]:

@@ -44,15 +44,17 @@ from client import (
     ServerUnavailableError,
     assemble_scores,
     build_call_inputs,
+    encoder_inputs,
     grpc_target,
     is_model_loading,
     plan_calls,
+    request_from_json,
     spec_from_model_config,
     split_evenly,
     validate_inputs,
     validate_request,
 )
-from client.__main__ import main, parse_header, request_from_json
+from client.__main__ import main, parse_header
 from client.astro_client import (
     PROBE_METHODS,
     PROBE_TIMEOUT_S,
@@ -417,28 +419,31 @@ def test_split_evenly_balances_the_remainder() -> None:
         split_evenly(0, 4)
 
 
-@pytest.mark.parametrize("max_batch", [1, 2, 3, 8])
 @pytest.mark.parametrize("max_cand", [1, 4, 512])
 @pytest.mark.parametrize("counts", [[1], [3], [600], [5, 1, 1200, 7, 7, 513, 2, 30, 1, 1, 9]])
-def test_plan_calls_covers_every_candidate_once_within_limits(counts: list[int], max_batch: int, max_cand: int) -> None:
-    calls = plan_calls(counts, max_batch, max_cand)
+def test_plan_calls_covers_every_candidate_once_within_limits(counts: list[int], max_cand: int) -> None:
+    calls = plan_calls(counts, max_cand)
     seen: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(counts))}
-    for call in calls:
-        assert 1 <= len(call) <= max_batch
-        for row in call:
-            assert 1 <= row.size <= max_cand
-            seen[row.request].append((row.start, row.stop))
+    for row in calls:
+        assert 1 <= row.size <= max_cand
+        seen[row.request].append((row.start, row.stop))
     for i, n in enumerate(counts):
-        spans = sorted(seen[i])
+        spans = seen[i]
+        assert spans == split_evenly(n, max_cand)  # each request's chunks, in candidate order
         assert spans[0][0] == 0 and spans[-1][1] == n
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
-    # as few calls as the batch limit allows
-    assert len(calls) == -(-sum(-(-n // max_cand) for n in counts) // max_batch)
+    assert [r.request for r in calls] == sorted(r.request for r in calls)  # request order
+    assert len(calls) == sum(-(-n // max_cand) for n in counts)  # one call per chunk, the fewest chunks
 
 
-def test_plan_calls_groups_rows_of_similar_length() -> None:
-    calls = plan_calls([2, 500, 3, 490], max_batch_size=2, max_candidates=512)
-    assert [[(r.request, r.size) for r in call] for call in calls] == [[(1, 500), (3, 490)], [(0, 2), (2, 3)]]
+def test_plan_calls_never_packs_rows() -> None:
+    """One B=1 call per chunk: rows packed into one call would share one response-cache key."""
+    calls = plan_calls([2, 500, 3, 1030], max_candidates=512)
+    assert [(r.request, r.start, r.stop) for r in calls] == [
+        (0, 0, 2), (1, 0, 500), (2, 0, 3), (3, 0, 344), (3, 344, 687), (3, 687, 1030)
+    ]  # fmt: skip
+    with pytest.raises(TypeError):
+        plan_calls([2, 500], 8, 512)  # type: ignore[call-arg]  # the old (counts, max_batch_size, max_candidates)
 
 
 def fake_scores(inputs: Mapping[str, npt.NDArray[np.int64]], n_tasks: int) -> F32:
@@ -463,25 +468,25 @@ def expected_scores(req: ScoreRequest, spec: ServingSpec) -> F32:
     return row
 
 
-@pytest.mark.parametrize(
-    ("counts", "max_batch", "max_cand"), [([1], 8, 512), ([3, 40, 1, 17], 2, 8), ([1300, 2, 513], 8, 512)]
-)
-def test_padding_is_dropped_and_scores_reassemble_in_order(counts: list[int], max_batch: int, max_cand: int) -> None:
-    spec = ServingSpec(
-        max_batch, max_cand, SPEC.max_block_len, ("a", "b", "c"), SPEC.blocks, SPEC.behaviors, SPEC.scenarios
-    )
+ENCODER_INPUTS = (*HISTORY_INPUTS, "request_scenario")
+
+
+@pytest.mark.parametrize(("counts", "max_cand"), [([1], 512), ([3, 40, 1, 17], 8), ([1300, 2, 513], 512)])
+def test_calls_hold_their_own_chunk_and_scores_reassemble_in_order(counts: list[int], max_cand: int) -> None:
+    spec = ServingSpec(2, max_cand, SPEC.max_block_len, ("a", "b", "c"), SPEC.blocks, SPEC.behaviors, SPEC.scenarios)
     reqs = [validate_request(request(n, seed=i, n_hist=3 * i)) for i, n in enumerate(counts)]
-    calls = plan_calls(counts, max_batch, max_cand)
+    calls = plan_calls(counts, max_cand)
     results = []
-    for rows in calls:
-        inputs = validate_inputs(build_call_inputs(rows, reqs, spec), spec)
-        cand = inputs[CANDIDATE_INPUT]
-        assert cand.shape == (len(rows), max(r.size for r in rows))
-        for i, r in enumerate(rows):  # a short row repeats its own last id, nothing else
-            own = np.asarray(reqs[r.request].candidates)[r.start : r.stop]
-            assert cand[i, : r.size].tolist() == own.tolist()
-            assert (cand[i, r.size :] == own[-1]).all()
-            assert inputs["request_scenario"][i, 0] == reqs[r.request].scenario
+    for row, raw in zip(calls, build_call_inputs(calls, reqs, spec), strict=True):
+        inputs = validate_inputs(raw, spec)
+        req = reqs[row.request]
+        own = np.asarray(req.candidates)[row.start : row.stop]
+        assert inputs[CANDIDATE_INPUT].tolist() == [own.tolist()]  # B=1, exactly its chunk, no padding
+        assert inputs["request_scenario"].tolist() == [[req.scenario]]
+        assert inputs["request_timestamp"].tolist() == [[req.timestamp]]
+        lone = build_blocks(req.history, spec)  # the user's own Tb, whoever else is in the batch
+        for name, field in zip(HISTORY_INPUTS, ("item_ids", "behaviors", "scenarios", "timestamps"), strict=True):
+            np.testing.assert_array_equal(inputs[name], getattr(lone, field)[None])
         results.append(fake_scores(inputs, spec.n_tasks))
     out = assemble_scores(calls, results, counts, spec.n_tasks)
     assert [o.shape for o in out] == [(n, 3) for n in counts]
@@ -489,18 +494,26 @@ def test_padding_is_dropped_and_scores_reassemble_in_order(counts: list[int], ma
         np.testing.assert_array_equal(got, expected_scores(req, spec))
 
 
-def test_one_user_split_over_rows_shares_its_blocks() -> None:
-    reqs = [validate_request(request(10, seed=3, n_hist=20))]
-    rows = [ChunkRow(0, 0, 5), ChunkRow(0, 5, 10)]
-    inputs = build_call_inputs(rows, reqs, SPEC)
-    for name in HISTORY_INPUTS:
-        np.testing.assert_array_equal(inputs[name][0], inputs[name][1])
-    assert inputs["hist_item_ids"].shape[2] <= SPEC.max_block_len
+def test_every_chunk_of_a_user_sends_byte_identical_encoder_inputs() -> None:
+    """What Triton's response cache needs for chunk 2.. to hit chunk 1: the same bytes, whatever else is sent."""
+    user = validate_request(request(20, seed=3, n_hist=30))
+    short, long = validate_request(request(3, seed=4, n_hist=2)), validate_request(request(3, seed=5, n_hist=60))
+    alone = build_call_inputs(plan_calls([20], 8), [user], SPEC)
+    assert len(alone) == 3
+    mixed = build_call_inputs(plan_calls([3, 20, 3], 8), [short, user, long], SPEC)[1:4]
+    for inputs in [*alone, *mixed]:
+        for name in ENCODER_INPUTS:
+            assert inputs[name].shape[0] == 1 and inputs[name].tobytes() == alone[0][name].tobytes(), name
+    assert alone[0]["hist_item_ids"].shape[2] == build_blocks(user.history, SPEC).block_len <= SPEC.max_block_len
+    encoder = encoder_inputs(user, SPEC)
+    assert encoder.keys() == set(ENCODER_INPUTS)
+    assert all(encoder[n].tobytes() == alone[0][n].tobytes() for n in ENCODER_INPUTS)
+    assert encoder_inputs(short, SPEC)["hist_item_ids"].shape[2] < encoder["hist_item_ids"].shape[2]
 
 
 def test_assemble_refuses_a_plan_that_misses_candidates() -> None:
     with pytest.raises(AssertionError, match="covered"):
-        assemble_scores([[ChunkRow(0, 0, 2)]], [np.zeros((1, 2, 1), np.float32)], [3], 1)
+        assemble_scores([ChunkRow(0, 0, 2)], [np.zeros((1, 2, 1), np.float32)], [3], 1)
 
 
 # ---- serving spec from the served config ---------------------------------------------
@@ -673,7 +686,9 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
     """Answers Triton's gRPC protocol for an ``astro`` serving ``spec``; scores = :func:`fake_scores`.
 
     ``fail[method]`` is a list of (status, message) that the next calls of ``method`` abort with;
-    ``calls`` records (method, metadata) of every ModelConfig/ModelInfer/ServerLive call."""
+    ``calls`` records (method, metadata) of every ModelConfig/ModelInfer/ServerLive call; ``events``
+    records ("in" | "out", candidate ids) as each ModelInfer arrives and as it is answered,
+    ``delay_s`` after its arrival."""
 
     def __init__(self, spec: ServingSpec) -> None:
         self.spec = spec
@@ -681,6 +696,8 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         self.batch_shapes: list[tuple[int, ...]] = []
         self.inputs: list[dict[str, npt.NDArray[np.int64]]] = []
         self.fail: dict[str, list[tuple[Any, str]]] = {}
+        self.events: list[tuple[str, tuple[int, ...]]] = []
+        self.delay_s = 0.0
         self.lock = threading.Lock()
 
     def _seen(self, method: str, context: Any) -> None:
@@ -727,10 +744,15 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
             arrays = validate_inputs(arrays, self.spec, Allow(unknown_ids=True, any_timestamp=True))
         except RequestError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"[request id: <id_unknown>] {e}")
+        key = tuple(arrays[CANDIDATE_INPUT].ravel().tolist())
         with self.lock:
             self.batch_shapes.append(tuple(arrays[CANDIDATE_INPUT].shape))
             self.inputs.append(arrays)
+            self.events.append(("in", key))
+        time.sleep(self.delay_s)
         scores = fake_scores(arrays, self.spec.n_tasks)
+        with self.lock:
+            self.events.append(("out", key))
         resp = service_pb2.ModelInferResponse(model_name="astro")
         out = resp.outputs.add()
         out.name, out.datatype = "scores", "FP32"
@@ -834,7 +856,7 @@ def test_loading_is_retried_within_retries_and_deadline(stub_server: tuple[StubT
 
 def test_score_batch_over_grpc_chunks_batches_and_sends_headers(stub_server: tuple[StubTriton, str]) -> None:
     stub, url = stub_server
-    counts = [20, 1, 9, 3, 8]  # 20 -> 3 rows of <= 8; 9 -> 2 rows; 8 rows at max_batch_size=3 -> 3 calls
+    counts = [20, 1, 9, 3, 8]  # max_candidates=8: 20 -> 3 chunks, 9 -> 2, the others 1: 8 calls of B=1
     reqs = [request(n, seed=i, n_hist=4 * i) for i, n in enumerate(counts)]
     with AstroClient(url, headers={"X-Tenant": "qa"}) as c:
         out = c.score_batch(reqs)
@@ -845,9 +867,80 @@ def test_score_batch_over_grpc_chunks_batches_and_sends_headers(stub_server: tup
         np.testing.assert_array_equal(got, expected_scores(validate_request(req), SMALL))
         assert got.dtype == np.float32
     np.testing.assert_array_equal(single, out[0])
-    assert len(stub.batch_shapes) == 3 + 1  # score_batch: 3 calls; score: one call of 3 rows
-    assert all(b <= SMALL.max_batch_size and n <= SMALL.max_candidates for b, n in stub.batch_shapes)
+    assert len(stub.batch_shapes) == 8 + 3  # score_batch: 8 calls; score: 3 calls, one per chunk
+    assert all(b == 1 and n <= SMALL.max_candidates for b, n in stub.batch_shapes)
     assert stub.metadata and all(m.get("x-tenant") == "qa" for m in stub.metadata)
+
+
+def chunk_order(stub: StubTriton, reqs: list[ScoreRequest]) -> None:
+    """Each request's first chunk was answered before any other chunk of it arrived, and all chunks of a
+    request carried byte-identical encoder inputs."""
+    where: dict[tuple[int, ...], tuple[int, int]] = {}  # candidate ids -> (request, start)
+    for i, r in enumerate(reqs):
+        for start, stop in split_evenly(len(r.candidates), SMALL.max_candidates):
+            where[tuple(np.asarray(r.candidates)[start:stop].tolist())] = (i, start)
+    seen = {where[key] for _, key in stub.events}
+    assert seen == set(where.values()), "every chunk is one call"
+    for i in range(len(reqs)):
+        first_out = stub.events.index(("out", next(k for k, v in where.items() if v == (i, 0))))
+        later_in = [
+            n for n, (what, key) in enumerate(stub.events) if what == "in" and where[key][0] == i and where[key][1]
+        ]
+        assert all(n > first_out for n in later_in), f"request {i}: a chunk was sent before the first came back"
+    by_request: dict[int, set[bytes]] = {}
+    for inputs in stub.inputs:
+        i = where[tuple(inputs[CANDIDATE_INPUT].ravel().tolist())][0]
+        by_request.setdefault(i, set()).add(b"".join(inputs[n].tobytes() for n in ENCODER_INPUTS))
+    assert all(len(v) == 1 for v in by_request.values())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_first_chunk_is_answered_before_the_rest_are_sent(stub_server: tuple[StubTriton, str], mode: str) -> None:
+    """Triton caches the encoder's response only once computed: chunks sent beside the first would all miss."""
+    stub, url = stub_server
+    stub.delay_s = 0.05  # long enough that calls sent together overlap
+    reqs = [request(n, seed=i, n_hist=5 + i) for i, n in enumerate([30, 2, 17, 9])]  # 4 + 1 + 3 + 2 chunks of <= 8
+
+    async def go() -> list[F32]:
+        async with AsyncAstroClient(url, max_in_flight=8) as c:
+            return await c.score_batch(reqs)
+
+    if mode == "sync":
+        with AstroClient(url, max_in_flight=8) as c:
+            out = c.score_batch(reqs)
+    else:
+        out = asyncio.run(go())
+    for req, got in zip(reqs, out, strict=True):
+        np.testing.assert_array_equal(got, expected_scores(validate_request(req), SMALL))
+    chunk_order(stub, reqs)
+    assert peak_in_flight(stub) >= 2  # the calls of a wave overlap (max_in_flight)
+
+
+def peak_in_flight(stub: StubTriton) -> int:
+    depth = peak = 0
+    for what, _ in stub.events:
+        depth += 1 if what == "in" else -1
+        peak = max(peak, depth)
+    return peak
+
+
+def test_sync_client_sends_max_in_flight_calls_at_once(stub_server: tuple[StubTriton, str]) -> None:
+    stub, url = stub_server
+    stub.delay_s = 0.1
+    with AstroClient(url, max_in_flight=3) as c:
+        c.score_batch([request(3, seed=i) for i in range(6)])
+    assert peak_in_flight(stub) == 3  # 6 calls, 3 at a time (the stub serves up to 4 at once)
+
+
+def test_a_failed_call_of_a_threaded_batch_is_raised(stub_server: tuple[StubTriton, str]) -> None:
+    stub, url = stub_server
+    with AstroClient(url, max_in_flight=4) as c:
+        c.get_spec()
+        stub.fail["ModelInfer"] = [(grpc.StatusCode.INTERNAL, "onnxruntime failed")]
+        with pytest.raises(ServerError, match=r"INTERNAL.*onnxruntime failed") as info:
+            c.score_batch([request(3, seed=i) for i in range(6)])
+        assert info.value.attempts == 1
+        assert c.score(history(), [1, 2], 0, NOW).shape == (2, SMALL.n_tasks)  # the client is still usable
 
 
 def test_async_score_batch_over_grpc_matches_sync(stub_server: tuple[StubTriton, str]) -> None:
