@@ -402,9 +402,10 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
 
     say("[8/8] (g) training: SUMI rows vs one (user, item) per row, same model, data and optimiser step")
     train_rounds = max(3, a.rounds)
-    training = [run_training(cfg, a.train_users, a.train_candidates, train_rounds, 1, "cpu", say).to_dict()]
+    users, cands = (2, 8) if a.quick else (a.train_users, a.train_candidates)  # --quick: a smoke run
+    training = [run_training(cfg, users, cands, train_rounds, 1, "cpu", say).to_dict()]
     if torch.cuda.is_available():
-        training.append(run_training(cfg, a.train_users, a.train_candidates, train_rounds, 1, "cuda", say).to_dict())
+        training.append(run_training(cfg, users, cands, train_rounds, 1, "cuda", say).to_dict())
 
     info["load_average_end"] = machine.load_average()
     return {

@@ -1,4 +1,4 @@
-"""A bounded soak: 16 client threads against the real server for ASTRO_SOAK_SECONDS (default 30 s,
+"""A bounded soak: 16 client threads against the real server for ASTRO_SOAK_SECONDS (default 20 s,
 loopback only, stops by itself). Zero errors, every answer equal to the PyTorch reference, and
 the server's resident memory (tritonserver + its Python-backend stubs) growth reported and bounded."""
 
@@ -22,7 +22,7 @@ from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
 THREADS = 16
-SOAK_SECONDS = float(os.environ.get("ASTRO_SOAK_SECONDS", "30"))
+SOAK_SECONDS = float(os.environ.get("ASTRO_SOAK_SECONDS", "20"))
 MAX_RSS_GROWTH_MB = 150  # after warmup: allocator caches settle; a leak per request would pass this fast
 
 
