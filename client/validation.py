@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.blocks import EventHistory
+from contract.config import unknown_block_behaviors
 from contract.serving_spec import ServingSpec
 from contract.validation import (
     CONTRACT_INPUTS,
@@ -173,9 +174,6 @@ def check_spec(spec: ServingSpec) -> None:
         vocab = getattr(spec, name)
         if not vocab or not all(vocab) or len(set(vocab)) != len(vocab):
             problems.append(f"{name}={list(vocab)} must be distinct non-empty names")
-    for b in spec.blocks:
-        unknown = sorted(set(b.behaviors) - set(spec.behaviors))
-        if unknown:
-            problems.append(f"block {b.name!r} keeps behaviours {unknown} outside behaviors={list(spec.behaviors)}")
+    problems += unknown_block_behaviors(spec.blocks, spec.behaviors)
     if problems:
         raise ValueError("inconsistent serving spec: " + "; ".join(problems))

@@ -76,10 +76,7 @@ class AstroConfig(_Frozen):
         names = [b.name for b in self.blocks]
         if len(set(names)) != len(names):
             problems.append(f"block names {names} repeat a name")
-        for b in self.blocks:
-            unknown = sorted(set(b.behaviors) - set(self.behaviors))
-            if unknown:
-                problems.append(f"block {b.name!r} names behaviours {unknown} outside behaviors={list(self.behaviors)}")
+        problems += unknown_block_behaviors(self.blocks, self.behaviors)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -139,6 +136,16 @@ class AstroConfig(_Frozen):
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name]
+
+
+def unknown_block_behaviors(blocks: tuple[BlockSpec, ...], behaviors: tuple[str, ...]) -> list[str]:
+    """One problem per block that keeps a behaviour the vocabulary lacks (a config's or a served spec's)."""
+    problems = []
+    for b in blocks:
+        unknown = sorted(set(b.behaviors) - set(behaviors))
+        if unknown:
+            problems.append(f"block {b.name!r} keeps behaviours {unknown} outside behaviors={list(behaviors)}")
+    return problems
 
 
 def describe(e: ValidationError) -> str:

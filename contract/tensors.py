@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from contract.config import AstroConfig
 
@@ -105,9 +104,6 @@ class Tensor:
     def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
         """Concrete shape, each dynamic axis taking ``sizes[axis.symbol]``."""
         return tuple(sizes[d.symbol] if isinstance(d, Axis) else d for d in self.dims)
-
-    def zeros(self, sizes: dict[str, int]) -> npt.NDArray[np.generic]:
-        return np.zeros(self.shape(sizes), dtype=self.dtype.numpy)
 
 
 def axis_sizes(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> dict[str, int]:

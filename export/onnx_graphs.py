@@ -20,11 +20,13 @@ from torch.export import Dim
 
 from contract.config import AstroConfig
 from contract.tensors import (
+    BATCH,
+    BLOCK_LEN,
+    CANDIDATES,
     DTYPES,
     ITEM_SCORER,
     USER_ENCODER,
     USER_TOKENS,
-    Axis,
     CacheDType,
     Tensor,
     axis_sizes,
@@ -72,18 +74,9 @@ def _example(tensors: list[Tensor], sizes: dict[str, int]) -> tuple[torch.Tensor
 def _dynamic_shapes(tensors: list[Tensor], cfg: AstroConfig) -> tuple[dict[int, Any], ...]:
     """torch.export dims from the declarations; S = Nb*Tb is a derived dim of Tb, so the exporter
     knows the cache's token axis and the history's block axis agree."""
-    dims: dict[str, Any] = {}
-    for t in tensors:
-        for axis in t.axes.values():
-            if axis is not USER_TOKENS:
-                dims.setdefault(axis.symbol, Dim(axis.symbol, min=1, max=axis.limit(cfg)))
-    block_len = dims.get("block_len") or Dim("block_len", min=1, max=cfg.max_block_len)
-    dims[USER_TOKENS.symbol] = cfg.n_blocks * block_len
-
-    def dim(axis: Axis) -> Any:
-        return dims[axis.symbol]
-
-    return tuple({i: dim(a) for i, a in t.axes.items()} for t in tensors)
+    dims: dict[str, Any] = {a.symbol: Dim(a.symbol, min=1, max=a.limit(cfg)) for a in (BATCH, BLOCK_LEN, CANDIDATES)}
+    dims[USER_TOKENS.symbol] = cfg.n_blocks * dims[BLOCK_LEN.symbol]
+    return tuple({i: dims[a.symbol] for i, a in t.axes.items()} for t in tensors)
 
 
 def export_graphs(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from contract.config import PRESETS, AstroConfig
-from model.train import ABLATIONS, DATASETS, train
+from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, train
 
 METRICS = ("auc", "logloss", "gauc")
 LABELS = {"full": "ASTRO (ours)", "no-bgf": "−BGF", "no-atl": "−ATL", "popularity": "popularity"}
@@ -44,7 +44,7 @@ def run(
     for seed in seeds:
         for variant in variants:
             _, metrics = train(
-                cfg, epochs, 4000, 1000, batch_size, lr, seed, data=data, ablation=variant, device=device
+                cfg, epochs, TRAIN_USERS, TEST_USERS, batch_size, lr, seed, data=data, ablation=variant, device=device
             )
             runs[variant].append(metrics["model"])
             seconds[variant].append(metrics["train_seconds"])

@@ -85,6 +85,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "no-atl": {"relative_bias": False, "dynamic_temperature": False},  # -ATL: fixed sqrt(dh), no relative bias
 }
 DATASETS = ("synthetic", "movielens")
+TRAIN_USERS, TEST_USERS = 4000, 1000  # synthetic users (one row each) for training and the held-out metrics
 
 
 def load_data(data: str, cfg: AstroConfig, n_train: int, n_test: int, seed: int) -> tuple[Dataset, Dataset]:
@@ -177,8 +178,8 @@ def main() -> None:
         help="checkpoint folder to write (default: checkpoints/<preset>, or checkpoints/<preset>-<data>[-<ablation>])",
     )
     p.add_argument("--epochs", type=int, default=10, help="passes over the training rows")
-    p.add_argument("--train-users", type=int, default=4000, help="synthetic training users (one row each)")
-    p.add_argument("--test-users", type=int, default=1000, help="held-out synthetic users for the metrics")
+    p.add_argument("--train-users", type=int, default=TRAIN_USERS, help="synthetic training users (one row each)")
+    p.add_argument("--test-users", type=int, default=TEST_USERS, help="held-out synthetic users for the metrics")
     p.add_argument("--batch-size", type=int, default=64, help="rows per step (each a user with all its candidates)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")

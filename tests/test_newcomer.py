@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 from add_one_model import ADD_ONE_MODEL, write_model
+from processes import stop
 
 from contract.tensors import ENSEMBLE, ITEM_SCORER
 from export.onnx_graphs import export_graphs
@@ -82,16 +83,6 @@ def listening() -> Iterator[int]:
 
 def run(args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 120) -> list[str]:

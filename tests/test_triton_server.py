@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from add_one_model import ADD_ONE_MODEL, write_model
+from processes import stop
 
 from contract.config import AstroConfig
 from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
@@ -221,13 +222,7 @@ def test_cli_serves_until_sigterm(add_one_repo: Path, grpcclient: Any) -> None:
         assert proc.returncode == 0, err
         assert "stopped tritonserver" in out
     finally:
-        if proc.poll() is None:  # SIGTERM first: the CLI then stops its tritonserver (own process group)
-            proc.terminate()
-            try:
-                proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)  # SIGTERM first: the CLI then stops its tritonserver (own process group)
 
 
 def test_cli_refuses_a_repository_for_another_backend(
