@@ -18,6 +18,7 @@ import torch
 from contract.config import AstroConfig
 from contract.tensors import CACHE_TENSORS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_MASK, CacheDType
 from export.onnx_graphs import GraphPaths, torch_dtype
+from export.ranking import TOP_K, topk_intruders, topk_overlap
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
 from model.random_inputs import RandomRequest, random_request
 
@@ -26,7 +27,7 @@ from model.random_inputs import RandomRequest, random_request
 class Tolerance:
     atol: float  # max abs difference allowed on the scores (probabilities)
     cache_atol: float  # ... on the keys/values handed between the graphs
-    min_topk_overlap: float  # mean overlap of each user's top-k candidates, per task
+    rank_tie: float  # top-k may differ only among candidates whose reference scores lie this close
     reason: str
 
 
@@ -34,21 +35,23 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(
         1e-5,
         1e-4,
-        1.0,
+        1e-6,
         "same fp32 arithmetic on both sides; ONNX Runtime fuses and reorders reductions "
-        "(MatMul, LayerNorm, Softmax), which moves results by a few ulps: ~1e-7 on probabilities",
+        "(MatMul, LayerNorm, Softmax), which moves results by a few ulps: ~1e-7 on probabilities. "
+        "Untrained scores crowd (one user in ten has a gap under 1e-6 at the 10th place) and swaps there "
+        "needed up to 6e-8 over 40 seeds; a top-10 intruder 1e-6 below the 10th best is an error",
     ),
     "fp16": Tolerance(
         1e-3,
         2e-3,
-        0.9,
+        1e-4,
         "keys/values are rounded to fp16 (11-bit significand, relative error <= 4.9e-4) between the "
         "graphs, and a value near a rounding boundary may round one fp16 ulp apart in the two runtimes "
         "(~5e-4 on keys of magnitude ~1); the scorer's arithmetic stays fp32, so scores move by ~1e-5 "
-        "against the fp32 PyTorch reference and rankings barely change",
+        "against the fp32 PyTorch reference (5.5e-4 at worst on the trained model); top-10 swaps needed at most "
+        "1.3e-6 over 40 seeds, so an intruder 1e-4 below the 10th best is an error",
     ),
 }
-TOP_K = 10
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def shape_grid(cfg: AstroConfig) -> list[Shape]:
 class ParityReport:
     cache_dtype: str
     max_abs: dict[str, float] = field(default_factory=dict)  # per output name, over the grid
-    min_topk_overlap: float = 1.0
+    min_topk_overlap: float = 1.0  # tie-aware (export.ranking), the lowest over the grid
     shapes: int = 0
 
     def summary(self) -> str:
@@ -93,7 +96,7 @@ class ParityReport:
         diffs = ", ".join(figure(k, v) for k, v in self.max_abs.items())
         return (
             f"ORT vs PyTorch ({self.cache_dtype} cache) over {self.shapes} shapes: max |diff| {diffs}; "
-            f"top-{TOP_K} overlap >= {self.min_topk_overlap:.3f} (tol {tol.min_topk_overlap})"
+            f"top-{TOP_K} overlap >= {self.min_topk_overlap:.3f} (ties within {tol.rank_tie:.0e}; tol 1.0)"
         )
 
 
@@ -153,15 +156,6 @@ def torch_per_pair(model: AstroModel, req: RandomRequest) -> npt.NDArray[np.floa
     return out
 
 
-def topk_overlap(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], k: int = TOP_K) -> float:
-    """Mean over users and tasks of |top-k(a) ∩ top-k(b)| / k; a, b: [B, N, T]."""
-    k = min(k, a.shape[1])
-    ta = np.argsort(-a, axis=1)[:, :k]
-    tb = np.argsort(-b, axis=1)[:, :k]
-    hits = [len(np.intersect1d(ta[i, :, t], tb[i, :, t])) / k for i in range(a.shape[0]) for t in range(a.shape[2])]
-    return float(np.mean(hits))
-
-
 def _compare(
     name: str, ref: npt.NDArray[np.generic], got: npt.NDArray[np.generic], atol: float, errors: list[str], where: str
 ) -> float:
@@ -214,10 +208,10 @@ def check_ort_parity(
         d = _compare(SCORES_OUTPUT, ref_scores, scores, tol.atol, errors, where)
         report.max_abs[SCORES_OUTPUT] = max(report.max_abs.get(SCORES_OUTPUT, 0.0), d)
         if scores.shape == ref_scores.shape and shape.candidates > TOP_K:
-            report.min_topk_overlap = min(report.min_topk_overlap, topk_overlap(ref_scores, scores))
+            intruders = topk_intruders(ref_scores, scores, tol.rank_tie)
+            report.min_topk_overlap = min(report.min_topk_overlap, topk_overlap(ref_scores, scores, tol.rank_tie))
+            errors += [f"top-{TOP_K} @ {where}: {i.describe(model.cfg.tasks)}" for i in intruders[:3]]
         report.shapes += 1
-    if report.min_topk_overlap < tol.min_topk_overlap:
-        errors.append(f"top-{TOP_K} overlap {report.min_topk_overlap:.3f} < {tol.min_topk_overlap}")
     if errors:
         raise ParityError(
             f"ONNX Runtime disagrees with PyTorch ({cache_dtype} cache; {tol.reason}):\n  " + "\n  ".join(errors)

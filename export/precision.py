@@ -44,6 +44,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.ranking import TOP_K, topk_intruders, topk_overlap
+
 LowPrecision = Literal["fp16", "bf16"]
 LOW_PRECISIONS: tuple[LowPrecision, ...] = get_args(LowPrecision)
 LOW_TYPES: dict[str, int] = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -314,20 +316,19 @@ def convert_file(src: Path, dst: Path, precision: LowPrecision) -> PrecisionPlan
 class LowPrecisionTolerance:
     scores_atol: float  # max |diff| of the probabilities, fp16 graphs vs fp32 graphs
     cache_atol: float  # ... of the keys/values (they carry 1/tau, so they are larger than scores)
-    min_topk_agreement: float  # mean |top-k(fp16) ∩ top-k(fp32)| / k over users and tasks
+    rank_tie: float  # top-k may differ only among candidates whose fp32 scores lie this close
     reason: str
 
 
-TOP_K = 10
 TOLERANCES: dict[str, LowPrecisionTolerance] = {
     "fp16": LowPrecisionTolerance(
         scores_atol=5e-3,
         cache_atol=3e-2,
-        min_topk_agreement=0.9,
+        rank_tie=2e-3,
         reason="fp16 keeps 11 significant bits (relative rounding <= 4.9e-4 per op), compounded over the "
         "matmuls of L layers; normalisation, softmax, reductions and the output sigmoid run in fp32. "
         "Measured on the trained small model: scores 1.8e-3 to 2.6e-3, keys 1.5e-2 over several seeds; "
-        "rankings swap only near-ties",
+        "top-10 swaps needed at most 1.9e-4 over 8 seeds, so an intruder 2e-3 below the 10th best is an error",
     ),
 }
 
@@ -338,7 +339,7 @@ class PrecisionReport:
     seed: int
     shapes: int = 0
     max_abs: dict[str, float] = field(default_factory=dict)  # per output, over all shapes
-    min_topk_agreement: float = 1.0
+    min_topk_agreement: float = 1.0  # tie-aware (export.ranking), the lowest over all requests
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -349,17 +350,8 @@ class PrecisionReport:
         )
         return (
             f"{self.precision} ONNX vs fp32 ONNX (ONNX Runtime, seed {self.seed}, {self.shapes} shapes): max |diff| "
-            f"{diffs}; top-{TOP_K} agreement >= {self.min_topk_agreement:.3f} (tol {tol.min_topk_agreement})"
+            f"{diffs}; top-{TOP_K} agreement >= {self.min_topk_agreement:.3f} (ties within {tol.rank_tie:.0e}; tol 1.0)"
         )
-
-
-def topk_agreement(ref: npt.NDArray[np.float32], got: npt.NDArray[np.float32], k: int = TOP_K) -> float:
-    """Mean over users and tasks of |top-k(ref) ∩ top-k(got)| / k; arrays [B, N, T]."""
-    k = min(k, ref.shape[1])
-    a = np.argsort(-ref, axis=1, kind="stable")[:, :k]
-    b = np.argsort(-got, axis=1, kind="stable")[:, :k]
-    hits = [len(np.intersect1d(a[i, :, t], b[i, :, t])) / k for i in range(ref.shape[0]) for t in range(ref.shape[2])]
-    return float(np.mean(hits))
 
 
 Feeds = dict[str, npt.NDArray[np.generic]]
@@ -426,13 +418,12 @@ def compare_pipelines(
             limit = tol.scores_atol if name == "scores" else tol.cache_atol
             if d > limit:
                 report.problems.append(f"{name} @ request {i} (B x N = {where}): max |diff| {d:.3e} > {limit:.0e}")
-        if ref["scores"].shape[1] > TOP_K:
-            agreement = topk_agreement(ref["scores"].astype(np.float32), got["scores"].astype(np.float32))
-            report.min_topk_agreement = min(report.min_topk_agreement, agreement)
+        if ref["scores"].shape == got["scores"].shape and ref["scores"].shape[1] > TOP_K:
+            r, c = ref["scores"], got["scores"]
+            report.min_topk_agreement = min(report.min_topk_agreement, topk_overlap(r, c, tol.rank_tie))
+            report.problems += [
+                f"top-{TOP_K} @ request {i}: {x.describe()}" for x in topk_intruders(r, c, tol.rank_tie)[:3]
+            ]
         report.shapes += 1
         progress(f"  {precision} vs fp32 [{i + 1}/{len(requests)}] B x N = {where}")
-    if report.min_topk_agreement < tol.min_topk_agreement:
-        report.problems.append(
-            f"top-{TOP_K} agreement {report.min_topk_agreement:.3f} < {tol.min_topk_agreement} ({tol.reason})"
-        )
     return report

@@ -7,6 +7,8 @@ from the ``nvidia-pytriton`` wheel on a free loopback port.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,18 @@ from export.onnx_graphs import GraphPaths, export_graphs
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from serve.triton_server import TritonServer
+
+SEED_ENV = "ASTRO_TEST_SEED"
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed for each random test, or ``$ASTRO_TEST_SEED`` to replay one; printed, so pytest shows it
+    with a failure. It seeds numpy (pass it to a Generator) and torch's global generator (model init)."""
+    value = int(os.environ.get(SEED_ENV) or secrets.randbelow(2**31))
+    print(f"seed {value} (replay: {SEED_ENV}={value} pytest ...)")
+    torch.manual_seed(value)
+    return value
 
 
 @pytest.fixture(scope="session")

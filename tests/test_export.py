@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -28,7 +26,6 @@ from export.parity import (
     Shape,
     check_ort_parity,
     shape_grid,
-    topk_overlap,
     torch_split,
 )
 from export.repository import TARGETS, composing_config, ensemble_config, write_repository
@@ -37,18 +34,6 @@ from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.random_inputs import random_request
 from serve.triton_server import TritonServer
-
-SEED_ENV = "ASTRO_TEST_SEED"
-
-
-@pytest.fixture
-def seed() -> int:
-    """A fresh seed for each random test, or ``$ASTRO_TEST_SEED`` to replay one; printed, so pytest shows it
-    with a failure. It seeds numpy (pass it to a Generator) and torch's global generator (model init)."""
-    value = int(os.environ.get(SEED_ENV) or secrets.randbelow(2**31))
-    print(f"seed {value} (replay: {SEED_ENV}={value} pytest ...)")
-    torch.manual_seed(value)
-    return value
 
 
 def random_grid(cfg: AstroConfig, rng: np.random.Generator, count: int) -> list[Shape]:
@@ -92,11 +77,11 @@ def test_ort_matches_pytorch_over_shapes(
 
 
 def test_trained_model_fp16_cache_keeps_rankings(small_model: AstroModel, tmp_path: Path) -> None:
-    """On the trained model, the fp16 cache keeps each user's top-10 candidates (>= 90% overlap)."""
+    """On the trained model, the fp16 cache keeps each user's top-10 candidates, near-ties aside."""
     paths = export_graphs(small_model, tmp_path, "fp16", progress=lambda _: None)
     shapes = [Shape(4, 64, 200, 1), Shape(2, small_model.cfg.max_block_len, 500)]
     report = check_ort_parity(small_model, paths, "fp16", shapes, seed=7, progress=lambda _: None)
-    assert report.min_topk_overlap >= TOLERANCES["fp16"].min_topk_overlap
+    assert report.min_topk_overlap == 1.0  # check_ort_parity raises on an intruder; this is the figure it held
 
 
 def test_parity_check_can_fail(
@@ -106,20 +91,6 @@ def test_parity_check_can_fail(
     other = AstroModel(tiny_model.cfg).eval()  # initialised from ``seed`` (the fixture seeds torch)
     with pytest.raises(ParityError, match="scores @ B=1 Tb=1 N=1"):
         check_ort_parity(other, tiny_graphs("fp32"), "fp32", [Shape(1, 1, 1)], seed=seed, progress=lambda _: None)
-
-
-def test_topk_overlap_counts_the_shared_top_items(seed: int) -> None:
-    """The fp16 ranking check is only as good as this count: all shared, none shared, exactly 7 of 10."""
-    a = np.random.default_rng(seed).random((2, 30, 2)).astype(np.float32)  # distinct values: no ties
-    assert topk_overlap(a, a.copy()) == 1.0
-    assert topk_overlap(a, -a) == 0.0  # the top 10 of 30 against the bottom 10
-    b = a.copy()
-    for user in range(2):
-        for task in range(2):
-            top = np.argsort(-a[user, :, task])[:10]
-            b[user, top[:3], task] = -1.0  # three of each top 10 pushed to the bottom
-    assert topk_overlap(a, b) == pytest.approx(0.7)
-    assert topk_overlap(a[:, :4], -a[:, :4]) == 1.0  # k is cut to N = 4: every item is in both top-4s
 
 
 def test_ort_scores_are_finite_for_empty_history(

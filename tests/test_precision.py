@@ -34,7 +34,6 @@ from export.precision import (
     convert_file,
     graph_precision,
     plan_precision,
-    topk_agreement,
 )
 from model.astro import AstroModel
 from model.random_inputs import random_request
@@ -180,15 +179,6 @@ def test_refuses_double_conversion_and_unknown_precision(
 
 
 # ---- parity: the fp16 graphs in ONNX Runtime against the fp32 graphs ------------------------------
-def test_topk_agreement_counts_overlap() -> None:
-    ref = np.arange(20, dtype=np.float32).reshape(1, 20, 1)
-    assert topk_agreement(ref, ref) == 1.0
-    swapped = ref.copy()
-    swapped[0, :10, 0] += 100  # the bottom ten become the top ten
-    assert topk_agreement(ref, swapped) == 0.0
-    assert topk_agreement(ref, ref[:, ::-1].copy()) == 0.0
-
-
 @pytest.mark.parametrize("cache_dtype", ["fp32", "fp16"])
 def test_fp16_graphs_agree_with_fp32_graphs_on_the_trained_model(
     cache_dtype: CacheDType,

@@ -27,6 +27,7 @@ import pytest
 
 from contract.config import AstroConfig
 from contract.tensors import CACHE_TENSORS, SCORES_OUTPUT, USER_KEYS, USER_MASK, USER_VALUES
+from export.ranking import TOP_K, topk_intruders
 from export.tensorrt_engine import (
     GRAPHS,
     EngineMetadata,
@@ -53,7 +54,6 @@ CFG = AstroConfig.from_name("tiny")
 PRECISIONS = ("fp32", "fp16")
 # engine precision -> cache dtype of the ONNX it is built from
 CACHE_DTYPE_FOR: dict[str, CacheDType] = {"fp32": "fp32", "fp16": "fp16"}
-TOP_K = 10
 F64 = npt.NDArray[np.float64]
 
 
@@ -273,26 +273,6 @@ def value_mismatches(name: str, ref: Any, got: Any, atol: float, rtol: float = 0
     ]
 
 
-def ranking_mismatches(name: str, ref: Any, got: Any, k: int, tie: float) -> list[str]:
-    """Per user and task, every candidate in the engine's top-k must be within ``tie`` of the
-    reference's k-th best score: near-ties may swap, anything clearly worse may not enter."""
-    r, g = _np(ref).astype(np.float64), _np(got).astype(np.float64)  # [B, N, T]
-    k = min(k, r.shape[1])
-    problems = []
-    for b in range(r.shape[0]):
-        for t in range(r.shape[2]):
-            kth = np.sort(r[b, :, t])[-k]
-            picked = np.argsort(-g[b, :, t], kind="stable")[:k]
-            intruders = picked[r[b, picked, t] < kth - tie]
-            if intruders.size:
-                problems.append(
-                    f"{name}[user {b}, task {CFG.tasks[t]}]: top-{k} holds candidates {intruders.tolist()} "
-                    f"whose reference scores {r[b, intruders, t].round(5).tolist()} are below the k-th "
-                    f"best {kth:.5f} by more than {tie}"
-                )
-    return problems
-
-
 # ---- tests ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_engine_io_profiles_and_metadata(
@@ -373,7 +353,8 @@ def test_engines_match_onnxruntime(
         problems += value_mismatches(name, ref_cache[name], got_cache[name], tol.cache_atol, tol.cache_rtol)
     problems += value_mismatches("scores (scorer on ORT cache)", ref_scores, got_scores_own, tol.scores_atol)
     problems += value_mismatches("scores (encoder -> scorer)", ref_scores, got_scores_e2e, tol.scores_atol)
-    problems += ranking_mismatches("scores (encoder -> scorer)", ref_scores, got_scores_e2e, TOP_K, tol.rank_tie)
+    intruders = topk_intruders(_np(ref_scores), _np(got_scores_e2e), tol.rank_tie)
+    problems += [f"scores (encoder -> scorer), top-{TOP_K}: {i.describe(CFG.tasks)}" for i in intruders]
     assert not problems, f"{precision} engines vs ONNX Runtime ({tol.reason}):\n" + "\n".join(problems)
 
 
