@@ -31,8 +31,8 @@ import numpy as np
 from contract.config import AstroConfig, ConfigError
 from contract.tensors import CACHE_DTYPES, ITEM_SCORER, USER_ENCODER, CacheDType
 from export.onnx_graphs import GraphPaths, export_graphs
-from export.parity import ParityError, check_ort_parity, shape_grid
-from export.precision import LowPrecision, OnnxPipeline, PrecisionError, compare_pipelines, convert_file
+from export.parity import OrtPipeline, ParityError, check_ort_parity, shape_grid
+from export.precision import LowPrecision, PrecisionError, compare_pipelines, convert_file
 from export.provenance import write_provenance
 from export.repository import TARGETS, Target, write_repository
 from export.repository_check import RepositoryError, check_repository
@@ -152,9 +152,9 @@ def check_low_precision(
         return f"{precision} graphs not run here: ONNX Runtime's CPU provider has no {precision} kernels for them"
     rng = np.random.default_rng(seed)
     shapes = [(1, 1, 1, 0), (2, cfg.max_block_len, 64, 1), (cfg.max_batch_size, cfg.max_block_len, 100, 2)]
-    requests = [random_request(cfg, rng, b, tb, n, e).as_dict() for b, tb, n, e in shapes]
-    reference = OnnxPipeline(paths.user_encoder, paths.item_scorer)
-    report = compare_pipelines(reference, OnnxPipeline(*low), requests, precision, seed, progress=lambda _: None)
+    requests = [random_request(cfg, rng, b, tb, n, e) for b, tb, n, e in shapes]
+    reference, candidate = OrtPipeline(paths, threads=1), OrtPipeline(GraphPaths(*low), threads=1)
+    report = compare_pipelines(reference, candidate, requests, precision, seed, progress=lambda _: None)
     if report.problems:
         raise ParityError(f"the {precision} graphs disagree with the fp32 graphs:\n" + "\n".join(report.problems))
     return report.summary()

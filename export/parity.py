@@ -130,6 +130,11 @@ class OrtPipeline:
     def __call__(self, req: RandomRequest) -> npt.NDArray[np.float32]:
         return self.score(req, self.encode(req))
 
+    def outputs(self, req: RandomRequest) -> dict[str, npt.NDArray[np.generic]]:
+        """Every output of both graphs by name: the encoder's cache and the scorer's scores."""
+        cache = self.encode(req)
+        return {**cache, SCORES_OUTPUT: self.score(req, cache)}
+
 
 def torch_split(
     model: AstroModel, req: RandomRequest, cache_dtype: CacheDType

@@ -33,10 +33,10 @@ toolchain that CPU CI cannot install. The rules here are short and tested on the
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import ml_dtypes
 import numpy as np
@@ -44,7 +44,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.parity import OrtPipeline
 from export.ranking import TOP_K, topk_intruders, topk_overlap
+from model.random_inputs import RandomRequest
 
 LowPrecision = Literal["fp16", "bf16"]
 LOW_PRECISIONS: tuple[LowPrecision, ...] = get_args(LowPrecision)
@@ -354,39 +356,10 @@ class PrecisionReport:
         )
 
 
-Feeds = dict[str, npt.NDArray[np.generic]]
-Request = Mapping[str, npt.NDArray[Any]]  # every ensemble input by name (RandomRequest.as_dict())
-
-
-class OnnxPipeline:
-    """user_encoder -> item_scorer in ONNX Runtime (CPU), each fed by its own input names."""
-
-    def __init__(self, user_encoder: Path, item_scorer: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        cpu = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(user_encoder), opts, providers=cpu)
-        self.scorer = ort.InferenceSession(str(item_scorer), opts, providers=cpu)
-
-    def __call__(self, request: Request) -> Feeds:
-        """All encoder outputs and the scorer's ``scores``, from a request holding every ensemble input."""
-        enc_in = {i.name: request[i.name] for i in self.encoder.get_inputs()}
-        enc_names = [o.name for o in self.encoder.get_outputs()]
-        cache = dict(zip(enc_names, self.encoder.run(enc_names, enc_in), strict=True))
-        available = {**request, **cache}
-        scorer_in = {i.name: available[i.name] for i in self.scorer.get_inputs()}
-        names = [o.name for o in self.scorer.get_outputs()]
-        return {**cache, **dict(zip(names, self.scorer.run(names, scorer_in), strict=True))}
-
-
 def compare_pipelines(
-    reference: OnnxPipeline,
-    candidate: OnnxPipeline,
-    requests: Sequence[Request],
+    reference: OrtPipeline,
+    candidate: OrtPipeline,
+    requests: Sequence[RandomRequest],
     precision: str,
     seed: int,
     progress: Callable[[str], None] = print,
@@ -398,8 +371,8 @@ def compare_pipelines(
     tol = TOLERANCES[precision]
     report = PrecisionReport(precision, seed)
     for i, req in enumerate(requests):
-        ref, got = reference(req), candidate(req)
-        where = "x".join(str(s) for s in req["cand_item_ids"].shape)
+        ref, got = reference.outputs(req), candidate.outputs(req)
+        where = "x".join(str(s) for s in req.cand_item_ids.shape)
         for name in ref:
             r, c = ref[name], got[name]
             if r.shape != c.shape or r.dtype != c.dtype:

@@ -21,13 +21,13 @@ from onnx import TensorProto
 from contract.config import AstroConfig
 from contract.tensors import DTYPES, GRAPHS, ITEM_SCORER, USER_ENCODER, CacheDType, graph_io
 from export.onnx_graphs import GraphPaths, export_graphs
+from export.parity import OrtPipeline
 from export.precision import (
     FP32_OPS,
     LOW_PRECISIONS,
     LOW_TYPES,
     PRECISION_KEY,
     TOLERANCES,
-    OnnxPipeline,
     PrecisionError,
     compare_pipelines,
     convert,
@@ -196,11 +196,10 @@ def test_fp16_graphs_agree_with_fp32_graphs_on_the_trained_model(
         low = [tmp_path / f"{g}.fp16.onnx" for g in (USER_ENCODER, ITEM_SCORER)]
         for g, dst in zip((USER_ENCODER, ITEM_SCORER), low, strict=True):
             convert_file(getattr(ref_paths, g), dst, "fp16")
-    reference = OnnxPipeline(ref_paths.user_encoder, ref_paths.item_scorer)
-    candidate = OnnxPipeline(low[0], low[1])
+    reference, candidate = OrtPipeline(ref_paths, threads=1), OrtPipeline(GraphPaths(*low), threads=1)
     rng = np.random.default_rng(SEED)
     cfg = small_model.cfg
-    requests = [random_request(cfg, rng, b, tb, n, e).as_dict() for b, tb, n, e in SHAPES]
+    requests = [random_request(cfg, rng, b, tb, n, e) for b, tb, n, e in SHAPES]
     report = compare_pipelines(reference, candidate, requests, "fp16", SEED, progress=lambda _: None)
     print(report.summary())  # the measured figures, with their tolerances and the seed
     assert report.shapes == len(SHAPES)
