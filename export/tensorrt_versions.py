@@ -21,7 +21,10 @@ TensorRT they ship. Source: NVIDIA's Triton Inference Server release notes, one 
 table "NVIDIA Triton Inference Server Container Versions"), and the Deep Learning Frameworks
 Support Matrix (``https://docs.nvidia.com/deeplearning/frameworks/support-matrix/``), which lists
 the same per container release; each row names its page. A release missing here is refused with
-the instruction to add its row from those pages: the check never guesses.
+the instruction to add its row from those pages: the check never guesses. The Triton versions were
+checked against ``DEFAULT_TRITON_VERSION_MAP`` in ``build.py`` of each ``r<release>`` branch of
+triton-inference-server/server; the TensorRT versions were not checked against the images themselves
+(``dpkg -l | grep libnvinfer`` inside the container settles one).
 """
 
 from __future__ import annotations
