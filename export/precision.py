@@ -36,7 +36,7 @@ import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import ml_dtypes
 import numpy as np
@@ -44,9 +44,11 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.parity import OrtPipeline
 from export.ranking import TOP_K, topk_intruders, topk_overlap
-from model.random_inputs import RandomRequest
+
+if TYPE_CHECKING:  # torch-free at run time: export.tensorrt_engine reads graph precision from here
+    from export.parity import OrtPipeline
+    from model.random_inputs import RandomRequest
 
 LowPrecision = Literal["fp16", "bf16"]
 LOW_PRECISIONS: tuple[LowPrecision, ...] = get_args(LowPrecision)

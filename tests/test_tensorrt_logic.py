@@ -306,6 +306,12 @@ def test_module_imports_without_tensorrt() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
+def test_engine_builder_and_precision_load_without_torch() -> None:
+    """An engine is built from ONNX files: a TensorRT host needs no PyTorch for it."""
+    code = "import sys, export.tensorrt_engine, export.precision; assert 'torch' not in sys.modules, 'imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
 def test_build_engine_raises_tensorrt_unavailable(tmp_path: Path) -> None:
     ok, reason = tensorrt_available()
     if ok:
