@@ -62,6 +62,7 @@ __all__ = [
     "TritonServerError",
     "find_tritonserver",
     "free_port",
+    "free_ports",
     "iter_models",
     "ports_in_use",
 ]
@@ -226,7 +227,7 @@ def find_tritonserver() -> TritonInstall:
     return install
 
 
-def _free_ports(host: str, count: int) -> list[int]:
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports free on ``host`` right now (all sockets held open until every one is picked)."""
     family, _, _, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
     with contextlib.ExitStack() as stack:
@@ -240,7 +241,7 @@ def _free_ports(host: str, count: int) -> list[int]:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing is bound to on ``host`` at the time of the call."""
-    return _free_ports(host, 1)[0]
+    return free_ports(1, host)[0]
 
 
 def ports_in_use(host: str, ports: Mapping[str, int]) -> list[str]:
@@ -426,7 +427,7 @@ class TritonServer:
 
     def _pick_ports(self) -> tuple[int, int, int]:
         missing = sum(p is None for p in self._requested_ports)
-        fresh = iter(_free_ports(self.host, missing) if missing else [])
+        fresh = iter(free_ports(missing, self.host) if missing else [])
         grpc, http, metrics = (p if p is not None else next(fresh) for p in self._requested_ports)
         return grpc, http, metrics
 
@@ -576,8 +577,9 @@ class TritonServer:
                 returncode = self._proc.poll()
                 if returncode is not None:
                     raise self._error(f"tritonserver exited with code {returncode} during startup", returncode)
-                if not live:
-                    # Not listening yet raises: in "none" mode it loads every model before opening its sockets.
+                if not live and self._grpc_started():
+                    # Only once this process says it listens: another server may answer on a port both were
+                    # handed (ports are picked free, then bound by the server), and its answers are not ours.
                     with contextlib.suppress(InferenceServerException):
                         live = bool(client.is_server_live(headers=self._headers(), client_timeout=2.0))
                 if live:
@@ -600,6 +602,11 @@ class TritonServer:
                 time.sleep(0.2)
         finally:
             client.close()
+
+    def _grpc_started(self) -> bool:
+        """Whether this run's log says its gRPC service listens on our port (logged once, after model loading
+        in "none" mode: ``Started GRPCInferenceService at 127.0.0.1:8001``)."""
+        return re.search(rf'Started GRPCInferenceService at \S*:{self.grpc_port}"', self.log_text()) is not None
 
     def _headers(self) -> dict[str, str] | None:
         """The key that restricted protocols ask for, sent with our own readiness calls."""

@@ -26,6 +26,7 @@ from contract.config import AstroConfig
 from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
 from export.onnx_graphs import GraphPaths
 from export.repository import write_repository
+from serve import triton_server
 from serve.__main__ import main as serve_main
 from serve.triton_server import (
     TritonInstall,
@@ -34,6 +35,7 @@ from serve.triton_server import (
     TritonServerError,
     find_tritonserver,
     free_port,
+    free_ports,
     iter_models,
 )
 
@@ -130,6 +132,24 @@ def test_serves_add_one_over_grpc_then_stops(server: TritonServer, grpcclient: A
 
     assert server.stop(timeout_s=30) == 0
     assert not server.is_running()
+
+
+@pytest.mark.server
+def test_a_server_handed_anothers_ports_never_takes_its_answers_for_its_own(
+    server: TritonServer, add_one_repo: Path, grpcclient: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free ports are picked, released, then bound by tritonserver: two servers started together can draw the
+    same ones. The loser exits on "already in use" and retries on fresh ports; until it logs that it listens,
+    the other server's answers on that port must not count as its readiness."""
+    taken = [server.grpc_port, server.http_port, server.metrics_port]
+    picks = iter([taken])  # the first pick clashes with the running server; later picks are free
+    monkeypatch.setattr(triton_server, "free_ports", lambda count, host: next(picks, None) or free_ports(count, host))
+    with TritonServer(add_one_repo) as late:
+        assert late.grpc_port == server.grpc_port
+        late.start(ready_models=["add_one"], timeout_s=60)
+        assert late.grpc_port not in taken and late.is_running(), "start() returned on the other server's answers"
+        x = np.ones((1, 3), dtype=np.float32)
+        np.testing.assert_array_equal(add_one(grpcclient, late.grpc_url, x), x + 1)
 
 
 @pytest.mark.server
