@@ -13,6 +13,7 @@ import json
 import queue
 import shutil
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,21 @@ def counts(client: Any, model: str) -> tuple[int, int]:
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
+def counts_reaching(client: Any, model: str, target: tuple[int, int], timeout_s: float = 10.0) -> tuple[int, int]:
+    """``counts`` once both reach ``target`` (inferences, executions), or the last read at the deadline.
+
+    The Python backend records an execution's statistics only after it has sent the responses, so a read
+    right after the last response can miss that execution. The counters only grow: poll until they show
+    what was sent, and let the caller assert on what comes back, so a wrong count still fails (after the
+    deadline if it never gets there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = counts(client, model)
+        if (now[0] >= target[0] and now[1] >= target[1]) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.02)
+
+
 def send_together(
     client: Any, model: str, requests: list[dict[str, np.ndarray[Any, Any]]], outputs: list[str]
 ) -> list[Any]:
@@ -113,13 +129,14 @@ def test_one_batch_one_run_outputs_split_per_request(gather_server: TritonServer
     requests = [{"x": rng.integers(0, 10, size=(b, WIDTH)).astype(np.int64)} for b in (1, 2, 1, 3)]
     before = counts(client, "gather")
     results = send_together(client, "gather", requests, ["y", "z"])
-    after = counts(client, "gather")
+    after = counts_reaching(client, "gather", (before[0] + 7, before[1] + 1))
     for req, res in zip(requests, results, strict=True):
         assert isinstance(res, dict), res
         np.testing.assert_array_equal(res["y"], TABLE[req["x"]])
         np.testing.assert_array_equal(res["z"], 2 * TABLE[req["x"]])
-    assert after[0] - before[0] == 7  # rows
-    assert after[1] - before[1] == 1, "the four requests were one dynamic batch, one execute"
+    ran = (after[0] - before[0], after[1] - before[1])
+    assert ran[0] == 7, f"(rows, executions) {ran}: 7 rows sent"
+    assert ran[1] == 1, f"(rows, executions) {ran}: the four requests were one dynamic batch, one execute"
     client.close()
 
 
@@ -132,8 +149,9 @@ def test_a_failing_request_fails_alone_in_its_batch(gather_server: TritonServer)
     requests = [{"x": a.astype(np.int64)} for a in (good[0], good[1], bad, good[2])]
     before = counts(client, "gather")
     results = send_together(client, "gather", requests, ["y", "z"])
-    after = counts(client, "gather")
-    assert after[1] - before[1] == 1, "the four requests were one dynamic batch"
+    after = counts_reaching(client, "gather", (before[0] + 4, before[1] + 1))  # the failing row counts too
+    ran = (after[0] - before[0], after[1] - before[1])
+    assert ran == (4, 1), f"(rows, executions) {ran}: the four requests were one dynamic batch"
     error = results[2]
     assert not isinstance(error, dict), "the out-of-range request must fail"
     assert "gather: ONNX Runtime failed" in str(error.message()) and "99" in str(error.message())
@@ -155,11 +173,16 @@ def test_astro_under_concurrency_batches_and_keeps_errors_apart(triton: TritonSe
     good = [random_request(cfg, rng, 1, cfg.max_block_len, 64) for _ in range(12)]
     bad = random_request(cfg, rng, 1, cfg.max_block_len + 1, 64)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
+    models = (USER_ENCODER, ITEM_SCORER)
+    start = {m: counts(client, m) for m in models}
     alone = [send_together(client, ENSEMBLE, [r.as_dict()], [SCORES_OUTPUT])[0][SCORES_OUTPUT] for r in good]
-    before = {m: counts(client, m) for m in (USER_ENCODER, ITEM_SCORER)}
+    # one request at a time: one row and one execution each, in both models
+    before = {m: counts_reaching(client, m, (start[m][0] + 12, start[m][1] + 12)) for m in models}
     requests: list[RandomRequest] = [*good[:6], bad, *good[6:]]
     results = send_together(client, ENSEMBLE, [r.as_dict() for r in requests], [SCORES_OUTPUT])
-    after = {m: counts(client, m) for m in (USER_ENCODER, ITEM_SCORER)}
+    # the encoder also counts the bad request (rejected in its batch), the scorer only the 12 good ones
+    reached = {USER_ENCODER: 13, ITEM_SCORER: 12}
+    after = {m: counts_reaching(client, m, (before[m][0] + reached[m], before[m][1] + 1)) for m in models}
     error = results.pop(6)
     assert not isinstance(error, dict)
     assert "block length Tb" in str(error.message()) and str(cfg.max_block_len + 1) in str(error.message())

@@ -11,6 +11,7 @@ Tests against the real server live elsewhere (``test_client_replicas.py`` for se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -688,7 +689,7 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
     ``fail[method]`` is a list of (status, message) that the next calls of ``method`` abort with;
     ``calls`` records (method, metadata) of every ModelConfig/ModelInfer/ServerLive call; ``events``
     records ("in" | "out", candidate ids) as each ModelInfer arrives and as it is answered,
-    ``delay_s`` after its arrival."""
+    ``delay_s`` after its arrival (after :meth:`hold_together`'s wait, if any)."""
 
     def __init__(self, spec: ServingSpec) -> None:
         self.spec = spec
@@ -699,6 +700,16 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         self.events: list[tuple[str, tuple[int, ...]]] = []
         self.delay_s = 0.0
         self.lock = threading.Lock()
+        self.together: threading.Barrier | None = None
+        self.held = 0  # how many of the next ModelInfer calls wait at ``together``
+
+    def hold_together(self, n: int, timeout_s: float = 10.0) -> None:
+        """The next ``n`` ModelInfer calls each wait until all ``n`` have arrived, so calls a client sends
+        together are in flight together however slowly its threads start; after ``timeout_s`` they go on,
+        so a client that sends fewer at once shows a lower peak instead of hanging (give its calls a longer
+        timeout_s than this)."""
+        with self.lock:
+            self.together, self.held = threading.Barrier(n, timeout=timeout_s), n
 
     def _seen(self, method: str, context: Any) -> None:
         with self.lock:
@@ -749,6 +760,11 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
             self.batch_shapes.append(tuple(arrays[CANDIDATE_INPUT].shape))
             self.inputs.append(arrays)
             self.events.append(("in", key))
+            together = self.together if self.held > 0 else None
+            self.held = max(0, self.held - 1)
+        if together is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):  # timed out: fewer came; the peak shows it
+                together.wait()
         time.sleep(self.delay_s)
         scores = fake_scores(arrays, self.spec.n_tasks)
         with self.lock:
@@ -898,22 +914,22 @@ def chunk_order(stub: StubTriton, reqs: list[ScoreRequest]) -> None:
 def test_first_chunk_is_answered_before_the_rest_are_sent(stub_server: tuple[StubTriton, str], mode: str) -> None:
     """Triton caches the encoder's response only once computed: chunks sent beside the first would all miss."""
     stub, url = stub_server
-    stub.delay_s = 0.05  # long enough that calls sent together overlap
+    stub.hold_together(4)  # the first wave: the four first chunks, in flight at once
     reqs = [request(n, seed=i, n_hist=5 + i) for i, n in enumerate([30, 2, 17, 9])]  # 4 + 1 + 3 + 2 chunks of <= 8
 
     async def go() -> list[F32]:
-        async with AsyncAstroClient(url, max_in_flight=8) as c:
+        async with AsyncAstroClient(url, max_in_flight=8, timeout_s=30) as c:
             return await c.score_batch(reqs)
 
     if mode == "sync":
-        with AstroClient(url, max_in_flight=8) as c:
+        with AstroClient(url, max_in_flight=8, timeout_s=30) as c:
             out = c.score_batch(reqs)
     else:
         out = asyncio.run(go())
     for req, got in zip(reqs, out, strict=True):
         np.testing.assert_array_equal(got, expected_scores(validate_request(req), SMALL))
     chunk_order(stub, reqs)
-    assert peak_in_flight(stub) >= 2  # the calls of a wave overlap (max_in_flight)
+    assert peak_in_flight(stub) == 4  # the calls of a wave overlap (max_in_flight=8; the stub serves 4 at once)
 
 
 def peak_in_flight(stub: StubTriton) -> int:
@@ -926,8 +942,9 @@ def peak_in_flight(stub: StubTriton) -> int:
 
 def test_sync_client_sends_max_in_flight_calls_at_once(stub_server: tuple[StubTriton, str]) -> None:
     stub, url = stub_server
-    stub.delay_s = 0.1
-    with AstroClient(url, max_in_flight=3) as c:
+    stub.hold_together(3)  # the first three wait for each other: all three in flight
+    stub.delay_s = 0.1  # and each call lasts, so a fourth sent beside them would overlap them
+    with AstroClient(url, max_in_flight=3, timeout_s=30) as c:  # outlasts the stub's hold
         c.score_batch([request(3, seed=i) for i in range(6)])
     assert peak_in_flight(stub) == 3  # 6 calls, 3 at a time (the stub serves up to 4 at once)
 
@@ -1055,12 +1072,14 @@ def test_waits_for_a_server_until_the_deadline_then_says_unavailable(closed_port
 
 @pytest.mark.parametrize("retries", [0, 1, 3])
 def test_without_waiting_unavailable_fails_fast(closed_port: int, retries: int) -> None:
-    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=5.0, retries=retries, wait_for_ready=False) as c:
+    timeout_s = 10.0
+    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=timeout_s, retries=retries, wait_for_ready=False) as c:
         t0 = time.monotonic()
         with pytest.raises(ServerUnavailableError) as info:
             c.get_spec()
         elapsed = time.monotonic() - t0
-    assert elapsed < 2.0 and info.value.status == "StatusCode.UNAVAILABLE"
+    assert elapsed < timeout_s / 2, f"{elapsed:.1f} s: waited for a server (until timeout_s={timeout_s:g})"
+    assert info.value.status == "StatusCode.UNAVAILABLE"
     assert info.value.server_message and "onnect" in info.value.server_message
 
 
@@ -1080,44 +1099,83 @@ def test_async_waits_then_says_unavailable(closed_port: int) -> None:
 
 
 def test_health_against_a_closed_port_says_not_ready_at_once(closed_port: int) -> None:
-    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=5.0) as c:
+    timeout_s = 10.0
+    with AstroClient(f"127.0.0.1:{closed_port}", timeout_s=timeout_s) as c:
         t0 = time.monotonic()
         h = c.health()
         assert c.is_ready() is False
-        assert time.monotonic() - t0 < 2.0  # probes do not wait for a server
+        elapsed = time.monotonic() - t0
+    # probes do not wait for a server: waiting would take timeout_s per probe
+    assert elapsed < timeout_s / 2, f"{elapsed:.1f} s: a probe waited for a server (timeout_s={timeout_s:g})"
     assert h["ready"] is False and h["server_live"] is False and "UNAVAILABLE" in h["error"] and h["served"] is None
 
 
 def test_request_errors_raise_before_any_network_call(closed_port: int) -> None:
-    with AstroClient(f"127.0.0.1:{closed_port}", retries=0) as c:
+    timeout_s = 10.0
+    with AstroClient(f"127.0.0.1:{closed_port}", retries=0, timeout_s=timeout_s) as c:
         t0 = time.monotonic()
         raises(["candidates", "empty"], c.score, history(), [], 0, 0)
         raises(["timestamp", "milliseconds"], c.score, history(), [1], 0, NOW * 1000)
-        assert time.monotonic() - t0 < 0.5
+        elapsed = time.monotonic() - t0
+    # a call to the closed port would wait for a server until timeout_s (and then say UNAVAILABLE)
+    assert elapsed < timeout_s / 2, f"{elapsed:.1f} s: the client waited for a server (timeout_s={timeout_s:g})"
+
+
+def reconnect_backoff_ms(args: list[tuple[str, str | int]]) -> tuple[Any, ...]:
+    options = dict(args)
+    return tuple(options.get(f"grpc.{k}_reconnect_backoff_ms") for k in ("initial", "min", "max"))
+
+
+def test_the_channel_re_dials_within_the_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a refused connection gRPC waits its reconnect backoff before dialling again (1 s, growing to 120 s,
+    by default); the clients' channels take it from their RetryPolicy."""
+    assert reconnect_backoff_ms(channel_args(RetryPolicy(backoff_s=0.05, backoff_max_s=0.2))) == (50, 50, 200)
+    assert reconnect_backoff_ms(channel_args(RetryPolicy(backoff_s=0.001, backoff_max_s=0.002))) == (10, 10, 10)
+    opened: list[list[tuple[str, str | int]]] = []
+    real = grpc.insecure_channel
+
+    def insecure_channel(url: str, options: list[tuple[str, str | int]]) -> Any:
+        opened.append(options)
+        return real(url, options)
+
+    monkeypatch.setattr(grpc, "insecure_channel", insecure_channel)
+    with AstroClient("127.0.0.1:1", backoff_s=0.3, backoff_max_s=2.0):
+        pass
+    assert [reconnect_backoff_ms(o) for o in opened] == [(300, 300, 2000)]  # what tritonclient's channel got
+    aio = AsyncAstroClient("127.0.0.1:1", backoff_s=0.3, backoff_max_s=2.0)
+    assert reconnect_backoff_ms(aio._triton_kwargs["channel_args"]) == (300, 300, 2000)
+
+
+LATE_S = 3.25  # gRPC's default backoff dials near 1, 2.6 and 5.2 s (+-20%): never between 3.12 and 4.13 s
 
 
 def test_a_server_that_comes_up_late_is_waited_for() -> None:
+    """The client re-dials within backoff_max_s of the server's start; with gRPC's default reconnect backoff it
+    would reach a server that came up at ``LATE_S`` only at its next dial, 0.85 s or more later."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = int(s.getsockname()[1])
     servers: list[grpc.Server] = []
+    up: list[float] = []
 
     def come_up() -> None:
-        time.sleep(0.5)
+        time.sleep(LATE_S)
         s.close()
         servers.append(start_stub(SMALL, port)[0])
+        up.append(time.monotonic())
 
-    with AstroClient(f"127.0.0.1:{port}", timeout_s=10.0, backoff_s=0.05, backoff_max_s=0.2) as c:
+    with AstroClient(f"127.0.0.1:{port}", timeout_s=30.0, backoff_s=0.02, backoff_max_s=0.05) as c:
         late = threading.Thread(target=come_up)
         late.start()
         try:
-            t0 = time.monotonic()
             assert c.get_spec() == SMALL  # the default client waits: no retries are spent
-            assert time.monotonic() - t0 < 0.5 + 0.2 + 1.0  # re-dialled within backoff_max_s of the server's start
+            answered = time.monotonic()
         finally:
             late.join()
             for server in servers:
                 server.stop(grace=None)
+    waited = answered - up[0]  # < 0: answered while start() was returning
+    assert waited < 0.7, f"answered {waited:.2f} s after the server came up: not re-dialled within backoff_max_s"
 
 
 # ---- several addresses: gRPC's round_robin ---------------------------------------------------

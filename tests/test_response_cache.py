@@ -219,7 +219,12 @@ def test_the_cache_is_bounded(cfg: AstroConfig, cached: Endpoint) -> None:
 
 
 @pytest.mark.server
-def test_item_scorer_never_reports_cache_activity(cached: Endpoint) -> None:
+def test_item_scorer_never_reports_cache_activity(cfg: AstroConfig, cached: Endpoint) -> None:
+    """A miss and a hit of its own (so it holds run alone and in any order): the encoder counts both, the scorer
+    neither (``score`` checks the scorer after each call too)."""
+    req = full_user(cfg, 9)
+    assert cached.score(req)[1] == MISS
+    assert cached.score(same_user(req, 10))[1] == HIT
     counts = cached.cache_counts()
     assert counts[ITEM_SCORER] == (0, 0)
     hits, misses = counts[USER_ENCODER]

@@ -62,9 +62,9 @@ def users(n: int, seed: int) -> list[tuple[EventHistory, int]]:
     return out
 
 
-def test_raw_tritonclient_matches_per_pair(triton: TritonServer, small_model: AstroModel) -> None:
+def test_raw_tritonclient_matches_per_pair(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
     cfg = small_model.cfg
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     shapes = [
         (1, 1, 1, 0),
         (3, 17, 40, 1),
@@ -94,8 +94,8 @@ def test_client_discovers_the_served_spec(triton: TritonServer, small_model: Ast
         assert health["ready"] and health["model_ready"]
 
 
-def test_client_scores_match_per_pair(triton: TritonServer, small_model: AstroModel) -> None:
-    rng = np.random.default_rng()
+def test_client_scores_match_per_pair(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     now = 1_700_000_000
     with AstroClient(triton.grpc_url) as client:
         for history, scenario in users(6, seed=int(rng.integers(1000))):
@@ -108,10 +108,10 @@ def test_client_scores_match_per_pair(triton: TritonServer, small_model: AstroMo
             np.testing.assert_allclose(served[idx], ref, atol=FP32_ATOL, rtol=0)
 
 
-def test_client_chunks_long_candidate_lists(triton: TritonServer, small_model: AstroModel) -> None:
+def test_client_chunks_long_candidate_lists(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
     """2.5x the served maximum: split into chunks, scored, reassembled in order (checked at every
     chunk edge and a random sample in between)."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     history, scenario = users(2, seed=3)[1]
     n = int(2.5 * small_model.cfg.max_candidates)
     cands = rng.integers(1, 10**9, size=n)
@@ -127,8 +127,8 @@ def test_client_chunks_long_candidate_lists(triton: TritonServer, small_model: A
     np.testing.assert_allclose(served[idx], ref, atol=FP32_ATOL, rtol=0)
 
 
-def test_batch_form_matches_single_calls(triton: TritonServer, small_model: AstroModel) -> None:
-    rng = np.random.default_rng()
+def test_batch_form_matches_single_calls(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     reqs = [
         ScoreRequest(h, rng.integers(1, 10**9, size=int(rng.integers(1, 300))), s, 1_700_000_000)
         for h, s in users(5, seed=11)
@@ -141,11 +141,11 @@ def test_batch_form_matches_single_calls(triton: TritonServer, small_model: Astr
             np.testing.assert_allclose(got, ref, atol=FP32_ATOL, rtol=0)
 
 
-def test_concurrent_requests_equal_sequential(triton: TritonServer) -> None:
+def test_concurrent_requests_equal_sequential(triton: TritonServer, seed: int) -> None:
     """Eight threads at once (Triton may batch them dynamically) give the sequential answers.
 
     Tolerance 1e-6: a dynamically batched run may use another matmul blocking than a lone one."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     reqs = [ScoreRequest(h, rng.integers(1, 10**9, size=64), s, 1_700_000_000) for h, s in users(24, seed=5)]
     with AstroClient(triton.grpc_url) as client:
         sequential = [client.score(r.history, r.candidates, r.scenario, r.timestamp) for r in reqs]
@@ -155,8 +155,8 @@ def test_concurrent_requests_equal_sequential(triton: TritonServer) -> None:
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
-def test_async_client_matches_sync(triton: TritonServer) -> None:
-    rng = np.random.default_rng()
+def test_async_client_matches_sync(triton: TritonServer, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     reqs = [ScoreRequest(h, rng.integers(1, 10**9, size=50), s, 1_700_000_000) for h, s in users(6, seed=8)]
 
     async def run() -> list[npt.NDArray[np.float32]]:

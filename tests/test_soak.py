@@ -54,8 +54,8 @@ def reference(model: AstroModel, r: ScoreRequest) -> npt.NDArray[np.float32]:
     return torch_split(model, req, "fp32")[1][0]
 
 
-def test_soak(triton: TritonServer, small_model: AstroModel) -> None:
-    rng = np.random.default_rng()
+def test_soak(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     world = SyntheticWorld(WorldSpec(seed=int(rng.integers(1000))))
     pool = [
         ScoreRequest(world.user(rng)[0], rng.integers(1, 10**9, size=int(rng.integers(16, 256))),
@@ -68,8 +68,8 @@ def test_soak(triton: TritonServer, small_model: AstroModel) -> None:
     mismatches: list[int] = []
     stop = threading.Event()
 
-    def worker(seed: int) -> None:
-        local = np.random.default_rng(seed)
+    def worker(index: int) -> None:
+        local = np.random.default_rng([seed, index])
         with AstroClient(triton.grpc_url, timeout_s=30) as client:
             while not stop.is_set():
                 i = int(local.integers(len(pool)))
@@ -83,7 +83,7 @@ def test_soak(triton: TritonServer, small_model: AstroModel) -> None:
                 if not np.allclose(got, expected[i], atol=1e-5, rtol=0):
                     mismatches.append(i)
 
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(THREADS)]
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
     for t in threads:
         t.start()
     time.sleep(min(5.0, SOAK_SECONDS / 4))  # warmup: arenas and caches fill before the baseline
