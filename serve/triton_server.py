@@ -274,19 +274,32 @@ def _kill_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
-    """Wait until no process of group ``pgid`` is left (killed stubs linger until their new parent reaps them)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Zombies do not count: killed stubs are reparented, and
+    a container whose PID 1 never reaps (``docker run`` without ``--init``) keeps them forever."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs: ask the kernel, zombies included
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return True
-        except PermissionError:
             return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Wait until no process of group ``pgid`` runs any more (killed stubs take a moment to exit)."""
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+    return True
 
 
 def _reap(proc: subprocess.Popen[bytes], workdir: Path | None) -> None:
@@ -577,9 +590,10 @@ class TritonServer:
                 returncode = self._proc.poll()
                 if returncode is not None:
                     raise self._error(f"tritonserver exited with code {returncode} during startup", returncode)
-                if not live and self._grpc_started():
+                if not live and self._listening():
                     # Only once this process says it listens: another server may answer on a port both were
-                    # handed (ports are picked free, then bound by the server), and its answers are not ours.
+                    # handed (ports are picked free, then bound by the server), and its answers are not ours;
+                    # and the metrics service starts last, so a caller can scrape it once start() returns.
                     with contextlib.suppress(InferenceServerException):
                         live = bool(client.is_server_live(headers=self._headers(), client_timeout=2.0))
                 if live:
@@ -603,10 +617,17 @@ class TritonServer:
         finally:
             client.close()
 
-    def _grpc_started(self) -> bool:
-        """Whether this run's log says its gRPC service listens on our port (logged once, after model loading
-        in "none" mode: ``Started GRPCInferenceService at 127.0.0.1:8001``)."""
-        return re.search(rf'Started GRPCInferenceService at \S*:{self.grpc_port}"', self.log_text()) is not None
+    def _listening(self) -> bool:
+        """Whether this run's log says each of its services listens on its port: gRPC always, HTTP and metrics
+        unless turned off in ``extra_args`` (logged after model loading in "none" mode, e.g.
+        ``Started GRPCInferenceService at 127.0.0.1:8001``, ``Started Metrics Service at 127.0.0.1:8002``)."""
+        services = {"GRPCInferenceService": self.grpc_port}
+        if "--allow-http=false" not in self.extra_args:
+            services["HTTPService"] = self.http_port
+        if "--allow-metrics=false" not in self.extra_args:
+            services["Metrics Service"] = self.metrics_port
+        text = self.log_text()
+        return all(re.search(rf'Started {name} at \S*:{port}"', text) for name, port in services.items())
 
     def _headers(self) -> dict[str, str] | None:
         """The key that restricted protocols ask for, sent with our own readiness calls."""
