@@ -18,7 +18,7 @@ import torch
 from contract.config import AstroConfig
 from contract.tensors import CACHE_TENSORS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_MASK, CacheDType
 from export.onnx_graphs import GraphPaths, torch_dtype
-from export.ranking import TOP_K, topk_intruders, topk_overlap
+from export.ranking import TOP_K, compare_topk
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
 from model.random_inputs import RandomRequest, random_request
 
@@ -213,9 +213,9 @@ def check_ort_parity(
         d = _compare(SCORES_OUTPUT, ref_scores, scores, tol.atol, errors, where)
         report.max_abs[SCORES_OUTPUT] = max(report.max_abs.get(SCORES_OUTPUT, 0.0), d)
         if scores.shape == ref_scores.shape and shape.candidates > TOP_K:
-            intruders = topk_intruders(ref_scores, scores, tol.rank_tie)
-            report.min_topk_overlap = min(report.min_topk_overlap, topk_overlap(ref_scores, scores, tol.rank_tie))
-            errors += [f"top-{TOP_K} @ {where}: {i.describe(model.cfg.tasks)}" for i in intruders[:3]]
+            topk = compare_topk(ref_scores, scores, tol.rank_tie)
+            report.min_topk_overlap = min(report.min_topk_overlap, topk.overlap)
+            errors += [f"top-{TOP_K} @ {where}: {i.describe(model.cfg.tasks)}" for i in topk.intruders[:3]]
         report.shapes += 1
     if errors:
         raise ParityError(

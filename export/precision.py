@@ -44,7 +44,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.ranking import TOP_K, topk_intruders, topk_overlap
+from export.ranking import TOP_K, compare_topk
 
 if TYPE_CHECKING:  # torch-free at run time: export.tensorrt_engine reads graph precision from here
     from export.parity import OrtPipeline
@@ -394,11 +394,9 @@ def compare_pipelines(
             if d > limit:
                 report.problems.append(f"{name} @ request {i} (B x N = {where}): max |diff| {d:.3e} > {limit:.0e}")
         if ref["scores"].shape == got["scores"].shape and ref["scores"].shape[1] > TOP_K:
-            r, c = ref["scores"], got["scores"]
-            report.min_topk_agreement = min(report.min_topk_agreement, topk_overlap(r, c, tol.rank_tie))
-            report.problems += [
-                f"top-{TOP_K} @ request {i}: {x.describe()}" for x in topk_intruders(r, c, tol.rank_tie)[:3]
-            ]
+            topk = compare_topk(ref["scores"], got["scores"], tol.rank_tie)
+            report.min_topk_agreement = min(report.min_topk_agreement, topk.overlap)
+            report.problems += [f"top-{TOP_K} @ request {i}: {x.describe()}" for x in topk.intruders[:3]]
         report.shapes += 1
         progress(f"  {precision} vs fp32 [{i + 1}/{len(requests)}] B x N = {where}")
     return report

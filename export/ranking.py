@@ -52,8 +52,17 @@ def topk_intruders(ref: npt.ArrayLike, got: npt.ArrayLike, tie: float, k: int = 
     return found
 
 
-def topk_overlap(ref: npt.ArrayLike, got: npt.ArrayLike, tie: float = 0.0, k: int = TOP_K) -> float:
-    """Mean over users and tasks of the share of ``got``'s top-k that is no intruder (1.0 for N = 0)."""
+@dataclass(frozen=True)
+class TopK:
+    """One comparison's intruders, and the share of top-k slots free of them (mean over users and tasks)."""
+
+    intruders: list[Intruder]
+    overlap: float  # 1.0 for N = 0
+
+
+def compare_topk(ref: npt.ArrayLike, got: npt.ArrayLike, tie: float, k: int = TOP_K) -> TopK:
+    """:func:`topk_intruders` with the overlap they leave, from one pass; ``ref``, ``got``: scores [B, N, T]."""
+    intruders = topk_intruders(ref, got, tie, k)
     b, n, t = np.shape(ref)
     slots = min(k, n) * b * t
-    return 1.0 - len(topk_intruders(ref, got, tie, k)) / slots if slots else 1.0
+    return TopK(intruders, 1.0 - len(intruders) / slots if slots else 1.0)

@@ -45,7 +45,7 @@ from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE
 from export.parity import TOLERANCES, Tolerance, torch_per_pair
 from export.provenance import checkpoint_digest, display_path
-from export.ranking import TOP_K, topk_intruders, topk_overlap
+from export.ranking import TOP_K, compare_topk
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from model.random_inputs import NOW, RandomRequest
@@ -145,11 +145,9 @@ def compare(
                     f"{label}, candidate {c}, task {tasks[k]}: served {got[c, k]:.6f} vs PyTorch {ref[c, k]:.6f}",
                 )
         if got.shape[0] > TOP_K:
-            overlaps.append(topk_overlap(ref[None], got[None], tol.rank_tie))
-            intruders += [
-                f"{label}, top-{TOP_K}: {i.describe(tuple(tasks))}"
-                for i in topk_intruders(ref[None], got[None], tol.rank_tie)[:3]
-            ]
+            topk = compare_topk(ref[None], got[None], tol.rank_tie)
+            overlaps.append(topk.overlap)
+            intruders += [f"{label}, top-{TOP_K}: {i.describe(tuple(tasks))}" for i in topk.intruders[:3]]
     rows = []
     for t in tasks:
         all_d = np.concatenate(diffs[t]) if diffs[t] else np.zeros(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export.parity import TOLERANCES
-from export.ranking import TOP_K, topk_intruders, topk_overlap
+from export.ranking import TOP_K, compare_topk, topk_intruders
 
 
 def distinct_scores(seed: int, users: int = 2, candidates: int = 30, tasks: int = 2) -> np.ndarray:
@@ -15,15 +15,15 @@ def distinct_scores(seed: int, users: int = 2, candidates: int = 30, tasks: int 
 
 def test_without_ties_it_is_the_plain_overlap(seed: int) -> None:
     a = distinct_scores(seed)
-    assert topk_overlap(a, a.copy()) == 1.0
-    assert topk_overlap(a, -a) == 0.0  # the top 10 of 30 against the bottom 10
+    assert compare_topk(a, a.copy(), 0.0).overlap == 1.0
+    assert compare_topk(a, -a, 0.0).overlap == 0.0  # the top 10 of 30 against the bottom 10
     b = a.copy()
     for user in range(2):
         for task in range(2):
             top = np.argsort(-a[user, :, task])[:TOP_K]
             b[user, top[:3], task] = -1.0  # three of each top 10 pushed to the bottom
-    assert topk_overlap(a, b) == pytest.approx(0.7)
-    assert topk_overlap(a[:, :4], -a[:, :4]) == 1.0  # k is cut to N = 4: every item is in both top-4s
+    assert compare_topk(a, b, 0.0).overlap == pytest.approx(0.7)
+    assert compare_topk(a[:, :4], -a[:, :4], 0.0).overlap == 1.0  # k is cut to N = 4: every item is in both top-4s
 
 
 def test_a_swap_at_the_kth_place_is_a_tie_only_within_the_margin(seed: int) -> None:
@@ -36,7 +36,7 @@ def test_a_swap_at_the_kth_place_is_a_tie_only_within_the_margin(seed: int) -> N
     got[0, eleventh, 0] += 1e-7  # now ahead of the 10th
     tie = TOLERANCES["fp32"].rank_tie
     assert topk_intruders(ref, got, tie) == []
-    assert topk_overlap(ref, got, tie) == 1.0
+    assert compare_topk(ref, got, tie).overlap == 1.0
     (intruder,) = topk_intruders(ref, got, tie=0.0)  # held to exact ties it is an error
     assert (intruder.user, intruder.task, intruder.candidate) == (0, 0, eleventh)
     # a clearly worse candidate entering the top-k is an intruder at any margin below the gap
@@ -46,7 +46,7 @@ def test_a_swap_at_the_kth_place_is_a_tie_only_within_the_margin(seed: int) -> N
     (intruder,) = topk_intruders(ref, got, tie)
     assert intruder.candidate == worst and intruder.kth - intruder.score > tie
     assert f"candidate {worst}" in intruder.describe(("play",))
-    assert topk_overlap(ref, got, tie) == pytest.approx(0.9)
+    assert compare_topk(ref, got, tie).overlap == pytest.approx(0.9)
 
 
 def test_refuses_mismatched_shapes() -> None:
