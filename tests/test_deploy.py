@@ -5,16 +5,17 @@ is validated:
 
 * core kinds with ``kubernetes-validate`` in strict mode (unknown fields refused) for Kubernetes
   ``K8S_VERSION``; a kind it has no schema for is a failure, not a warning;
-* custom resources (InferenceService, ServingRuntime, ScaledObject, PodMonitor) against the
+* custom resources (InferenceService, ServingRuntime, ScaledObject, PodMonitor, DestinationRule) against the
   ``openAPIV3Schema`` of their published CRDs vendored in ``deploy/schemas`` (README there: source,
   release), made strict the way the API server's strict field validation is; their ``metadata`` as a
   core ``ObjectMeta``; the ScaledObject also against the KEDA admission webhook's rules and the
-  ``prometheus`` trigger's metadata keys;
+  ``prometheus`` trigger's metadata keys; the DestinationRule's durations against Istio's CEL rules;
 * what no schema sees: the pinned Triton image, flags, ports, probes and ``/dev/shm`` of the Triton
   container, the same in both variants; every ``$(VAR)`` resolvable; per-overlay resources; the
   ScaledObject targeting the Deployment that exists (or that KServe will create), its queries on the
   composing models in the overlay's namespace; the PodDisruptionBudget and PodMonitor selecting the
-  Triton pods.
+  Triton pods; the mesh's DestinationRule hashing the header the client sends its routing key in, on the
+  ClusterIP Service's HTTP/2 port, ejecting a replica only when its connection fails.
 
 Each validator returns a list of problems; the negative tests feed it broken objects and check it
 names them. No cluster is involved: a few seconds in all.
@@ -39,12 +40,14 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from contract.routing import ROUTE_KEY_HEADER
 from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 SCHEMAS = DEPLOY / "schemas"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+MESH_OVERLAYS = [o for o in OVERLAYS if o.endswith("-istio")]  # add components/istio-affinity
 K8S_VERSION = "1.33"  # deploy/schemas/README.md says why
 
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -52,6 +55,9 @@ REQUIRED_FLAGS = (
     "--model-control-mode=none",
     "--strict-readiness=true",
     "--cache-config=local,size=$(RESPONSE_CACHE_BYTES)",
+    # GPU targets: the ensemble's keys/values in host memory, where the response cache can store them
+    # (docs/deploy.md, "The response cache on GPU targets")
+    "--cuda-memory-pool-byte-size=0:0",
     "--http-port=8000",
     "--grpc-port=8001",
     "--metrics-port=8002",
@@ -84,7 +90,20 @@ PROMETHEUS_OPTIONAL = frozenset(
         "keyParamName",
     }
 )
+ROOT_FIELDS = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
 HPA_METRIC_TYPES = frozenset({"AverageValue", "Value", "Utilization"})
+# Istio 1.30.3 pkg/config/kube/conversion.go (ConvertProtocol): the Service port protocols its sidecars
+# route as HTTP/2, where a request header can be hashed (appProtocol first, else the port name's prefix).
+MESH_HTTP2_APP_PROTOCOLS = frozenset({"kubernetes.io/h2c", "grpc", "http2"})
+# The DestinationRule fields Istio 1.30.3's CRD checks with the CEL rule `duration(self) >= duration('1ms')`.
+MESH_DURATIONS = (
+    ("outlierDetection", "interval"),
+    ("outlierDetection", "baseEjectionTime"),
+    ("connectionPool", "tcp", "connectTimeout"),
+    ("connectionPool", "tcp", "maxConnectionDuration"),
+    ("connectionPool", "http", "idleTimeout"),
+)
+GO_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_LABEL_VALUE = 63
 
 Doc = dict[str, Any]
@@ -189,9 +208,11 @@ def vendored_schemas() -> dict[tuple[str, str], VendoredSchema]:
         data = json.loads(path.read_text())
         key = (data["apiVersion"], data["kind"])
         assert key not in out, f"two vendored schemas for {key}: {out[key].path.name}, {path.name}"
-        out[key] = VendoredSchema(
-            path, data["source"], key[0], key[1], jsonschema.Draft4Validator(strict(data["openAPIV3Schema"]))
-        )
+        root = data["openAPIV3Schema"]
+        # the API server takes apiVersion, kind and metadata on every object, listed by the CRD or not
+        # (Istio's schemas list only spec and status)
+        root["properties"] = {**ROOT_FIELDS, **root.get("properties", {})}
+        out[key] = VendoredSchema(path, data["source"], key[0], key[1], jsonschema.Draft4Validator(strict(root)))
     return out
 
 
@@ -478,6 +499,58 @@ def selection_problems(docs: list[Doc]) -> list[str]:
     return out
 
 
+def go_duration_seconds(text: str) -> float | None:
+    """A Go duration (``10s``, ``1m30s``, ``250ms``) in seconds, as Istio's CEL ``duration()`` reads it;
+    None when the text is not one."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * GO_DURATION_UNITS[u] for n, u in parts)
+
+
+def mesh_problems(docs: list[Doc]) -> list[str]:
+    """The DestinationRule: a consistent hash of the header the client sends its routing key in, on the
+    ClusterIP Service whose gRPC port Istio routes as HTTP/2; ejection for failed connections only; its
+    durations valid for Istio's CEL rules."""
+    out: list[str] = []
+    dr = one(docs, "DestinationRule")
+    spec, namespace = dr["spec"], dr["metadata"].get("namespace")
+    policy = spec.get("trafficPolicy", {})
+    services = {d["metadata"]["name"]: d for d in find(docs, "Service")}
+    host = spec.get("host", "")
+    name = host.split(".")[0]
+    if name not in services or (host != name and not host.startswith(f"{name}.{namespace}.")):
+        out.append(f"host {host!r} is no Service of this rendering in {namespace!r}: {sorted(services)}")
+    elif services[name]["spec"].get("clusterIP") == "None":
+        out.append(f"DestinationRule host {host!r} is headless: a sidecar passes its connections through, unhashed")
+    else:
+        ports = [p for p in services[name]["spec"]["ports"] if p["port"] == TRITON_PORTS["grpc"]]
+        protocol = ports[0].get("appProtocol", ports[0].get("name", "").split("-")[0]) if ports else None
+        if protocol not in MESH_HTTP2_APP_PROTOCOLS:
+            out.append(f"Service {name} port {TRITON_PORTS['grpc']} is not HTTP/2 to Istio: {protocol!r}")
+    header = policy.get("loadBalancer", {}).get("consistentHash", {}).get("httpHeaderName")
+    if header != ROUTE_KEY_HEADER:
+        out.append(f"httpHeaderName {header!r} is not the client's routing-key header, {ROUTE_KEY_HEADER}")
+    outlier = policy.get("outlierDetection", {})
+    # Istio 1.30.3 pilot/pkg/networking/core/cluster_traffic_policy.go (applyOutlierDetection): an unset
+    # consecutive5xxErrors leaves Envoy's default, eject after 5 consecutive 5xx
+    if outlier.get("consecutive5xxErrors") != 0 or outlier.get("consecutiveGatewayErrors", 0) != 0:
+        out.append(
+            f"outlierDetection ejects on answered errors ({outlier}): a replica refusing work when its queues "
+            "are full would be ejected and its users moved onto the next replicas"
+        )
+    if not (outlier.get("splitExternalLocalOriginErrors") and outlier.get("consecutiveLocalOriginFailures")):
+        out.append(f"outlierDetection does not eject a replica whose connections fail: {outlier}")
+    for path in MESH_DURATIONS:
+        value: Any = policy
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        seconds = go_duration_seconds(value) if isinstance(value, str) else None
+        if value is not None and (seconds is None or seconds < 1e-3):
+            out.append(f"trafficPolicy.{'.'.join(path)} {value!r}: must be a valid duration greater than 1ms")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the tests
 
 
@@ -487,6 +560,7 @@ def test_overlays_exist() -> None:
         "deployment-gpu-tensorrt",
         "kserve-cpu-onnxruntime",
         "kserve-gpu-tensorrt",
+        "deployment-cpu-onnxruntime-istio",
     }
     assert expected <= set(OVERLAYS), OVERLAYS
 
@@ -499,6 +573,7 @@ def test_overlay_renders_the_expected_objects(overlay: str) -> None:
         assert kinds == sorted([*common, "InferenceService", "ServingRuntime"])
     else:
         extra = ["PersistentVolumeClaim"] if overlay.endswith("-pvc") else []
+        extra += ["DestinationRule"] if overlay in MESH_OVERLAYS else []
         assert kinds == sorted([*common, *extra, "Deployment", "Service", "Service"])
     assert {d["metadata"].get("namespace") for d in rendered(overlay)} == {"astro"}
 
@@ -527,6 +602,14 @@ def test_autoscaling_on_composing_models_queue_time(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_disruption_budget_and_scraping_select_the_triton_pods(overlay: str) -> None:
     problems = selection_problems(rendered(overlay))
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", MESH_OVERLAYS)
+def test_mesh_hashes_the_clients_routing_key(overlay: str) -> None:
+    """Behind Istio, the caller's sidecar picks the replica by the header the client sends its routing key
+    in (contract/routing.py), so a user's calls reach the replica that holds its keys/values."""
+    problems = mesh_problems(rendered(overlay))
     assert problems == [], "\n".join(problems)
 
 
@@ -570,9 +653,10 @@ def test_triton_image_is_pinned_in_one_place() -> None:
 def test_vendored_schemas_name_their_source() -> None:
     readme = (SCHEMAS / "README.md").read_text()
     schemas = vendored_schemas()
-    assert {k for _, k in schemas} == {"InferenceService", "ServingRuntime", "ScaledObject", "PodMonitor"}
+    kinds = {"InferenceService", "ServingRuntime", "ScaledObject", "PodMonitor", "DestinationRule"}
+    assert {k for _, k in schemas} == kinds
     for s in schemas.values():
-        release = re.fullmatch(r"[a-z-]+-(v\d+\.\d+\.\d+)-[a-z]+-v\w+\.json", s.path.name)
+        release = re.fullmatch(r"[a-z-]+-(v?\d+\.\d+\.\d+)-[a-z]+-v\w+\.json", s.path.name)
         assert release, s.path.name
         assert re.match(rf"https://github\.com/[\w-]+/[\w-]+/blob/{re.escape(release.group(1))}/", s.source), s.source
         assert s.path.name in readme and s.source in readme, f"deploy/schemas/README.md does not list {s.path.name}"
@@ -644,6 +728,18 @@ def test_a_kind_without_schema_is_a_failure() -> None:
             "portt",
         ),
         ("deployment-gpu-tensorrt", "PodMonitor", lambda d: d["metadata"]["labels"].__setitem__("n", 1), "labels.n"),
+        (
+            "deployment-cpu-onnxruntime-istio",
+            "DestinationRule",
+            lambda d: d["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"].__setitem__("httpHeadername", "x"),
+            "httpHeadername",
+        ),
+        (
+            "deployment-cpu-onnxruntime-istio",
+            "DestinationRule",
+            lambda d: d["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"].__setitem__("useSourceIp", True),
+            "is valid under each of",
+        ),
     ],
     ids=[
         "scaledobject-unknown-field",
@@ -653,6 +749,8 @@ def test_a_kind_without_schema_is_a_failure() -> None:
         "runtime-misspelled-probe-field",
         "podmonitor-unknown-field",
         "metadata-label-not-a-string",
+        "destinationrule-misspelled-field",
+        "destinationrule-two-hash-keys",
     ],
 )
 def test_vendored_crd_schemas_refuse(overlay: str, kind: str, mutate: Callable[[Doc], None], expected: str) -> None:
@@ -765,14 +863,103 @@ def test_autoscaling_checks_refuse(mutate: Callable[[list[Doc]], object], expect
             lambda docs: one(docs, "ServingRuntime")["spec"]["volumes"][0]["emptyDir"].pop("medium"),
             "/dev/shm",
         ),
+        (
+            "kserve-gpu-tensorrt",
+            lambda docs: one(docs, "ServingRuntime")["spec"]["containers"][0]["args"].remove(
+                "--cuda-memory-pool-byte-size=0:0"
+            ),
+            "--cuda-memory-pool-byte-size=0:0",
+        ),
     ],
-    ids=["flag-missing", "liveness-on-ready", "gpu-missing", "unresolved-var", "cache-too-big", "shm-on-disk"],
+    ids=[
+        "flag-missing",
+        "liveness-on-ready",
+        "gpu-missing",
+        "unresolved-var",
+        "cache-too-big",
+        "shm-on-disk",
+        "gpu-keys-values-in-the-cuda-pool",
+    ],
 )
 def test_triton_checks_refuse(overlay: str, mutate: Callable[[list[Doc]], object], expected: str) -> None:
     docs = rendered(overlay)
     mutate(docs)
     problems = triton_problems(docs, overlay)
     assert any(expected in p for p in problems), problems
+
+
+def _rule(docs: list[Doc]) -> Doc:
+    rule: Doc = one(docs, "DestinationRule")["spec"]
+    return rule
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda docs: _rule(docs)["trafficPolicy"]["loadBalancer"]["consistentHash"].__setitem__(
+                "httpHeaderName", "x-user-id"
+            ),
+            "is not the client's routing-key header",
+        ),
+        (
+            lambda docs: _rule(docs)["trafficPolicy"].__setitem__("loadBalancer", {"simple": "ROUND_ROBIN"}),
+            "is not the client's routing-key header",
+        ),
+        (lambda docs: _rule(docs).__setitem__("host", "astro-triton-headless"), "is headless"),
+        (lambda docs: _rule(docs).__setitem__("host", "astro-triton.prod.svc.cluster.local"), "no Service"),
+        (lambda docs: _rule(docs).__setitem__("host", "astro"), "no Service"),
+        (
+            lambda docs: one(docs, "Service", "astro-triton")["spec"]["ports"][1].__setitem__(
+                "appProtocol", "kubernetes.io/ws"
+            ),
+            "is not HTTP/2 to Istio",
+        ),
+        (lambda docs: _rule(docs)["trafficPolicy"]["outlierDetection"].pop("consecutive5xxErrors"), "ejects on"),
+        (
+            lambda docs: _rule(docs)["trafficPolicy"]["outlierDetection"].__setitem__("consecutiveGatewayErrors", 3),
+            "ejects on",
+        ),
+        (
+            lambda docs: _rule(docs)["trafficPolicy"]["outlierDetection"].pop("splitExternalLocalOriginErrors"),
+            "whose connections fail",
+        ),
+        (
+            lambda docs: _rule(docs)["trafficPolicy"]["outlierDetection"].__setitem__("interval", "10"),
+            "valid duration greater than 1ms",
+        ),
+        (
+            lambda docs: _rule(docs)["trafficPolicy"]["outlierDetection"].__setitem__("baseEjectionTime", "500us"),
+            "valid duration greater than 1ms",
+        ),
+    ],
+    ids=[
+        "other-header",
+        "round-robin",
+        "headless-host",
+        "other-namespace",
+        "unknown-host",
+        "port-not-http2",
+        "eject-on-5xx-by-default",
+        "eject-on-gateway-errors",
+        "no-local-origin-split",
+        "duration-without-unit",
+        "duration-below-1ms",
+    ],
+)
+def test_mesh_checks_refuse(mutate: Callable[[list[Doc]], object], expected: str) -> None:
+    docs = rendered("deployment-cpu-onnxruntime-istio")
+    assert mesh_problems(docs) == []
+    mutate(docs)
+    problems = mesh_problems(docs)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10s", 10.0), ("1m30s", 90.0), ("250ms", 0.25), ("1.5h", 5400.0), ("10", None), ("s", None)]
+)
+def test_go_durations(text: str, seconds: float | None) -> None:
+    assert go_duration_seconds(text) == seconds
 
 
 def test_selection_checks_refuse() -> None:

@@ -2,11 +2,13 @@
 
 Usage (from the repository root, with the project's virtualenv)::
 
-    .venv/bin/python deploy/schemas/vendor.py CRD.yaml VERSION SOURCE_URL OUT.json
+    .venv/bin/python deploy/schemas/vendor.py CRD.yaml VERSION SOURCE_URL OUT.json [CRD_NAME]
 
 ``CRD.yaml`` is the upstream file named in ``deploy/schemas/README.md`` (downloaded at the tag
 given there); ``VERSION`` is the CRD version to take (``v1beta1``, ``v1alpha1``, ``v1``);
-``SOURCE_URL`` is recorded in the output next to the schema. The schema is kept as published
+``SOURCE_URL`` is recorded in the output next to the schema; ``CRD_NAME`` picks one definition
+from a file that holds several (Istio's ``crd-all.gen.yaml``:
+``destinationrules.networking.istio.io``). The schema is kept as published
 except that every ``description`` text is dropped (it does not take part in validation and is
 most of the bytes). ``tests/test_deploy.py`` validates the rendered custom resources against
 these files.
@@ -32,11 +34,14 @@ def strip_descriptions(node: Any) -> Any:
     return node
 
 
-def extract(crd_text: str, version: str, source: str) -> dict[str, Any]:
+def extract(crd_text: str, version: str, source: str, name: str | None = None) -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all(crd_text) if d]
     crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+    if name is not None:
+        crds = [d for d in crds if d["metadata"]["name"] == name]
     if len(crds) != 1:
-        raise SystemExit(f"expected one CustomResourceDefinition, found {len(crds)}")
+        wanted = f" named {name!r}" if name is not None else ""
+        raise SystemExit(f"expected one CustomResourceDefinition{wanted}, found {len(crds)}")
     crd = crds[0]
     spec = crd["spec"]
     served = {v["name"]: v for v in spec["versions"]}
@@ -55,10 +60,10 @@ def extract(crd_text: str, version: str, source: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 4:
+    if len(argv) not in (4, 5):
         raise SystemExit(__doc__)
-    crd_path, version, source, out = argv
-    data = extract(Path(crd_path).read_text(), version, source)
+    crd_path, version, source, out = argv[:4]
+    data = extract(Path(crd_path).read_text(), version, source, argv[4] if len(argv) == 5 else None)
     Path(out).write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
     print(f"wrote {out}: {data['kind']} {data['apiVersion']} from {source}")
 
