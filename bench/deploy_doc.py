@@ -284,7 +284,7 @@ def affinity(results: dict[str, Any], m: Manifests) -> str:
             f"R = {r} that is {misses:.2f} misses of {k}, a {_pct(1 - misses / k)} hit rate; with affinity it "
             f"is 1 miss of {k}, {_pct(1 - 1 / k)}, whatever R is. On one replica, `make bench`'s session "
             f"traffic (section (f): Zipf popularity, k = {k}, some sessions adding a history event) hit "
-            f"{_pct_span(measured)}: the rate affinity keeps at any R.",
+            f"{_pct_span(measured)}: the rate perfect affinity would keep at any R.",
         ]
     )
 
@@ -314,7 +314,8 @@ def capacity(results: dict[str, Any], m: Manifests) -> str:
         + (
             "; "
             + ", ".join(f"concurrency {lv.concurrency} serves {_rps(lv.rps)} at p99 {_ms(lv.p99_ms)}" for lv in over)
-            + " and fails the target"
+            + (" fail" if len(over) > 1 else " fails")
+            + " the target"
             if over
             else ""
         )
