@@ -14,8 +14,9 @@ is validated:
   container, the same in both variants; every ``$(VAR)`` resolvable; per-overlay resources; the
   ScaledObject targeting the Deployment that exists (or that KServe will create), its queries on the
   composing models in the overlay's namespace; the PodDisruptionBudget and PodMonitor selecting the
-  Triton pods; the mesh's DestinationRule hashing the header the client sends its routing key in, on the
-  ClusterIP Service's HTTP/2 port, ejecting a replica only when its connection fails.
+  Triton pods; the headless Service listing every ready replica's gRPC port (the client's replica set);
+  the mesh's DestinationRule hashing the header the client sends its routing key in, on the ClusterIP
+  Service's HTTP/2 port, ejecting a replica only when its connection fails.
 
 Each validator returns a list of problems; the negative tests feed it broken objects and check it
 names them. No cluster is involved: a few seconds in all.
@@ -48,6 +49,8 @@ DEPLOY = REPO / "deploy"
 SCHEMAS = DEPLOY / "schemas"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 MESH_OVERLAYS = [o for o in OVERLAYS if o.endswith("-istio")]  # add components/istio-affinity
+DEPLOYMENT_OVERLAYS = [o for o in OVERLAYS if o.startswith("deployment-")]
+HEADLESS_SERVICE = "astro-triton-headless"  # the DNS name the client routes over (docs/deploy.md, section 6)
 K8S_VERSION = "1.33"  # deploy/schemas/README.md says why
 
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -499,6 +502,24 @@ def selection_problems(docs: list[Doc]) -> list[str]:
     return out
 
 
+def headless_problems(docs: list[Doc]) -> list[str]:
+    """The direct path's replica set: the headless Service resolves to every ready Triton pod's gRPC port
+    and to nothing else (a pod still loading its models must not receive calls)."""
+    out: list[str] = []
+    svc = one(docs, "Service", HEADLESS_SERVICE)["spec"]
+    if svc.get("clusterIP") != "None":
+        out.append(f"{HEADLESS_SERVICE}: clusterIP {svc.get('clusterIP')!r}, not None: DNS would give one virtual IP")
+    if svc.get("publishNotReadyAddresses", False):
+        out.append(f"{HEADLESS_SERVICE}: publishNotReadyAddresses: DNS would list pods that are not ready")
+    w = workload(docs)
+    if not svc.get("selector") or not svc["selector"].items() <= w.pod_labels.items():
+        out.append(f"{HEADLESS_SERVICE} selects {svc.get('selector')}, the Triton pods carry {w.pod_labels}")
+    grpc = [p for p in svc.get("ports", []) if p.get("port") == TRITON_PORTS["grpc"]]
+    if not grpc or probe_port(w.container, grpc[0].get("targetPort", 0)) != TRITON_PORTS["grpc"]:
+        out.append(f"{HEADLESS_SERVICE} does not expose the gRPC port {TRITON_PORTS['grpc']}: {svc.get('ports')}")
+    return out
+
+
 def go_duration_seconds(text: str) -> float | None:
     """A Go duration (``10s``, ``1m30s``, ``250ms``) in seconds, as Istio's CEL ``duration()`` reads it;
     None when the text is not one."""
@@ -603,6 +624,30 @@ def test_autoscaling_on_composing_models_queue_time(overlay: str) -> None:
 def test_disruption_budget_and_scraping_select_the_triton_pods(overlay: str) -> None:
     problems = selection_problems(rendered(overlay))
     assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", DEPLOYMENT_OVERLAYS)
+def test_headless_service_lists_every_ready_replica(overlay: str) -> None:
+    problems = headless_problems(rendered(overlay))
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda svc: svc.pop("clusterIP"), "not None"),
+        (lambda svc: svc.__setitem__("publishNotReadyAddresses", True), "not ready"),
+        (lambda svc: svc["selector"].__setitem__("app.kubernetes.io/name", "other"), "selects"),
+        (lambda svc: svc["ports"][0].__setitem__("targetPort", "http"), "gRPC port"),
+    ],
+    ids=["cluster-ip", "not-ready-pods", "other-pods", "http-port"],
+)
+def test_headless_checks_refuse(mutate: Callable[[Doc], object], expected: str) -> None:
+    docs = rendered("deployment-cpu-onnxruntime")
+    assert headless_problems(docs) == []
+    mutate(one(docs, "Service", HEADLESS_SERVICE)["spec"])
+    problems = headless_problems(docs)
+    assert any(expected in p for p in problems), problems
 
 
 @pytest.mark.parametrize("overlay", MESH_OVERLAYS)
