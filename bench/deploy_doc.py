@@ -63,7 +63,7 @@ class DocError(ValueError):
 class Manifests:
     thresholds_us: dict[str, float]  # composing model -> the KEDA trigger's queue-time threshold
     min_replicas: int
-    max_replicas: dict[str, int]  # "cpu" / "gpu" -> maxReplicaCount
+    max_replicas: int  # maxReplicaCount of the CPU overlays (the capacity examples are CPU figures)
     cache_bytes: dict[str, int]  # "cpu" / "gpu" -> RESPONSE_CACHE_BYTES
 
     @classmethod
@@ -75,14 +75,10 @@ class Manifests:
             if len(models) != 1:
                 raise DocError(f"trigger {trigger.get('name')!r} reads models {sorted(models)}, not one")
             thresholds[models.pop()] = float(trigger["metadata"]["threshold"])
-        gpu_scaling = yaml.safe_load((deploy / "components" / "gpu" / "scaling.yaml").read_text())
         return cls(
             thresholds_us=thresholds,
             min_replicas=int(so["spec"]["minReplicaCount"]),
-            max_replicas={
-                "cpu": int(so["spec"]["maxReplicaCount"]),
-                "gpu": int(gpu_scaling["spec"]["maxReplicaCount"]),
-            },
+            max_replicas=int(so["spec"]["maxReplicaCount"]),
             cache_bytes={
                 "cpu": _literal(deploy / "base" / "deployment" / "kustomization.yaml", "RESPONSE_CACHE_BYTES"),
                 "gpu": _literal(deploy / "components" / "gpu" / "kustomization.yaml", "RESPONSE_CACHE_BYTES"),
@@ -304,7 +300,7 @@ def capacity(results: dict[str, Any], m: Manifests) -> str:
     n_peak, n_big, n_night = (replicas_for(x, fit.rps, UTILISATION) for x in (PEAK_RPS, peak, night))
 
     def ceiling(n: int) -> str:
-        top = m.max_replicas["cpu"]
+        top = m.max_replicas
         return f"`maxReplicaCount: {top}` covers it" if n <= top else f"above `maxReplicaCount: {top}`: raise it"
 
     lines = [
