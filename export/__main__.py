@@ -36,17 +36,16 @@ from export.precision import LowPrecision, PrecisionError, compare_pipelines, co
 from export.provenance import write_provenance
 from export.repository import TARGETS, Target, write_repository
 from export.repository_check import RepositoryError, check_repository
-from export.tensorrt_engine import (
-    ENGINE_BUDGET_GIB,
+from export.tensorrt_budget import ENGINE_BUDGET_GIB, fit_to_gpu
+from export.tensorrt_build import (
     EngineBuildError,
-    Graph,
     Precision,
     TensorRTUnavailable,
     build_engine,
-    fit_to_gpu,
     installed_tensorrt,
     tensorrt_available,
 )
+from export.tensorrt_profiles import Graph
 from export.tensorrt_versions import (
     TensorRTVersionError,
     TritonRelease,

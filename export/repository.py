@@ -33,7 +33,7 @@ from contract.tensors import (
     graph_io,
     max_sizes,
 )
-from export.tensorrt_engine import metadata_path
+from export.tensorrt_metadata import metadata_path
 
 Target = Literal["tensorrt", "onnxruntime", "python"]
 TARGETS: tuple[Target, ...] = ("tensorrt", "onnxruntime", "python")
