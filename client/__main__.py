@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
+from client.served_provenance import served_provenance
 from client.validation import I64, Allow, RequestError, request_from_json
+from contract.program import program_name
 from contract.tensors import ENSEMBLE
 
 EXIT_OK, EXIT_SERVER, EXIT_USAGE = 0, 1, 2
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--certificate-chain", type=Path, help="PEM file of the client's certificate chain (mutual TLS)")
 
     parser = argparse.ArgumentParser(
-        prog="python -m client", description="Score candidates with, or check the health of, the astro ensemble."
+        prog=program_name("client"), description="Score candidates with, or check the health of, the astro ensemble."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     score = sub.add_parser(
@@ -186,6 +188,14 @@ def run_health(args: argparse.Namespace) -> int:
     for address in addresses if not reports else ():
         with make_client(args, address) as one:
             reports.append(one.health())
+    for report in reports:  # which export answers: checkpoint sha256, export time, toolchain, container
+        if report["model_ready"]:
+            report["provenance"] = served_provenance(
+                report["url"], args.model, timeout_s=args.timeout, headers=dict(args.header),
+                ssl=bool(args.ssl or args.root_certificates or args.private_key or args.certificate_chain),
+                root_certificates=args.root_certificates, private_key=args.private_key,
+                certificate_chain=args.certificate_chain,
+            )  # fmt: skip
     ready = all(r["ready"] for r in reports)
     out = reports[0] if len(reports) == 1 else {"url": args.url, "ready": ready, "replicas": reports}
     print(json.dumps(out, indent=2))

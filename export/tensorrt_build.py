@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from contract.config import AstroConfig
+from contract.program import program_name
 from contract.tensors import USER_KEYS
 from export.tensorrt_budget import DEFAULT_WORKSPACE_GIB, GiB, memory_estimate
 from export.tensorrt_metadata import EngineMetadata, sha256_file
@@ -324,7 +325,7 @@ def build_engine(
 def main(argv: Sequence[str] | None = None) -> int:
     """Whether TensorRT engines can be built here (exit 0) or not (exit 1), with the reason."""
     ap = argparse.ArgumentParser(
-        prog="python -m export.tensorrt_build",
+        prog=program_name("export.tensorrt_build"),
         description="Say whether this host can build TensorRT engines (TensorRT in range and a CUDA GPU); "
         "`python -m export --target tensorrt` builds them.",
     )
