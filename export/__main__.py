@@ -46,7 +46,6 @@ from export.tensorrt_build import (
     installed_tensorrt,
     tensorrt_available,
 )
-from export.tensorrt_profiles import Graph
 from export.tensorrt_versions import (
     TensorRTVersionError,
     TritonRelease,
@@ -282,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     onnx_path,
                     plan_path,
                     serving_cfg,
-                    cast(Graph, graph),
+                    graph,
                     a.precision,
                     timing_cache=a.work_dir / "timing.cache",
                     progress=print,

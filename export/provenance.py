@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from contract.served_provenance import PROVENANCE_PARAMETERS
+
 PROVENANCE = "provenance.json"
 # the two files of a checkpoint folder, as model.checkpoint names them (CONFIG, WEIGHTS); not imported
 # from there because that module imports torch
@@ -37,8 +39,6 @@ class ProvenanceError(RuntimeError):
     """``provenance.json`` is unreadable or malformed."""
 
 
-# Ensemble parameters of the record, besides ``preset`` and ``cache_dtype`` that the served spec carries
-PROVENANCE_PARAMETERS = ("checkpoint_sha256", "exported_at", "toolchain", "target_container")
 # The distributions whose versions made the repository: the ONNX graphs (torch, onnx), then what the
 # target serves them with; each listed only when installed
 TOOLCHAIN = {

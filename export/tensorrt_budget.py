@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.config import AstroConfig
-from contract.tensors import USER_ENCODER
-from export.tensorrt_profiles import GRAPHS, Graph
+from contract.tensors import GRAPHS, USER_ENCODER
 
 GiB = 1 << 30
 GPU_MEMORY_GIB = 22.5  # a "24 GB" card (L4, A10, RTX 4090) as CUDA counts it: about 23,000 MiB
@@ -57,7 +56,7 @@ class MemoryEstimate:
         )
 
 
-def memory_estimate(cfg: AstroConfig, graph: Graph, batch: int, block_len: int, candidates: int) -> MemoryEstimate:
+def memory_estimate(cfg: AstroConfig, graph: str, batch: int, block_len: int, candidates: int) -> MemoryEstimate:
     """Bytes ``graph`` needs for a request of B=``batch`` users, Tb=``block_len``, N=``candidates``."""
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")

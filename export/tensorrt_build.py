@@ -56,10 +56,10 @@ from typing import Any, NamedTuple
 
 from contract.config import AstroConfig
 from contract.program import program_name
-from contract.tensors import USER_KEYS
+from contract.tensors import GRAPHS, USER_KEYS
 from export.tensorrt_budget import DEFAULT_WORKSPACE_GIB, GiB, memory_estimate
 from export.tensorrt_metadata import EngineMetadata, sha256_file
-from export.tensorrt_profiles import CACHE_DTYPE_NAMES, GRAPHS, Graph, polygraphy_profile, profile_shapes
+from export.tensorrt_profiles import CACHE_DTYPE_NAMES, polygraphy_profile, profile_shapes
 from export.tensorrt_versions import SUPPORTED, TensorRTVersionError, require_supported
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class EngineRecipe(NamedTuple):
 def engine_recipe(
     onnx_path: Path,
     cfg: AstroConfig,
-    graph: Graph,
+    graph: str,
     timing_cache: Path | None = None,
     memory_pool_limits: Mapping[Any, int] | None = None,
 ) -> EngineRecipe:
@@ -228,7 +228,7 @@ def build_engine(
     onnx_path: Path,
     plan_path: Path,
     cfg: AstroConfig,
-    graph: Graph,
+    graph: str,
     precision: Precision | str = Precision.FP32,
     timing_cache: Path | None = None,
     workspace_gib: float = DEFAULT_WORKSPACE_GIB,

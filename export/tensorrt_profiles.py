@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 from polygraphy.backend.trt import Profile
 
@@ -25,15 +25,13 @@ from contract.tensors import (
     CACHE_DTYPES,
     CANDIDATES,
     GRAPH_IO,
+    GRAPHS,
     TENSORS,
     USER_TOKENS,
     Axis,
     Tensor,
     graph_io,
 )
-
-Graph = Literal["user_encoder", "item_scorer"]
-GRAPHS: tuple[Graph, ...] = get_args(Graph)
 
 
 class ShapeRange(NamedTuple):
@@ -98,19 +96,19 @@ def _check_graph(graph: str) -> None:
         raise ValueError(f"unknown graph {graph!r}; choose one of {GRAPHS}")
 
 
-def profile_shapes(cfg: AstroConfig, graph: Graph) -> dict[str, ShapeRange]:
+def profile_shapes(cfg: AstroConfig, graph: str) -> dict[str, ShapeRange]:
     """The optimization profile of ``graph``: (min, opt, max) for every input, in declaration order."""
     _check_graph(graph)
     return _ranges(cfg, graph_io(cfg, graph)[0])
 
 
-def output_shapes(cfg: AstroConfig, graph: Graph) -> dict[str, ShapeRange]:
+def output_shapes(cfg: AstroConfig, graph: str) -> dict[str, ShapeRange]:
     """The shapes each graph's outputs take over the profile (what the next step receives)."""
     _check_graph(graph)
     return _ranges(cfg, graph_io(cfg, graph)[1])
 
 
-def polygraphy_profile(cfg: AstroConfig, graph: Graph) -> Profile:
+def polygraphy_profile(cfg: AstroConfig, graph: str) -> Profile:
     """:func:`profile_shapes` as the Polygraphy ``Profile`` that ``CreateConfig(profiles=[...])`` takes."""
     profile = Profile()
     for name, rng in profile_shapes(cfg, graph).items():
@@ -122,7 +120,7 @@ TRT_DTYPE_NAMES = {"int64": "INT64", "bool": "BOOL", "fp32": "FLOAT", "fp16": "H
 CACHE_DTYPE_NAMES = {TRT_DTYPE_NAMES[d]: d for d in CACHE_DTYPES}  # tensorrt.DataType name -> the cache dtype
 
 
-def expected_dtypes(graph: Graph) -> dict[str, frozenset[str]]:
+def expected_dtypes(graph: str) -> dict[str, frozenset[str]]:
     """Allowed ``tensorrt.DataType`` names of every I/O tensor (the cache: any cache dtype).
 
     A strongly typed engine's I/O types are the ONNX graph's: INT64 ids and a BOOL mask are native

@@ -15,9 +15,9 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from client.__main__ import main as client_main
+from contract.served_provenance import PROVENANCE_PARAMETERS
 from contract.tensors import ENSEMBLE
 from export.provenance import (
-    PROVENANCE_PARAMETERS,
     Provenance,
     checkpoint_digest,
     new_provenance,

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from contract.config import AstroConfig
-from contract.tensors import USER_KEYS, USER_VALUES
+from contract.tensors import GRAPHS, USER_KEYS, USER_VALUES
 from export.tensorrt_build import build_engine, tensorrt_available
 from export.tensorrt_metadata import EngineMetadata, sha256_file
 from export.tensorrt_parity import TOLERANCES, Chain, compare_chains
-from export.tensorrt_profiles import GRAPHS, expected_dtypes, output_shapes, profile_shapes
+from export.tensorrt_profiles import expected_dtypes, output_shapes, profile_shapes
 from model.random_inputs import random_request
 
 if TYPE_CHECKING:

@@ -27,6 +27,7 @@ from contract.tensors import (
     CACHE_TENSORS,
     CANDIDATE_INPUT,
     GRAPH_IO,
+    GRAPHS,
     HISTORY_INPUTS,
     REQUEST_INPUTS,
     SCORES_OUTPUT,
@@ -62,8 +63,6 @@ from export.tensorrt_build import (
 from export.tensorrt_metadata import EngineMetadata, metadata_path
 from export.tensorrt_parity import TOLERANCES, Chain, compare_chains
 from export.tensorrt_profiles import (
-    GRAPHS,
-    Graph,
     ShapeRange,
     output_shapes,
     polygraphy_profile,
@@ -126,7 +125,7 @@ def test_item_scorer_profile_matches_config(preset: str) -> None:
 
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 @pytest.mark.parametrize("graph", GRAPHS)
-def test_min_opt_max_ordered_and_batch_axes_agree(preset: str, graph: Graph) -> None:
+def test_min_opt_max_ordered_and_batch_axes_agree(preset: str, graph: str) -> None:
     cfg = AstroConfig.from_name(preset)
     prof = profile_shapes(cfg, graph)
     for name, rng in {**prof, **output_shapes(cfg, graph)}.items():
@@ -176,7 +175,7 @@ def test_unknown_graph_rejected() -> None:
 # ---- Polygraphy's objects: the profile and the build recipe ------------------------------------
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 @pytest.mark.parametrize("graph", GRAPHS)
-def test_polygraphy_profile_is_the_declared_profile(preset: str, graph: Graph) -> None:
+def test_polygraphy_profile_is_the_declared_profile(preset: str, graph: str) -> None:
     """The Profile handed to CreateConfig holds exactly the graph's inputs, in order, with the config's ranges."""
     cfg = AstroConfig.from_name(preset)
     profile = polygraphy_profile(cfg, graph)
