@@ -38,6 +38,7 @@ CLIENT_PYTHONS = ("3.10", "3.12", "3.13")
 CACHE = Path(os.environ.get("ASTRO_INSTALL_CACHE") or Path.home() / ".cache" / "astro-serving" / "install")
 PIP_TIMEOUT_S = 600  # a cold pip cache downloads grpcio, numpy and pydantic-core wheels
 
+LAST_CANDIDATE = 1012
 REQUEST = {
     "history": {
         "item_ids": [11, 12, 13, 14],
@@ -45,7 +46,7 @@ REQUEST = {
         "scenarios": [0, 0, 2, 1],
         "timestamps": [1699990000, 1699995000, 1699999000, 1699999500],
     },
-    "candidates": [12, 99, 4242, *range(1000, 1013)],
+    "candidates": [12, 99, 4242, *range(1000, LAST_CANDIDATE + 1)],
     "scenario": 0,
     "timestamp": 1700000000,
 }
@@ -78,13 +79,14 @@ def interpreter(version: str) -> Path:
         pyenv.glob(f"{version}.*/bin/python{version}"),
         key=lambda p: [int(x) for x in p.parts[-3].split(".")[:3] if x.isdigit()],
     )
-    candidates = [*reversed(installed), *filter(None, [shutil.which(f"python{version}")])]
+    on_path = shutil.which(f"python{version}")
+    candidates = [*reversed(installed), *([Path(on_path)] if on_path else [])]
     for found in candidates:
         probe = subprocess.run(
             [found, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, check=False
         )
         if probe.returncode == 0 and probe.stdout.startswith(version):
-            return Path(found)
+            return found
     pytest.skip(f"no Python {version} here (`pyenv install {version}`); its client install is not tested on this host")
 
 
@@ -139,7 +141,7 @@ def test_client_only_install_scores_against_the_real_server(
 
     assert client_main(["score", "--url", triton.grpc_url, str(request)]) == 0
     want = json.loads(capsys.readouterr().out)
-    assert str(REQUEST["candidates"][-1]) in scored.stdout, scored.stdout[:300]
+    assert str(LAST_CANDIDATE) in scored.stdout, scored.stdout[:300]
     assert got == want  # one server, one request: the same scores to the last digit, numpy 1 or 2
 
 
@@ -185,13 +187,17 @@ def without_checkout(environ: Mapping[str, str]) -> dict[str, str]:
 def test_console_script_help_from_a_fresh_install(script: str, fresh_install: Path, tmp_path: Path) -> None:
     exe = fresh_install / "bin" / script
     assert exe.is_file(), f"{script} not installed by `pip install .` ([project.scripts] in pyproject.toml)"
-    env = without_checkout(os.environ)
-    done = run([exe, "--help"], timeout=120, env=env, cwd=tmp_path)
+    done = run([exe, "--help"], timeout=120, env=without_checkout(os.environ), cwd=tmp_path)
     assert done.stdout.startswith(f"usage: {script} "), done.stdout[:200]
-    module = PYPROJECT["project"]["scripts"][script].split(":")[0]
-    code = f"import {module} as m; print(m.__file__)"
-    origin = run([fresh_install / "bin" / "python", "-c", code], env=env, cwd=tmp_path)
-    assert str(fresh_install) in origin.stdout, f"{module} imported from {origin.stdout.strip()}, not the fresh install"
+
+
+def test_the_fresh_install_runs_its_own_copy(fresh_install: Path, tmp_path: Path) -> None:
+    """What the scripts above ran is the installed copy, not this checkout (nor the main environment's)."""
+    modules = sorted({target.split(":")[0] for target in PYPROJECT["project"]["scripts"].values()})
+    code = f"import importlib; print(' '.join(importlib.import_module(m).__file__ for m in {modules!r}))"
+    done = run([fresh_install / "bin" / "python", "-c", code], env=without_checkout(os.environ), cwd=tmp_path)
+    files = done.stdout.split()
+    assert len(files) == len(modules) and all(f.startswith(str(fresh_install)) for f in files), files
 
 
 def test_make_help_lists_every_target() -> None:

@@ -169,7 +169,7 @@ def test_scores_output_shape() -> None:
 
 def test_unknown_graph_rejected() -> None:
     with pytest.raises(ValueError, match="unknown graph"):
-        profile_shapes(AstroConfig.from_name("tiny"), "ranker")  # type: ignore[arg-type]
+        profile_shapes(AstroConfig.from_name("tiny"), "ranker")
 
 
 # ---- Polygraphy's objects: the profile and the build recipe ------------------------------------
