@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
+from client.request_lines import is_json_lines, read_request_lines
 from client.served_provenance import served_provenance
-from client.validation import I64, Allow, RequestError, request_from_json
+from client.validation import I64, Allow, RequestError, ScoreRequest, request_from_json
 from contract.program import program_name
 from contract.tensors import ENSEMBLE
 
@@ -157,6 +158,8 @@ def make_client(args: argparse.Namespace, url: str | None = None) -> AstroClient
 
 def run_score(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    if is_json_lines(text):  # one request per line in, one result per line out, in order
+        return run_score_lines(args, [r for _, r in read_request_lines(text, args.input)])
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as e:
@@ -168,6 +171,7 @@ def run_score(args: argparse.Namespace) -> int:
         else [request_from_json(payload)]
     )
     with make_client(args) as client:
+        say_if_waiting(client, args)
         if many:
             scores = client.score_batch(requests)
         else:  # error messages then name plain fields ("candidates"), not "requests[0].candidates"
@@ -176,6 +180,26 @@ def run_score(args: argparse.Namespace) -> int:
         tasks = client.get_spec().task_names
     out = [scores_to_json(args.model, r.candidates, s, tasks) for r, s in zip(requests, scores, strict=True)]
     print(json.dumps(out if many else out[0], indent=args.indent))
+    return EXIT_OK
+
+
+def say_if_waiting(client: AstroClient, args: argparse.Namespace) -> None:
+    """One line on stderr when no server answers yet: the calls that follow wait for one up to --timeout."""
+    if not args.no_wait and not client.health()["server_live"]:
+        print(
+            f"waiting for the server at {args.url} (up to {args.timeout:g} s; --no-wait fails at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_score_lines(args: argparse.Namespace, requests: list[ScoreRequest]) -> int:
+    with make_client(args) as client:
+        say_if_waiting(client, args)
+        scores = client.score_batch(requests)
+        tasks = client.get_spec().task_names
+    for r, s in zip(requests, scores, strict=True):
+        print(json.dumps(scores_to_json(args.model, r.candidates, s, tasks)))
     return EXIT_OK
 
 

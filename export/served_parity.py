@@ -28,19 +28,18 @@ sha256: a checkpoint of the right shape but other weights is refused in one line
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
-from client.validation import RequestError, ScoreRequest, request_from_json
+from client.request_lines import read_request_lines
+from client.validation import RequestError, ScoreRequest
 from contract.blocks import EventHistory
 from contract.config import AstroConfig
 from contract.program import program_name
@@ -77,17 +76,7 @@ class Row:
 def read_requests(path: Path) -> list[Labelled]:
     """One request object per non-empty line; ``-`` reads stdin. Errors name the file and line."""
     text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj: Any = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RequestError(where, f"is not one JSON request per line: {e}") from e
-        out.append(Labelled(where, request_from_json(obj, where)))
-    return out
+    return [Labelled(where, request) for where, request in read_request_lines(text, str(path))]
 
 
 def random_requests(cfg: AstroConfig, rng: np.random.Generator, count: int, max_candidates: int) -> list[Labelled]:
