@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
-
-from polygraphy.backend.trt import Profile
+from typing import Any, NamedTuple
 
 from contract.config import AstroConfig
 from contract.tensors import (
@@ -108,8 +106,10 @@ def output_shapes(cfg: AstroConfig, graph: str) -> dict[str, ShapeRange]:
     return _ranges(cfg, graph_io(cfg, graph)[1])
 
 
-def polygraphy_profile(cfg: AstroConfig, graph: str) -> Profile:
-    """:func:`profile_shapes` as the Polygraphy ``Profile`` that ``CreateConfig(profiles=[...])`` takes."""
+def polygraphy_profile(cfg: AstroConfig, graph: str) -> Any:
+    """:func:`profile_shapes` as the ``polygraphy.backend.trt.Profile`` that ``CreateConfig(profiles=[...])`` takes."""
+    from polygraphy.backend.trt import Profile  # the export imports this module; Polygraphy only builds
+
     profile = Profile()
     for name, rng in profile_shapes(cfg, graph).items():
         profile.add(name, min=rng.min, opt=rng.opt, max=rng.max)
