@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -93,11 +94,14 @@ def interpreter(version: str) -> Path:
 def cached_venv(python: Path, name: str, setup: Callable[[Path], None]) -> Path:
     """A virtualenv made once per interpreter and pyproject.toml, ``setup`` run on it, then reused."""
     venv = CACHE / f"{name}-{pyproject_key()}"
-    if not (venv / ".ready").is_file():
-        shutil.rmtree(venv, ignore_errors=True)
-        run([python, "-m", "venv", venv], timeout=180)
-        setup(venv)
-        (venv / ".ready").touch()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f"{venv.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test run building the same one: wait for it
+        if not (venv / ".ready").is_file():
+            shutil.rmtree(venv, ignore_errors=True)
+            run([python, "-m", "venv", venv], timeout=180)
+            setup(venv)
+            (venv / ".ready").touch()
     return venv
 
 
