@@ -17,7 +17,11 @@ SERVE_ARGS ?=
 PARITY_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv train ablations export serve parity test lint bench clean
+.PHONY: help venv train ablations export serve parity test lint bench clean
+.DEFAULT_GOAL := help
+
+help:  ## list the targets (this text); variables go after them: make train PRESET=tiny
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@echo "==> bootstrapping $(VENV) (first run only: a few minutes; torch CPU, ONNX Runtime, the Triton server wheel)"
@@ -36,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps recbole==1.2.1
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP)  ## only bootstrap .venv (Python 3.11, the project with its dev extra; console scripts astro-*)
 
 train: $(STAMP)  ## train PRESET (small) on DATA (synthetic|movielens) into CHECKPOINT (checkpoints/<preset>[-<data>]); more: TRAIN_ARGS
 	$(PY) -m model.train --preset $(PRESET) --data $(DATA) --ablation $(ABLATION) $(if $(CHECKPOINT),--out $(CHECKPOINT)) $(TRAIN_ARGS)
@@ -56,7 +60,7 @@ serve: $(STAMP)  ## serve REPOSITORY (model_repository/) with the tritonserver f
 parity: $(STAMP)  ## QA: a running server's scores vs PyTorch per-pair, same checkpoint (PARITY_ARGS: --url, --requests)
 	$(PY) -m export.served_parity $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(PARITY_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -67,6 +71,6 @@ test: lint  ## ruff, mypy, then the whole pytest suite
 bench: $(STAMP)  ## benchmarks: ratios from one run, reports under docs/bench/
 	$(PY) -m bench $(BENCH_ARGS)
 
-clean:
+clean:  ## remove .venv, artifacts/, caches and the generated model repository
 	rm -rf $(VENV) artifacts .mypy_cache .ruff_cache .pytest_cache
 	find model_repository -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

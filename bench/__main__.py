@@ -47,6 +47,7 @@ from bench.training import run_training
 from bench.turbo import device_sync, run_turbo
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
+from contract.program import program_name
 from contract.tensors import CACHE_DTYPES, ITEM_SCORER
 from export.__main__ import main as export_main
 from export.parity import OrtPipeline, load_graph_paths
@@ -92,7 +93,7 @@ def dtype_list(text: str) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     f, q = FULL, QUICK
     p = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("bench"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="smoke run: few shapes, rounds and requests")
     p.add_argument(

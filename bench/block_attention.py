@@ -29,6 +29,7 @@ import torch
 
 from bench.cli_types import int_list
 from contract.config import PRESETS, AstroConfig, BlockSpec
+from contract.program import program_name
 from model.astro import AstroModel, History, Request
 from model.random_inputs import NOW
 
@@ -130,7 +131,11 @@ def table(cfg: AstroConfig, rows: list[Row], threads: int, repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=program_name("bench.block_attention"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing each model and input")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from bench.timing import Stats, interleaved_rounds, per_round_ratio
 from bench.turbo import device_sync
 from contract.config import PRESETS, AstroConfig
+from contract.program import program_name
 from model.astro import AstroModel, History, Request
 from model.synthetic import SyntheticWorld, WorldSpec
 
@@ -137,7 +138,9 @@ def run_training(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=program_name("bench.training"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model config preset (default: small)")
     p.add_argument("--users", type=int, default=8, help="users (SUMI rows) per step")
     p.add_argument("--candidates", type=int, default=32, help="candidates per user (per-pair rows = users x this)")

@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
-from client.validation import I64, Allow, RequestError, request_from_json
+from client.request_lines import is_json_lines, read_request_lines
+from client.served_provenance import served_provenance
+from client.validation import I64, Allow, RequestError, ScoreRequest, request_from_json
+from contract.program import program_name
 from contract.tensors import ENSEMBLE
 
 EXIT_OK, EXIT_SERVER, EXIT_USAGE = 0, 1, 2
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--certificate-chain", type=Path, help="PEM file of the client's certificate chain (mutual TLS)")
 
     parser = argparse.ArgumentParser(
-        prog="python -m client", description="Score candidates with, or check the health of, the astro ensemble."
+        prog=program_name("client"), description="Score candidates with, or check the health of, the astro ensemble."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     score = sub.add_parser(
@@ -155,6 +158,8 @@ def make_client(args: argparse.Namespace, url: str | None = None) -> AstroClient
 
 def run_score(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    if is_json_lines(text):  # one request per line in, one result per line out, in order
+        return run_score_lines(args, [r for _, r in read_request_lines(text, args.input)])
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as e:
@@ -166,6 +171,7 @@ def run_score(args: argparse.Namespace) -> int:
         else [request_from_json(payload)]
     )
     with make_client(args) as client:
+        say_if_waiting(client, args)
         if many:
             scores = client.score_batch(requests)
         else:  # error messages then name plain fields ("candidates"), not "requests[0].candidates"
@@ -174,6 +180,26 @@ def run_score(args: argparse.Namespace) -> int:
         tasks = client.get_spec().task_names
     out = [scores_to_json(args.model, r.candidates, s, tasks) for r, s in zip(requests, scores, strict=True)]
     print(json.dumps(out if many else out[0], indent=args.indent))
+    return EXIT_OK
+
+
+def say_if_waiting(client: AstroClient, args: argparse.Namespace) -> None:
+    """One line on stderr when no server answers yet: the calls that follow wait for one up to --timeout."""
+    if not args.no_wait and not client.health()["server_live"]:
+        print(
+            f"waiting for the server at {args.url} (up to {args.timeout:g} s; --no-wait fails at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_score_lines(args: argparse.Namespace, requests: list[ScoreRequest]) -> int:
+    with make_client(args) as client:
+        say_if_waiting(client, args)
+        scores = client.score_batch(requests)
+        tasks = client.get_spec().task_names
+    for r, s in zip(requests, scores, strict=True):
+        print(json.dumps(scores_to_json(args.model, r.candidates, s, tasks)))
     return EXIT_OK
 
 
@@ -186,6 +212,14 @@ def run_health(args: argparse.Namespace) -> int:
     for address in addresses if not reports else ():
         with make_client(args, address) as one:
             reports.append(one.health())
+    for report in reports:  # which export answers: checkpoint sha256, export time, toolchain, container
+        if report["model_ready"]:
+            report["provenance"] = served_provenance(
+                report["url"], args.model, timeout_s=args.timeout, headers=dict(args.header),
+                ssl=bool(args.ssl or args.root_certificates or args.private_key or args.certificate_chain),
+                root_certificates=args.root_certificates, private_key=args.private_key,
+                certificate_chain=args.certificate_chain,
+            )  # fmt: skip
     ready = all(r["ready"] for r in reports)
     out = reports[0] if len(reports) == 1 else {"url": args.url, "ready": ready, "replicas": reports}
     print(json.dumps(out, indent=2))

@@ -8,9 +8,15 @@ This module imports no torch so that the client (``pip install .[client]``) can 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+import sys
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # the client installs on 3.10 too
+    from typing_extensions import Self
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe in Triton parameters and CSV

@@ -4,7 +4,7 @@ A declaration holds the name, the dtype and the shape: static sizes name a confi
 field (``"n_blocks"``), dynamic ones an :class:`Axis` whose bounds come from the
 config. ONNX dynamic shapes (``export/onnx_graphs.py``), ``config.pbtxt`` dims and
 input limits (``export/repository.py``), the Python backend's checks (it reads those
-limits), TensorRT optimisation profiles (``export/tensorrt_engine.py``) and the
+limits), TensorRT optimisation profiles (``export/tensorrt_profiles.py``) and the
 client's validation are all derived from these declarations.
 
 Shapes: B batch, Nb blocks, Tb block length, S = Nb*Tb user tokens, N candidates,

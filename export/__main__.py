@@ -29,21 +29,20 @@ from typing import cast
 import numpy as np
 
 from contract.config import AstroConfig, ConfigError
+from contract.program import program_name
 from contract.tensors import CACHE_DTYPES, ITEM_SCORER, USER_ENCODER, CacheDType
 from export.onnx_graphs import GraphPaths, export_graphs
 from export.parity import OrtPipeline, ParityError, check_ort_parity, shape_grid
 from export.precision import LowPrecision, PrecisionError, compare_pipelines, convert_file
-from export.provenance import write_provenance
+from export.provenance import new_provenance, save_provenance, toolchain
 from export.repository import TARGETS, Target, write_repository
 from export.repository_check import RepositoryError, check_repository
-from export.tensorrt_engine import (
-    ENGINE_BUDGET_GIB,
+from export.tensorrt_budget import ENGINE_BUDGET_GIB, fit_to_gpu
+from export.tensorrt_build import (
     EngineBuildError,
-    Graph,
     Precision,
     TensorRTUnavailable,
     build_engine,
-    fit_to_gpu,
     installed_tensorrt,
     tensorrt_available,
 )
@@ -128,6 +127,11 @@ def pick_container(target: Target, requested: str | None) -> TritonRelease | Non
     return matching[-1]
 
 
+def python_target_server() -> str:
+    """What serves the python target: the tritonserver of the nvidia-pytriton wheel (``make serve``)."""
+    return f"tritonserver from {toolchain('python', ['nvidia-pytriton']) or 'nvidia-pytriton'} (python backend)"
+
+
 def serve_hint(target: Target, out: Path, container: TritonRelease | None) -> str:
     """How to serve what was just written."""
     default = ROOT / "model_repository"
@@ -175,7 +179,7 @@ def ensure_checkpoint(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name("export"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
         "--checkpoint",
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     onnx_path,
                     plan_path,
                     serving_cfg,
-                    cast(Graph, graph),
+                    graph,
                     a.precision,
                     timing_cache=a.work_dir / "timing.cache",
                     progress=print,
@@ -286,10 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[4/5] TensorRT engines: not built ({target} target)", flush=True)
         print(f"[5/5] model repository -> {a.out}", flush=True)
-        write_repository(a.out, serving_cfg, target, files, a.cache_dtype, a.version, a.threads)
-        write_provenance(
-            a.out, a.checkpoint, preset=cfg.name, target=target, cache_dtype=a.cache_dtype, version=a.version
+        record = new_provenance(
+            a.out,
+            a.checkpoint,
+            preset=cfg.name,
+            target=target,
+            cache_dtype=a.cache_dtype,
+            version=a.version,
+            target_container=container.image if container is not None else python_target_server(),
         )
+        write_repository(
+            a.out, serving_cfg, target, files, a.cache_dtype, a.version, a.threads, provenance=record.parameters()
+        )
+        save_provenance(a.out, record)
         configs = check_repository(a.out, container if target == "tensorrt" else None)
     except TYPED_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

@@ -46,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.ranking import TOP_K, compare_topk
 
-if TYPE_CHECKING:  # torch-free at run time: export.tensorrt_engine reads graph precision from here
+if TYPE_CHECKING:  # torch-free at run time: export.tensorrt_build reads graph precision from here
     from export.parity import OrtPipeline
     from model.random_inputs import RandomRequest
 

@@ -1,21 +1,31 @@
-"""Which checkpoint a model repository was exported from: ``provenance.json`` at the repository root.
+"""Which checkpoint a model repository was exported from, and with what: ``provenance.json`` at the
+repository root, and the same facts published by the served ensemble.
 
-``python -m export`` writes it beside the model folders (Triton only reads folders, so the file is
+``python -m export`` writes the file beside the model folders (Triton only reads folders, so the file is
 invisible to the server); ``python -m serve`` (and so ``make serve``) reads it and warns before
-serving a repository whose checkpoint has changed since, e.g. after ``make train``.
+serving a repository whose checkpoint has changed since, e.g. after ``make train``. The ensemble's
+``config.pbtxt`` carries the record as ``parameters`` (:func:`Provenance.parameters`:
+:data:`PROVENANCE_PARAMETERS`), so a client (``client health``) and QA (``make parity``, which refuses a
+checkpoint whose hash differs from the served one) learn from the server itself what it serves.
 
 The checkpoint's identity is the SHA-256 of its ``config.json`` and ``model.safetensors``. This module
-imports neither torch nor the model: the server's launcher uses it.
+imports neither torch nor the model (toolchain versions come from the installed distributions'
+metadata): the server's launcher and the client use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from contract.served_provenance import PROVENANCE_PARAMETERS
 
 PROVENANCE = "provenance.json"
 # the two files of a checkpoint folder, as model.checkpoint names them (CONFIG, WEIGHTS); not imported
@@ -29,6 +39,27 @@ class ProvenanceError(RuntimeError):
     """``provenance.json`` is unreadable or malformed."""
 
 
+# The distributions whose versions made the repository: the ONNX graphs (torch, onnx), then what the
+# target serves them with; each listed only when installed
+TOOLCHAIN = {
+    "python": ("torch", "onnx", "onnxruntime"),  # served by onnxruntime in the python backend
+    "onnxruntime": ("torch", "onnx", "onnxruntime"),
+    "tensorrt": ("torch", "onnx", "tensorrt", "polygraphy"),
+}
+
+
+def toolchain(target: str, distributions: Sequence[str] | None = None) -> str:
+    """``"torch 2.13.0, onnx 1.19.1, onnxruntime 1.23.2"``: installed versions of the target's toolchain."""
+    names = TOOLCHAIN.get(target, ()) if distributions is None else distributions
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
 @dataclass(frozen=True)
 class Provenance:
     checkpoint: str  # the checkpoint folder: relative to the project root when inside it, else absolute
@@ -38,6 +69,12 @@ class Provenance:
     cache_dtype: str
     version: int
     exported_at: str  # UTC, ISO 8601
+    toolchain: str = ""  # "torch 2.13.0, onnx 1.19.1, onnxruntime 1.23.2" (empty in records of older exports)
+    target_container: str = ""  # the NGC image the repository is for, or the python target's server
+
+    def parameters(self) -> dict[str, str]:
+        """The :data:`PROVENANCE_PARAMETERS` the ensemble config publishes."""
+        return {name: str(getattr(self, name)) for name in PROVENANCE_PARAMETERS}
 
     def checkpoint_path(self) -> Path:
         path = Path(self.checkpoint)
@@ -71,10 +108,20 @@ def display_path(path: Path) -> str:
         return str(resolved)
 
 
-def write_provenance(
-    repository: Path, checkpoint: Path, *, preset: str, target: str, cache_dtype: str, version: int
-) -> Path:
-    """Record the checkpoint of the export just written into ``repository``; returns the file's path."""
+def new_provenance(
+    repository: Path,
+    checkpoint: Path,
+    *,
+    preset: str,
+    target: str,
+    cache_dtype: str,
+    version: int,
+    target_container: str = "",
+) -> Provenance:
+    """The record of an export of ``checkpoint`` into ``repository``, the toolchain read from here.
+
+    A re-export of the very same thing (checkpoint, target, toolchain...) keeps the first export's time, so
+    its ensemble config stays byte-identical and a server watching the repository does not reload it."""
     record = Provenance(
         checkpoint=display_path(checkpoint),
         checkpoint_sha256=checkpoint_digest(checkpoint),
@@ -83,10 +130,32 @@ def write_provenance(
         cache_dtype=cache_dtype,
         version=version,
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        toolchain=toolchain(target),
+        target_container=target_container,
     )
+    try:
+        before = read_provenance(repository)
+    except ProvenanceError:
+        before = None
+    if before is not None and dataclasses.replace(before, exported_at=record.exported_at) == record:
+        return before
+    return record
+
+
+def save_provenance(repository: Path, record: Provenance) -> Path:
     path = repository / PROVENANCE
     path.write_text(json.dumps(asdict(record), indent=2) + "\n")
     return path
+
+
+def write_provenance(
+    repository: Path, checkpoint: Path, *, preset: str, target: str, cache_dtype: str, version: int
+) -> Path:
+    """Record the checkpoint of the export just written into ``repository``; returns the file's path."""
+    record = new_provenance(
+        repository, checkpoint, preset=preset, target=target, cache_dtype=cache_dtype, version=version
+    )
+    return save_provenance(repository, record)
 
 
 def read_provenance(repository: Path) -> Provenance | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +33,7 @@ from contract.tensors import (
     graph_io,
     max_sizes,
 )
-from export.tensorrt_engine import metadata_path
+from export.tensorrt_metadata import metadata_path
 
 Target = Literal["tensorrt", "onnxruntime", "python"]
 TARGETS: tuple[Target, ...] = ("tensorrt", "onnxruntime", "python")
@@ -111,7 +111,9 @@ def composing_config(
     return c
 
 
-def ensemble_config(cfg: AstroConfig, cache_dtype: CacheDType) -> mc.ModelConfig:
+def ensemble_config(
+    cfg: AstroConfig, cache_dtype: CacheDType, provenance: Mapping[str, str] | None = None
+) -> mc.ModelConfig:
     inputs, outputs = graph_io(cfg, ENSEMBLE)
     c = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=cfg.max_batch_size)
     c.input.extend(_tensor(t, mc.ModelInput) for t in inputs)
@@ -123,8 +125,9 @@ def ensemble_config(cfg: AstroConfig, cache_dtype: CacheDType) -> mc.ModelConfig
             step.input_map[t.name] = t.name  # explicit maps: ensemble tensor names equal graph names
         for t in g_out:
             step.output_map[t.name] = t.name
-    # identical across targets: what a target changes lives in the composing models' configs
-    params = {**ServingSpec.from_config(cfg).to_parameters(), "cache_dtype": cache_dtype}
+    # identical across targets: what a target changes lives in the composing models' configs; ``provenance``
+    # (export/provenance.py: checkpoint hash, export time, toolchain, target container) says which export it is
+    params = {**ServingSpec.from_config(cfg).to_parameters(), "cache_dtype": cache_dtype, **(provenance or {})}
     for k, v in params.items():
         c.parameters[k].string_value = v
     return c
@@ -148,6 +151,7 @@ def write_repository(
     version: int = 1,
     threads: int = 1,
     progress: Callable[[str], None] = print,
+    provenance: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write the three models into ``out``. ``model_files`` maps each composing model to its
     ``model.onnx`` (onnxruntime, python) or ``model.plan`` (tensorrt). Other versions already in
@@ -179,7 +183,7 @@ def write_repository(
     # ...which an object store (S3, GCS) cannot hold: a placeholder makes `aws s3 sync` upload it
     (out / ENSEMBLE / "1" / ".keep").touch()
     config_path = out / ENSEMBLE / "config.pbtxt"
-    write_config(config_path, ensemble_config(cfg, cache_dtype))
+    write_config(config_path, ensemble_config(cfg, cache_dtype, provenance))
     written.append(config_path)
     progress(f"  wrote {ENSEMBLE}/ (ensemble config.pbtxt)")
     return written

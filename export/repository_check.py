@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contract.tensors import ENSEMBLE
-from export.tensorrt_engine import EngineMetadata, metadata_path
+from export.tensorrt_metadata import EngineMetadata, metadata_path
 from export.tensorrt_versions import TritonRelease, plan_problem
 
 

@@ -21,27 +21,28 @@ Random requests are drawn from ``--seed`` (fresh and printed unless given, so a 
 histories of up to twice the longest block (some users with none), ids inside the vocabularies.
 
 Exit status: 0 every row passes, 1 a row fails, 2 bad usage or request, no server, or the server serves
-another preset than the checkpoint's.
+another preset or another checkpoint than ``--checkpoint`` (the ensemble publishes its checkpoint's
+sha256: a checkpoint of the right shape but other weights is refused in one line naming both hashes).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
-from client.validation import RequestError, ScoreRequest, request_from_json
+from client.request_lines import read_request_lines
+from client.validation import RequestError, ScoreRequest
 from contract.blocks import EventHistory
 from contract.config import AstroConfig
+from contract.program import program_name
 from contract.tensors import ENSEMBLE
 from export.parity import TOLERANCES, Tolerance, torch_per_pair
 from export.provenance import checkpoint_digest, display_path
@@ -75,17 +76,7 @@ class Row:
 def read_requests(path: Path) -> list[Labelled]:
     """One request object per non-empty line; ``-`` reads stdin. Errors name the file and line."""
     text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj: Any = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RequestError(where, f"is not one JSON request per line: {e}") from e
-        out.append(Labelled(where, request_from_json(obj, where)))
-    return out
+    return [Labelled(where, request) for where, request in read_request_lines(text, str(path))]
 
 
 def random_requests(cfg: AstroConfig, rng: np.random.Generator, count: int, max_candidates: int) -> list[Labelled]:
@@ -212,7 +203,7 @@ def served_parameters(url: str, timeout_s: float) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m export.served_parity",
+        prog=program_name("export.served_parity"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -271,11 +262,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+        served_sha, local_sha = params.get("checkpoint_sha256", ""), checkpoint_digest(a.checkpoint)
+        if served_sha and served_sha != local_sha:
+            print(
+                f"error: {a.url} serves checkpoint sha256 {served_sha}, but {display_path(a.checkpoint)} is sha256 "
+                f"{local_sha}: pass --checkpoint with the checkpoint the server was exported from",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         tol = TOLERANCES.get(cache_dtype, TOLERANCES["fp32"])
         given = len(labelled) - n_random
         print(
             f"served parity: {a.url} ({ENSEMBLE}, preset {served_preset or '?'}, {cache_dtype} cache) vs PyTorch "
-            f"per-pair on {display_path(a.checkpoint)} (sha256 {checkpoint_digest(a.checkpoint)[:12]})\n"
+            f"per-pair on {display_path(a.checkpoint)} (sha256 {local_sha[:12]}, "
+            + ("the served one" if served_sha else "the server publishes none: exported before it did")
+            + ")\n"
             f"requests: {given} given, {n_random} random (seed {seed}; replay with --seed {seed})",
             flush=True,
         )

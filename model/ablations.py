@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from contract.config import PRESETS, AstroConfig
+from contract.program import program_name
 from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, train
 
 METRICS = ("auc", "logloss", "gauc")
@@ -80,7 +81,9 @@ def table(result: dict[str, Any], tasks: tuple[str, ...]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=program_name("model.ablations"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data split, negatives and init)")

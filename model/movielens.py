@@ -64,6 +64,7 @@ import numpy.typing as npt
 
 from contract.blocks import EventHistory, build_blocks
 from contract.config import AstroConfig
+from contract.program import program_name
 from model.synthetic import Dataset
 
 I64 = npt.NDArray[np.int64]
@@ -284,7 +285,9 @@ def summary(ds: Dataset, tasks: tuple[str, ...]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=program_name("model.movielens"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="small", help="config preset whose blocks cut the histories")
     p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling")
     p.add_argument("--held-out", type=int, default=10, help="last ratings of each user held out for evaluation")

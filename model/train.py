@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from contract.config import PRESETS, AstroConfig
+from contract.program import program_name
 from model.astro import AstroModel, History, Request
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.metrics import evaluate
@@ -165,7 +166,9 @@ def train(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=program_name("model.train"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data (default: synthetic)")
     p.add_argument(

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.program import program_name
 from contract.tensors import USER_ENCODER
 from export.provenance import ProvenanceError, read_provenance, stale_reason
 from export.repository_check import load_config
@@ -56,7 +57,7 @@ def _port(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serve",
+        prog=program_name("serve"),
         description=(
             "Serve the ASTRO model repository with the Triton Inference Server bundled in the nvidia-pytriton "
             "wheel (no container needed). Blocks until Ctrl-C or SIGTERM."

@@ -1,9 +1,10 @@
-"""The TensorRT engine builder's pure logic: profiles, I/O checks, strongly typed flags, the GPU
-memory arithmetic behind the profile maxima, supported versions and containers, metadata and
-the repository check that reads it.
+"""What of the TensorRT build is ours, on Polygraphy's objects: the profile from the declarations, the
+build recipe (strongly typed, no precision flag, timing cache), the GPU memory arithmetic behind the
+profile maxima, supported versions and containers, metadata and the repository check that reads it,
+and the chain comparison through Polygraphy's Comparator (run here on two ONNX Runtime chains).
 
-Runs everywhere (no TensorRT, no GPU). The build itself is tested in
-test_tensorrt_engine.py where TensorRT and a GPU exist.
+Runs everywhere (no TensorRT, no GPU). The build itself is tested in test_tensorrt_engine.py where
+TensorRT and a GPU exist.
 """
 
 from __future__ import annotations
@@ -13,54 +14,59 @@ import dataclasses
 import re
 import subprocess
 import sys
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import tomllib
 
 from contract.config import PRESETS, AstroConfig
 from contract.tensors import (
     CACHE_TENSORS,
     CANDIDATE_INPUT,
     GRAPH_IO,
+    GRAPHS,
     HISTORY_INPUTS,
     REQUEST_INPUTS,
     SCORES_OUTPUT,
     USER_KEYS,
     USER_MASK,
     USER_VALUES,
+    CacheDType,
 )
+from export.onnx_graphs import GraphPaths
+from export.precision import convert_file
 from export.repository import write_repository
 from export.repository_check import RepositoryError, check_repository
-from export.tensorrt_engine import (
+from export.tensorrt_budget import (
     ATTENTION_COPIES,
     ENGINE_BUDGET_GIB,
     FLOAT_BYTES,
     GPU_MEMORY_GIB,
-    GRAPHS,
-    NETWORK_FLAGS,
-    REMOVED_IN_11,
-    EngineMetadata,
     GiB,
-    Graph,
-    Precision,
-    ShapeRange,
-    TensorRTUnavailable,
-    _parse_compute_capability,
-    build_engine,
-    builder_flags,
     fit_to_gpu,
     gpu_bytes,
-    io_mismatches,
-    main,
     memory_estimate,
-    metadata_path,
-    min_compute_capability,
-    output_shapes,
     profile_max_estimates,
-    profile_shapes,
-    shape_mismatches,
+)
+from export.tensorrt_build import (
+    TensorRTUnavailable,
+    build_engine,
+    engine_recipe,
+    main,
+    min_compute_capability,
+    parse_compute_capability,
     tensorrt_available,
+)
+from export.tensorrt_metadata import EngineMetadata, metadata_path
+from export.tensorrt_parity import TOLERANCES, Chain, compare_chains
+from export.tensorrt_profiles import (
+    ShapeRange,
+    output_shapes,
+    polygraphy_profile,
+    profile_shapes,
 )
 from export.tensorrt_versions import (
     SUPPORTED,
@@ -74,6 +80,7 @@ from export.tensorrt_versions import (
     require_supported,
     same_plan_format,
 )
+from model.random_inputs import random_request
 
 ALL_PRESETS = sorted(PRESETS)
 
@@ -118,7 +125,7 @@ def test_item_scorer_profile_matches_config(preset: str) -> None:
 
 @pytest.mark.parametrize("preset", ALL_PRESETS)
 @pytest.mark.parametrize("graph", GRAPHS)
-def test_min_opt_max_ordered_and_batch_axes_agree(preset: str, graph: Graph) -> None:
+def test_min_opt_max_ordered_and_batch_axes_agree(preset: str, graph: str) -> None:
     cfg = AstroConfig.from_name(preset)
     prof = profile_shapes(cfg, graph)
     for name, rng in {**prof, **output_shapes(cfg, graph)}.items():
@@ -162,103 +169,92 @@ def test_scores_output_shape() -> None:
 
 def test_unknown_graph_rejected() -> None:
     with pytest.raises(ValueError, match="unknown graph"):
-        profile_shapes(AstroConfig.from_name("tiny"), "ranker")  # type: ignore[arg-type]
+        profile_shapes(AstroConfig.from_name("tiny"), "ranker")
 
 
-# ---- network I/O checks --------------------------------------------------------------------
-IO = dict[str, tuple[tuple[int, ...], str]]
-
-
-def _declared(cfg: AstroConfig, graph: Graph, cache: str = "HALF") -> tuple[IO, IO]:
-    """A well-formed parsed network's I/O: dynamic axes as -1, the rest static, right dtypes."""
-
-    def decl(rng: ShapeRange) -> tuple[int, ...]:
-        return tuple(lo if lo == hi else -1 for lo, hi in zip(rng.min, rng.max, strict=True))
-
-    def dtype(name: str) -> str:
-        return {USER_KEYS: cache, USER_VALUES: cache, USER_MASK: "BOOL", SCORES_OUTPUT: "FLOAT"}.get(name, "INT64")
-
-    ins = {k: (decl(v), dtype(k)) for k, v in profile_shapes(cfg, graph).items()}
-    outs = {k: (decl(v), dtype(k)) for k, v in output_shapes(cfg, graph).items()}
-    return ins, outs
-
-
+# ---- Polygraphy's objects: the profile and the build recipe ------------------------------------
+@pytest.mark.parametrize("preset", ALL_PRESETS)
 @pytest.mark.parametrize("graph", GRAPHS)
-@pytest.mark.parametrize("cache", ["FLOAT", "HALF"])
-def test_well_formed_network_passes(graph: Graph, cache: str) -> None:
+def test_polygraphy_profile_is_the_declared_profile(preset: str, graph: str) -> None:
+    """The Profile handed to CreateConfig holds exactly the graph's inputs, in order, with the config's ranges."""
+    cfg = AstroConfig.from_name(preset)
+    profile = polygraphy_profile(cfg, graph)
+    assert list(profile.keys()) == list(GRAPH_IO[graph][0])
+    assert _ranges_of(profile) == {name: tuple(rng) for name, rng in profile_shapes(cfg, graph).items()}
+
+
+def _ranges_of(profile: Any) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """A Polygraphy Profile as {input: (min, opt, max)} (its ShapeTuples compare by identity)."""
+    return {name: (tuple(s.min), tuple(s.opt), tuple(s.max)) for name, s in profile.items()}
+
+
+def test_recipe_strongly_typed_with_the_contract_profile_and_timing_cache(tmp_path: Path) -> None:
+    """What Polygraphy is asked to build: the graph's ONNX file into a strongly typed network (TensorRT 11 has
+    no other kind), the config's profile, no precision flag (removed in 11: precision comes from the graph),
+    TF32 off (fp32 parity), the timing cache loaded from and saved to one file, the workspace limit as given."""
     cfg = AstroConfig.from_name("tiny")
-    ins, outs = _declared(cfg, graph, cache)
-    assert io_mismatches(cfg, graph, ins, outs) == []
+    onnx_path, cache = tmp_path / "item_scorer.onnx", tmp_path / "timing.cache"
+    recipe = engine_recipe(onnx_path, cfg, "item_scorer", cache, {"WORKSPACE-stand-in": 3 * GiB})
+    assert recipe.network.path == str(onnx_path)
+    assert recipe.network.strongly_typed is True
+    config = recipe.config
+    assert [_ranges_of(p) for p in config.profiles] == [_ranges_of(polygraphy_profile(cfg, "item_scorer"))]
+    assert config.profiles[0][CANDIDATE_INPUT].max == (cfg.max_batch_size, cfg.max_candidates)
+    flags = {name: getattr(config, name) for name in ("fp16", "bf16", "int8", "fp8", "tf32")}
+    assert flags == dict.fromkeys(flags, False), flags
+    assert config.precision_constraints is None and config.calibrator is None and config.algorithm_selector is None
+    assert config.timing_cache_path == str(cache) and recipe.engine.timing_cache_path == str(cache)
+    assert config.memory_pool_limits == {"WORKSPACE-stand-in": 3 * GiB}
+    # the engine loader builds from exactly these two loaders
+    assert recipe.engine._network is recipe.network and recipe.engine._config is recipe.config
+    no_cache = engine_recipe(onnx_path, cfg, "user_encoder")
+    assert no_cache.config.timing_cache_path is None and no_cache.engine.timing_cache_path is None
 
 
-def test_every_io_problem_is_reported_with_the_tensor_name() -> None:
-    cfg = AstroConfig.from_name("tiny")
-    ins, outs = _declared(cfg, "item_scorer")
-    ins["cand_item_ids"] = ((8, -1), "INT32")  # static batch, INT32 ids (a TensorRT 8 style export)
-    ins[USER_VALUES] = (ins[USER_VALUES][0], "FLOAT")  # keys HALF, values FLOAT
-    del ins[USER_MASK]
-    outs["extra"] = ((-1,), "FLOAT")
-    problems = "\n".join(io_mismatches(cfg, "item_scorer", ins, outs))
-    assert "missing inputs ['user_mask']" in problems
-    assert "unexpected outputs ['extra']" in problems
-    assert "cand_item_ids: dtype INT32" in problems
-    assert "cand_item_ids: axis 0 is static (8)" in problems
-    assert "user_keys is HALF but user_values is FLOAT" in problems
+def test_recipe_needs_no_tensorrt(tmp_path: Path) -> None:
+    """Polygraphy imports TensorRT lazily: the recipe is assembled (and these tests run) without it."""
+    code = (
+        "import sys; from pathlib import Path; from contract.config import AstroConfig; "
+        "from export.tensorrt_build import engine_recipe; "
+        f"engine_recipe(Path({str(tmp_path / 'x.onnx')!r}), AstroConfig.from_name('tiny'), 'user_encoder', "
+        f"Path({str(tmp_path / 'cache')!r})); "
+        "assert 'tensorrt' not in sys.modules, 'imported tensorrt'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
-def test_shape_mismatches() -> None:
-    rng = ShapeRange((1, 2, 1), (4, 2, 6), (8, 2, 12))
-    assert shape_mismatches("x", (-1, 2, -1), rng) == []
-    assert shape_mismatches("x", (-1, -1, -1), rng) == []  # dynamic where the config is static is fine
-    assert "rank 2" in shape_mismatches("x", (-1, 2), rng)[0]
-    assert "axis 1 is 3 in the ONNX but the config says 2" in shape_mismatches("x", (-1, 3, -1), rng)[0]
-    assert "must be dynamic in [1, 12]" in shape_mismatches("x", (-1, 2, 12), rng)[0]
+TENSORRT_SOURCES = [Path(__file__).parents[1] / "export" / f"tensorrt_{m}.py" for m in ("build", "parity")]
+# The weakly typed API TensorRT 11 removed (migration guide, "Removed Python APIs and Replacements")
+REMOVED_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS", "DIRECT_IO"}
+REMOVED_FLAGS |= {"PREFER_PRECISION_CONSTRAINTS", "EXPLICIT_BATCH"}
+REMOVED_MEMBERS = {"platform_has_fast_fp16", "set_output_type", "int8_calibrator", "algorithm_selector"}
+REMOVED_MEMBERS |= {"device_memory_size", "set_calibration_profile", "quantization_flags"}
+# CreateConfig's keywords that set those flags (Polygraphy still accepts them for TensorRT 10)
+REMOVED_KEYWORDS = {"fp16", "bf16", "int8", "fp8", "precision_constraints", "calibrator", "algorithm_selector"}
 
 
-# ---- precision: strongly typed networks only -----------------------------------------------------
-ENGINE_SOURCE = Path(__file__).parents[1] / "export" / "tensorrt_engine.py"
-
-
-def test_builder_flags_strongly_typed() -> None:
-    assert NETWORK_FLAGS == ("STRONGLY_TYPED",)
-    assert builder_flags("fp32") == ((), ("TF32",))  # true fp32 for 1e-4 parity
-    for p in (Precision.FP16, "bf16"):  # the reduced type lives in the ONNX graph, not in flags
-        assert builder_flags(p) == ((), ())
-    with pytest.raises(ValueError):
-        builder_flags("int8")
-
-
-def test_build_path_uses_no_api_removed_in_tensorrt_11() -> None:
-    """The weakly typed API (deprecated in 10.12, removed in 11) appears nowhere in the code (mypy
-    also refuses it: the stubs in .venv/typings lack it, see typings/repair_tensorrt_stubs.py)."""
-    tree = ast.parse(ENGINE_SOURCE.read_text())
-    flags = {name.removeprefix("BuilderFlag.") for name in REMOVED_IN_11 if name.startswith("BuilderFlag.")}
-    methods = {name for name in REMOVED_IN_11 if "." not in name and "=" not in name}
+@pytest.mark.parametrize("source", TENSORRT_SOURCES, ids=lambda p: p.name)
+def test_no_api_removed_in_tensorrt_11(source: Path) -> None:
+    """Neither a removed flag or member nor a CreateConfig keyword that sets one appears in the code."""
     used = []
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Attribute):
-            on_flags = isinstance(node.value, ast.Attribute) and node.value.attr == "BuilderFlag"
-            if (on_flags and node.attr in flags) or node.attr in methods:
-                used.append(f"line {node.lineno}: .{node.attr}")
+            on_flags = "Flag" in ast.unparse(node.value)  # BuilderFlag.X, NetworkDefinitionCreationFlag.X
+            if (on_flags and node.attr in REMOVED_FLAGS) or node.attr in REMOVED_MEMBERS:
+                used.append(f"line {node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, ast.keyword) and node.arg in REMOVED_KEYWORDS:
+            used.append(f"line {node.lineno}: {node.arg}=")
         if isinstance(node, ast.Assign):
-            used += [
-                f"line {node.lineno}: .precision = (a per-layer pin)"
-                for t in node.targets
-                if isinstance(t, ast.Attribute) and t.attr == "precision"
-            ]
-        is_getattr = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-        if is_getattr and isinstance(node, ast.Call) and "BuilderFlag" in ast.unparse(node.args[0]):
-            used.append(f"line {node.lineno}: a BuilderFlag looked up by name (mypy cannot check it)")
-    assert not used, "TensorRT-11-removed API in export/tensorrt_engine.py:\n" + "\n".join(used)
-    assert "STRONGLY_TYPED" in ENGINE_SOURCE.read_text()
+            used += [f"line {node.lineno}: .precision =" for t in node.targets if getattr(t, "attr", "") == "precision"]
+    assert not used, f"TensorRT-11-removed API in {source.name}:\n" + "\n".join(used)
 
 
 def test_compute_capability_gate() -> None:
     assert min_compute_capability("bf16") == (8, 0)  # bf16 kernels need Ampere
     assert min_compute_capability("fp16") == min_compute_capability("fp32") == (7, 5)
-    assert _parse_compute_capability("9.0") == (9, 0)
-    assert _parse_compute_capability("[N/A]") is None
-    assert _parse_compute_capability("unknown") is None
+    assert parse_compute_capability("9.0") == (9, 0)
+    assert parse_compute_capability("[N/A]") is None
+    assert parse_compute_capability("unknown") is None
 
 
 # ---- metadata ------------------------------------------------------------------------------
@@ -301,14 +297,15 @@ def test_metadata_rejects_unknown_keys() -> None:
 
 
 # ---- without TensorRT ----------------------------------------------------------------------
-def test_module_imports_without_tensorrt() -> None:
-    code = "import sys, export.tensorrt_engine; assert 'tensorrt' not in sys.modules, 'imported at module load'"
+def test_modules_import_without_tensorrt() -> None:
+    modules = "export.tensorrt_build, export.tensorrt_parity, export.tensorrt_budget, export.tensorrt_metadata"
+    code = f"import sys, {modules}; assert 'tensorrt' not in sys.modules, 'imported at module load'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_engine_builder_and_precision_load_without_torch() -> None:
     """An engine is built from ONNX files: a TensorRT host needs no PyTorch for it."""
-    code = "import sys, export.tensorrt_engine, export.precision; assert 'torch' not in sys.modules, 'imported torch'"
+    code = "import sys, export.tensorrt_build, export.precision; assert 'torch' not in sys.modules, 'imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -330,7 +327,7 @@ def test_check_cli_reports_unavailable(capsys: pytest.CaptureFixture[str]) -> No
     ok, reason = tensorrt_available()
     if ok:
         pytest.skip(f"TensorRT and a GPU are present here ({reason})")
-    assert main(["--check"]) == 1
+    assert main([]) == 1
     assert capsys.readouterr().out.strip() == reason
 
 
@@ -463,3 +460,60 @@ def test_repository_check_needs_the_metadata_and_the_right_graph(tmp_path: Path)
     message = str(err.value)
     assert "user_encoder: 1/model.plan: no model.plan.json beside it" in message
     assert "item_scorer: 1/model.plan: built for graph 'user_encoder', served as 'item_scorer'" in message
+
+
+# ---- the chain comparison through Polygraphy's Comparator, on two ONNX Runtime chains --------------
+def _ort_chain(paths: GraphPaths) -> Chain:
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    def runner(path: Path) -> object:
+        return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]))
+
+    return Chain(runner(paths.user_encoder), runner(paths.item_scorer))
+
+
+def _scaled_weights(src: Path, dst: Path, factor: float) -> Path:
+    """A copy of an ONNX graph with every float weight times ``factor``: the same graph, wrong weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype.kind == "f":
+            init.CopyFrom(numpy_helper.from_array((array * factor).astype(array.dtype), init.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_compare_chains_passes_the_same_graph_and_names_every_mismatch(
+    tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path
+) -> None:
+    """The comparison the engine tests run, on real numbers from two chains: the fp32 chain agrees with itself
+    and, within the fp16 tolerances, with the fp16-compute graphs of the same model, whose keys/values the fp32
+    tolerances refuse tensor by tensor; a scorer with wrong weights is caught alone and end to end."""
+    cfg = AstroConfig.from_name("tiny")
+    fp32 = tiny_graphs("fp32")
+    low = GraphPaths(tmp_path / "user_encoder.fp16.onnx", tmp_path / "item_scorer.fp16.onnx")
+    for graph in GRAPHS:
+        convert_file(getattr(fp32, graph), getattr(low, graph), "fp16")
+    wrong = GraphPaths(fp32.user_encoder, _scaled_weights(fp32.item_scorer, tmp_path / "item_scorer.onnx", 1.05))
+    rng = np.random.default_rng(0)
+    requests = [random_request(cfg, rng, 2, cfg.max_block_len, 16, empty_users=1), random_request(cfg, rng, 1, 1, 1)]
+
+    def compare(candidate: GraphPaths, precision: str) -> list[str]:
+        return compare_chains(_ort_chain(fp32), _ort_chain(candidate), requests, TOLERANCES[precision], cfg.tasks)
+
+    assert compare(fp32, "fp32") == []
+    assert compare(low, "fp16") == []
+    text = "\n".join(compare(low, "fp32"))
+    for i in range(len(requests)):
+        assert f"encoder, request {i}: user_keys: max |diff|" in text, text
+        assert f"encoder, request {i}: user_values: max |diff|" in text, text
+    assert USER_MASK not in text, "the mask is exact in both precisions"
+    problems = compare(wrong, "fp32")
+    text = "\n".join(problems)
+    assert not any(p.startswith("encoder,") for p in problems), text  # the encoders are the same graph
+    for i in range(len(requests)):
+        assert f"scorer on the reference cache, request {i}: scores: max |diff|" in text, text
+        assert f"encoder -> scorer, request {i}: scores: max |diff|" in text, text
