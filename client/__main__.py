@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="gRPC metadata sent with every call; repeat for several",
     )
+    conn.add_argument(
+        "--traceparent",
+        default=None,
+        metavar="00-TRACEID-PARENTID-FLAGS",
+        help="W3C trace context of the caller: every call joins this trace (a fresh parent id each); "
+        "default: each call starts a trace of its own",
+    )
     tls = common.add_argument_group("TLS")
     tls.add_argument("--ssl", action="store_true", help="use a TLS channel (implied by any certificate flag)")
     tls.add_argument("--root-certificates", type=Path, help="PEM file of root certificates to trust")
@@ -144,6 +151,7 @@ def make_client(args: argparse.Namespace, url: str | None = None) -> AstroClient
         backoff_s=args.backoff,
         wait_for_ready=not args.no_wait,
         headers=dict(args.header),
+        traceparent=args.traceparent,
         allow=Allow(
             unknown_ids=getattr(args, "allow_unknown_ids", False),
             any_timestamp=getattr(args, "allow_any_timestamp", False),

@@ -51,6 +51,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from client.tracing import TRACEPARENT, CallTracer
 from client.validation import (
     CONTRACT_INPUTS,
     I64,
@@ -258,13 +259,15 @@ def _resolve(host: str, port: int, part: str) -> list[ipaddress.IPv4Address | ip
 
 
 class HeaderPlugin(grpcclient.InferenceServerClientPlugin):  # type: ignore[misc]  # untyped base
-    """Adds ``headers`` (gRPC metadata) to every call of the tritonclient it is registered with."""
+    """Adds ``headers`` (gRPC metadata) and a fresh ``traceparent`` to every call of the tritonclient it serves."""
 
-    def __init__(self, headers: Mapping[str, str]) -> None:
+    def __init__(self, headers: Mapping[str, str], tracer: CallTracer) -> None:
         self.headers = dict(headers)
+        self.tracer = tracer
 
     def __call__(self, request: Any) -> None:
         request.headers.update(self.headers)
+        request.headers[TRACEPARENT] = self.tracer.next_header()
 
 
 # ---- pure request planning ---------------------------------------------------------
@@ -483,6 +486,7 @@ class _ClientCore:
         backoff_max_s: float = 1.0,
         wait_for_ready: bool = True,
         headers: Mapping[str, str] | None = None,
+        traceparent: str | None = None,
         ssl: bool = False,
         root_certificates: str | Path | None = None,
         private_key: str | Path | None = None,
@@ -504,6 +508,7 @@ class _ClientCore:
         self.allow = allow if allow is not None else Allow()
         # gRPC metadata keys are lowercase ASCII; uppercase ones make every call fail
         self.headers = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
+        self.tracer = CallTracer(traceparent if traceparent is not None else self.headers.pop(TRACEPARENT, None))
         certs = {
             "root_certificates": root_certificates,
             "private_key": private_key,
@@ -533,8 +538,7 @@ class _ClientCore:
         raise NotImplementedError
 
     def _register_headers(self, triton: Any) -> Any:
-        if self.headers:
-            triton.register_plugin(HeaderPlugin(self.headers))
+        triton.register_plugin(HeaderPlugin(self.headers, self.tracer))
         return triton
 
     # -- one RPC: the hand-written retry of a loading model, and what a failure means
@@ -674,8 +678,10 @@ class AstroClient(_ClientCore):
     ``url``: ``host:port``, any gRPC target, or several ``host:port`` comma-separated (balanced
     round-robin). ``timeout_s`` is the deadline of one call, its waiting and retries included.
     ``wait_for_ready``, ``retries``, ``backoff_s``, ``backoff_max_s``: see :class:`RetryPolicy`.
-    ``headers`` go with every call (keys lowercased, as gRPC requires). With ``ssl=True``, the PEM
-    files ``root_certificates``, ``private_key`` and ``certificate_chain`` go to ``tritonclient``.
+    ``headers`` go with every call (keys lowercased, as gRPC requires), and a W3C ``traceparent``
+    (:mod:`client.tracing`): in the caller's trace when ``traceparent`` is given, else a new trace
+    per call. With ``ssl=True``, the PEM files ``root_certificates``, ``private_key`` and
+    ``certificate_chain`` go to ``tritonclient``.
     ``allow``: likely mistakes to send anyway (:class:`~contract.validation.Allow`). Pass ``spec``
     to skip fetching it. The calls of one :meth:`score_batch` (or of a chunked :meth:`score`) run
     in threads, at most ``max_in_flight`` at a time.

@@ -28,10 +28,14 @@ from export.provenance import ProvenanceError, read_provenance, stale_reason
 from export.repository_check import load_config
 from serve.response_cache import DEFAULT_USERS, cache_sizing
 from serve.triton_server import (
+    DEFAULT_TRACE_COLLECTOR,
+    DEFAULT_TRACE_RATE,
     MODEL_CONTROL_MODES,
+    TRACE_MODES,
     GrpcTls,
     PortInUseError,
     Restriction,
+    Tracing,
     TritonNotFoundError,
     TritonServer,
     TritonServerError,
@@ -141,8 +145,67 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument(
         "--no-cache", action="store_true", help="start without a response cache (every request runs the encoder)"
     )
+    trace = parser.add_argument_group(
+        "request tracing (Triton's --trace-config)",
+        "off unless --trace-mode is given. opentelemetry mode traces every request that carries a W3C traceparent "
+        "header (the project's client sends one with every call), whatever --trace-rate says",
+    )
+    trace.add_argument(
+        "--trace-mode",
+        choices=TRACE_MODES,
+        default=None,
+        help="triton: timestamps of each traced request as JSON in --trace-file; opentelemetry: spans exported "
+        "over OTLP/HTTP to --trace-collector",
+    )
+    trace.add_argument(
+        "--trace-rate",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help=f"trace 1 request in N (default: {DEFAULT_TRACE_RATE}, every request; 0: only those with a traceparent)",
+    )
+    trace.add_argument(
+        "--trace-file",
+        type=Path,
+        default=None,
+        help="triton mode: the JSON trace file, written when the server stops (default: beside the log, "
+        "<log>.trace.json)",
+    )
+    trace.add_argument(
+        "--trace-collector",
+        default=None,
+        metavar="URL",
+        help=f"opentelemetry mode: the collector's OTLP/HTTP traces endpoint (default: {DEFAULT_TRACE_COLLECTOR})",
+    )
     parser.add_argument("triton_args", nargs="*", help="extra flags passed to tritonserver unchanged (after '--')")
     return parser
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
+def tracing_setting(args: argparse.Namespace, log_file: Path) -> Tracing | None:
+    """The --trace-* options as a :class:`Tracing`, or None when off; ValueError names a misplaced option."""
+    if args.trace_mode is None:
+        options = {"--trace-rate": args.trace_rate, "--trace-file": args.trace_file}
+        options["--trace-collector"] = args.trace_collector
+        given = [flag for flag, value in options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} needs --trace-mode ({' or '.join(TRACE_MODES)})")
+        return None
+    rate = args.trace_rate if args.trace_rate is not None else DEFAULT_TRACE_RATE
+    if args.trace_mode == "triton":
+        if args.trace_collector is not None:
+            raise ValueError("--trace-collector is for --trace-mode opentelemetry (triton mode writes --trace-file)")
+        file = args.trace_file if args.trace_file is not None else log_file.with_name(log_file.name + ".trace.json")
+        return Tracing("triton", rate=rate, file=file.resolve())
+    if args.trace_file is not None:
+        raise ValueError("--trace-file is for --trace-mode triton (opentelemetry mode exports to --trace-collector)")
+    return Tracing("opentelemetry", rate=rate, collector=args.trace_collector or DEFAULT_TRACE_COLLECTOR)
 
 
 def _positive(value: str) -> int:
@@ -300,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ProvenanceError:
             provenance = None
     log_file: Path = args.log_file if args.log_file is not None else default_log_file()
+    try:
+        tracing = tracing_setting(args, log_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     # SIGTERM behaves like Ctrl-C, so the server is stopped cleanly in both cases, during startup too.
     signal.signal(signal.SIGINT, _interrupt)
@@ -319,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grpc_tls=tls,
         restricted=restricted,
         cache_size=cache_size,
+        tracing=tracing,
     )
     try:
         server.check_ports()  # before anything is printed or loaded: one line if a port is taken
@@ -328,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             print(cache_line, flush=True)
+            if tracing is not None:
+                print(tracing.describe(), flush=True)
             server.start(ready_models=wait_models, timeout_s=args.startup_timeout)
             print(
                 f"Triton is ready (pid {server.pid}); models ready: {', '.join(wait_models) or '-'}\n"

@@ -56,6 +56,7 @@ from typing import Any, Self
 __all__ = [
     "MODEL_CONTROL_MODES",
     "PortInUseError",
+    "Tracing",
     "TritonInstall",
     "TritonNotFoundError",
     "TritonServer",
@@ -68,6 +69,9 @@ __all__ = [
 ]
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+TRACE_MODES = ("triton", "opentelemetry")  # --trace-config mode=...: a JSON file, or OTLP/HTTP export
+DEFAULT_TRACE_COLLECTOR = "http://localhost:4318/v1/traces"  # Triton's default OTLP/HTTP traces endpoint
+DEFAULT_TRACE_RATE = 1  # every request: tracing is turned on to look at calls (Triton's own default is 1000)
 INSTALL_HINT = 'pip install "nvidia-pytriton>=0.5"  (or: pip install -e ".[serve]")'
 _LOG_TAIL_LINES = 60
 _PORT_RETRIES = 3
@@ -343,6 +347,60 @@ class Restriction:
         return {self.header: self.value}
 
 
+@dataclass(frozen=True)
+class Tracing:
+    """Triton's request tracing, as ``--trace-config`` flags (Triton 2.51, docs/user_guide/trace.md).
+
+    ``mode="triton"`` writes each traced request's timestamps as JSON to ``file`` (when the server stops);
+    ``mode="opentelemetry"`` exports spans over OTLP/HTTP to ``collector`` (``http://host:4318/v1/traces``),
+    batched every ``export_delay_ms`` (Triton's ``bsp_schedule_delay``, 5000 by default). ``rate``: trace one
+    request in ``rate``. In opentelemetry mode a request carrying a W3C ``traceparent`` header is traced
+    whatever the rate (Triton makes its spans children of the caller's), so with this project's client,
+    which sends one with every call, every call is; ``rate=0`` traces only those."""
+
+    mode: str
+    rate: int = DEFAULT_TRACE_RATE
+    file: Path | None = None
+    collector: str = DEFAULT_TRACE_COLLECTOR
+    export_delay_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRACE_MODES:
+            raise ValueError(f"trace mode must be one of {TRACE_MODES}, got {self.mode!r}")
+        if self.rate < 0:
+            raise ValueError(f"trace rate must be >= 0 (trace 1 request in rate; 0 = none sampled), got {self.rate}")
+        if self.mode == "triton" and self.file is None:
+            raise ValueError("trace mode 'triton' writes a JSON file: give its path (file)")
+        if self.mode != "triton" and self.file is not None:
+            raise ValueError(f"a trace file is written in trace mode 'triton' only, not {self.mode!r}")
+        if not re.match(r"^https?://[^/\s]+", self.collector):
+            raise ValueError(f"trace collector {self.collector!r} is not an http(s):// URL (OTLP/HTTP)")
+        if self.export_delay_ms is not None and (self.mode != "opentelemetry" or self.export_delay_ms < 1):
+            raise ValueError(f"export_delay_ms={self.export_delay_ms} needs mode 'opentelemetry' and >= 1 ms")
+
+    def flags(self) -> list[str]:
+        """The ``--trace-config`` flags of this setting."""
+        out = [f"--trace-config=mode={self.mode}", "--trace-config=level=TIMESTAMPS"]
+        out.append(f"--trace-config=rate={self.rate}")
+        if self.mode == "triton":
+            out.append(f"--trace-config=triton,file={self.file}")
+        else:
+            out.append(f"--trace-config=opentelemetry,url={self.collector}")
+            if self.export_delay_ms is not None:
+                out.append(f"--trace-config=opentelemetry,bsp_schedule_delay={self.export_delay_ms}")
+        return out
+
+    def describe(self) -> str:
+        """One line for the start banner."""
+        sampled = f"1 request in {self.rate}" if self.rate else "no request by rate"
+        if self.mode == "triton":
+            return f"tracing: triton, {sampled}, JSON to {self.file} (written when the server stops)"
+        return (
+            f"tracing: opentelemetry, {sampled} and every request with a traceparent header, "
+            f"OTLP/HTTP to {self.collector}"
+        )
+
+
 class TritonServer:
     """One ``tritonserver`` process serving a model repository (context manager: stops and cleans up on exit).
 
@@ -374,6 +432,7 @@ class TritonServer:
         grpc_tls: GrpcTls | None = None,
         restricted: Restriction | None = None,
         cache_size: int | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         if model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, got {model_control_mode!r}")
@@ -396,6 +455,7 @@ class TritonServer:
         self.grpc_tls = grpc_tls
         self.restricted = restricted
         self.cache_size = cache_size
+        self.tracing = tracing
         self._requested_ports = (grpc_port, http_port, metrics_port)
         self.grpc_port, self.http_port, self.metrics_port = self._pick_ports()
         self._user_log_file = Path(log_file).expanduser().resolve() if log_file is not None else None
@@ -491,6 +551,8 @@ class TritonServer:
                 f"--grpc-restricted-protocol={self.restricted.flag_value()}",
                 f"--http-restricted-api={self.restricted.flag_value()}",
             ]
+        if self.tracing is not None:
+            cmd += self.tracing.flags()
         cmd.extend(self.extra_args)  # last, so a flag given here overrides the defaults above
         return cmd
 

@@ -617,8 +617,9 @@ def test_client_options_are_checked() -> None:
         assert c.headers == {"x-api-key": "k"}  # gRPC metadata keys must be lowercase
         plugin = c._triton.plugin()  # headers go through tritonclient's plugin, not each call
         assert isinstance(plugin, HeaderPlugin) and plugin.headers == {"x-api-key": "k"}
-    with AstroClient() as c:
-        assert c._triton.plugin() is None
+    with AstroClient() as c:  # no headers: the plugin still sends a traceparent with every call (test_tracing.py)
+        plugin = c._triton.plugin()
+        assert isinstance(plugin, HeaderPlugin) and plugin.headers == {}
 
 
 @pytest.mark.parametrize(
