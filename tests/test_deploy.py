@@ -1021,3 +1021,87 @@ def test_a_broken_kustomization_fails_to_render(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}, missing.yaml]\n")
     with pytest.raises(KustomizeError, match=r"missing\.yaml"):
         kustomize(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ tracing
+
+COLLECTOR_VAR = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"  # the one place the collector is named: components/tracing
+TRACE_FLAGS = (  # what Triton needs to export OpenTelemetry traces (Triton's docs/user_guide/trace.md)
+    "--trace-config=mode=opentelemetry",
+    "--trace-config=level=TIMESTAMPS",
+    f"--trace-config=opentelemetry,url=$({COLLECTOR_VAR})",
+)
+
+
+def tracing_problems(docs: list[Doc]) -> list[str]:
+    """Triton exports OpenTelemetry traces over OTLP/HTTP to the collector the ConfigMap names, at a
+    sampling rate the ConfigMap sets."""
+    out: list[str] = []
+    container = workload(docs).container
+    args = container.get("args", [])
+    out += [f"tracing flag {flag} missing from {args}" for flag in TRACE_FLAGS if flag not in args]
+    env = container_env(docs, container)
+    rates = [substitute(a, env).split("=", 2)[2] for a in args if a.startswith("--trace-config=rate=")]
+    if len(rates) != 1 or not rates[0].isdigit():
+        out.append(f"not one --trace-config=rate=N with N a whole number: {rates}")
+    url = env.get(COLLECTOR_VAR, "")
+    if not re.fullmatch(r"https?://[^/\s]+/v1/traces", url):
+        out.append(f"{COLLECTOR_VAR} {url!r} is not an OTLP/HTTP traces endpoint (http(s)://host:port/v1/traces)")
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_exports_traces_to_the_collector(overlay: str) -> None:
+    problems = tracing_problems(rendered(overlay))
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_collector_is_named_in_one_place() -> None:
+    """Only components/tracing sets the collector's address; every overlay gets it from there."""
+    places = [
+        str(path.relative_to(DEPLOY))
+        for path in sorted(DEPLOY.rglob("*.yaml"))
+        if re.search(rf"^\s*-\s*{COLLECTOR_VAR}=", path.read_text(), re.MULTILINE)
+    ]
+    assert places == ["components/tracing/kustomization.yaml"], places
+    urls = set()
+    for overlay in OVERLAYS:
+        docs = rendered(overlay)
+        urls.add(container_env(docs, workload(docs).container)[COLLECTOR_VAR])
+    assert len(urls) == 1, urls
+
+
+@pytest.mark.parametrize(
+    ("overlay", "mutate", "expected"),
+    [
+        (
+            "deployment-cpu-onnxruntime",
+            lambda docs: one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"].remove(
+                "--trace-config=mode=opentelemetry"
+            ),
+            "tracing flag --trace-config=mode=opentelemetry missing",
+        ),
+        (
+            "kserve-cpu-onnxruntime",
+            lambda docs: one(docs, "ServingRuntime")["spec"]["containers"][0]["args"].remove(TRACE_FLAGS[2]),
+            "tracing flag --trace-config=opentelemetry,url=",
+        ),
+        (
+            "deployment-gpu-tensorrt",
+            lambda docs: one(docs, "ConfigMap")["data"].__setitem__(COLLECTOR_VAR, "otel-collector:4317"),
+            "is not an OTLP/HTTP traces endpoint",
+        ),
+        (
+            "kserve-gpu-tensorrt",
+            lambda docs: one(docs, "ConfigMap")["data"].__setitem__("TRACE_RATE", "often"),
+            "not one --trace-config=rate=N",
+        ),
+    ],
+    ids=["no-mode", "no-url", "grpc-collector", "bad-rate"],
+)
+def test_tracing_checks_refuse(overlay: str, mutate: Callable[[list[Doc]], object], expected: str) -> None:
+    docs = rendered(overlay)
+    assert tracing_problems(docs) == []
+    mutate(docs)
+    problems = tracing_problems(docs)
+    assert any(expected in p for p in problems), problems

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from add_one_model import ADD_ONE_MODEL, write_model
+from test_deploy import COLLECTOR_VAR, container_env, rendered, substitute, workload
 from tritonclient._request import Request
 
 from client.__main__ import main as client_main
@@ -191,6 +192,7 @@ class Span:
     span_id: str
     parent_id: str
     start_ns: int
+    service: str  # the exporting server's resource attribute service.name
 
 
 class OtlpReceiver:
@@ -230,7 +232,14 @@ class OtlpReceiver:
         with self.lock:
             bodies = list(self.bodies)
         return [
-            Span(s["name"], s["traceId"], s["spanId"], s.get("parentSpanId", ""), int(s["startTimeUnixNano"]))
+            Span(
+                s["name"],
+                s["traceId"],
+                s["spanId"],
+                s.get("parentSpanId", ""),
+                int(s["startTimeUnixNano"]),
+                _service_name(resource),
+            )
             for body in bodies
             for resource in body.get("resourceSpans", [])
             for scope in resource.get("scopeSpans", [])
@@ -249,6 +258,11 @@ class OtlpReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _service_name(resource_spans: dict[str, Any]) -> str:
+    attributes = resource_spans.get("resource", {}).get("attributes", [])
+    return next((a["value"].get("stringValue", "") for a in attributes if a["key"] == "service.name"), "")
 
 
 @dataclass(frozen=True)
@@ -361,3 +375,35 @@ def test_triton_mode_writes_the_trace_file(tmp_path: Path) -> None:
     assert [m["model_name"] for m in models] == ["add_one"], records
     stamps = {t["name"] for r in records if r.get("id") == models[0]["id"] for t in r.get("timestamps", [])}
     assert {"REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"} <= stamps, stamps
+
+
+@pytest.mark.server
+def test_the_deploy_tracing_flags_export_from_the_real_server(tmp_path: Path) -> None:
+    """deploy/components/tracing's Triton flags, as rendered for a cluster, on the real 2.51 server (the
+    collector's address replaced by the stand-in's): a request's spans arrive under its traceparent's trace id,
+    from service astro-triton."""
+    docs = rendered("deployment-cpu-onnxruntime")
+    container = workload(docs).container
+    receiver = OtlpReceiver()
+    env = {**container_env(docs, container), COLLECTOR_VAR: receiver.url}
+    flags = [substitute(a, env) for a in container["args"] if a.startswith("--trace-config")]
+    assert len(flags) >= 4, container["args"]
+    flags.append("--trace-config=opentelemetry,bsp_schedule_delay=50")  # export at once, not every 5 s
+    repository = tmp_path / "repo"
+    write_model(repository, "add_one", ADD_ONE_MODEL)
+    caller = TraceParent.new()
+    try:
+        with TritonServer(repository, extra_args=flags) as server:
+            server.start(ready_models=["add_one"], timeout_s=60)
+            client = grpcclient.InferenceServerClient(server.grpc_url)
+            x = grpcclient.InferInput("INPUT0", [1, 3], "FP32")
+            x.set_data_from_numpy(np.zeros((1, 3), np.float32))
+            client.infer("add_one", [x], headers={TRACEPARENT: caller.child().header()})
+            client.close()
+            spans = receiver.wait_for(lambda spans: any(s.name == "InferRequest" for s in spans))
+    finally:
+        receiver.close()
+    assert receiver.problems == []
+    ours = [s for s in spans if s.trace_id == caller.trace_id]
+    assert {s.name for s in ours} >= {"InferRequest", "add_one", "compute"}, spans
+    assert {s.service for s in ours} == {"astro-triton"}
