@@ -392,13 +392,13 @@ class Tracing:
 
     def describe(self) -> str:
         """One line for the start banner."""
-        sampled = f"1 request in {self.rate}" if self.rate else "no request by rate"
+        sampled = {0: "no request", 1: "every request"}.get(self.rate, f"1 request in {self.rate}")
         if self.mode == "triton":
             return f"tracing: triton, {sampled}, JSON to {self.file} (written when the server stops)"
-        return (
-            f"tracing: opentelemetry, {sampled} and every request with a traceparent header, "
-            f"OTLP/HTTP to {self.collector}"
-        )
+        header = "every request with a traceparent header (the project's client sends one)"
+        if self.rate != 1:
+            sampled = header if self.rate == 0 else f"{sampled} and {header}"
+        return f"tracing: opentelemetry, {sampled}, OTLP/HTTP to {self.collector}"
 
 
 class TritonServer:

@@ -161,6 +161,7 @@ def test_serve_trace_options_become_triton_trace_config_flags() -> None:
     ]
     fast = Tracing("opentelemetry", rate=0, export_delay_ms=50)
     assert fast.flags()[-1] == "--trace-config=opentelemetry,bsp_schedule_delay=50"
+    assert "every request with a traceparent header" in fast.describe()  # the start banner says what is traced
 
 
 @pytest.mark.parametrize(
