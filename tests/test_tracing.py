@@ -325,9 +325,7 @@ def test_one_client_call_traced_under_the_callers_trace_id(
     hits), then one call without a caller's traceparent: Triton's spans of each, found by trace id."""
     caller = TraceParent.new()
     print(f"caller traceparent: {caller.header()}")
-    history = EventHistory(
-        item_ids=[11, 12, 13], behaviors=[0, 1, 0], scenarios=[0, 0, 2], timestamps=[1699990000, 1699995000, 1699999000]
-    )
+    history = EventHistory.from_lists([11, 12, 13], [0, 1, 0], [0, 0, 2], [1699990000, 1699995000, 1699999000])
     with AstroClient(traced_server.grpc_url, traceparent=caller.header(), timeout_s=60) as client:
         client.score(history, [12, 99, 4242], 0, 1700000000)
         assert encoder_cache_counts(traced_server) == (0, 1)
