@@ -23,7 +23,8 @@ from export.onnx_graphs import GraphPaths
 from export.parity import OrtPipeline
 from export.repository import TARGETS, composing_config, instances, queue_policy
 from model.random_inputs import RandomRequest, random_request
-from serve.triton_server import TritonServer
+from serve.__main__ import admission_line
+from serve.triton_server import TritonServer, iter_models
 
 CFG = AstroConfig.from_name("small")
 CALL_TIMEOUT_S = 60.0  # every call's own gRPC deadline: an unanswered request fails the test, never hangs it
@@ -40,6 +41,15 @@ def test_every_target_bounds_each_composing_model() -> None:
             assert policy == queue_policy(bound), (target, graph)
             assert policy.max_queue_size >= bound.instances and policy.allow_timeout_override, (target, graph)
             assert policy.default_timeout_microseconds == QUEUE_TIMEOUT_US > 0, (target, graph)
+
+
+def test_serve_prints_the_bounds_it_serves(exported_repo: Path) -> None:
+    """`python -m serve` prints each composing model's bound, read from the configs it serves."""
+    line = admission_line(exported_repo, iter_models(exported_repo))
+    for graph in GRAPHS:
+        size = queue_bound(graph, instances(graph, "python")).max_queue_size
+        assert f"{graph} <= {size} queued, each <= {QUEUE_TIMEOUT_US / 1e6:g} s or the caller's shorter" in line, line
+    assert "UNAVAILABLE at once, retryable" in line, line
 
 
 def send_all(url: str, requests: list[tuple[RandomRequest, int | None]]) -> list[Any]:
