@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from export.repository import TARGETS, composing_config, instances, queue_policy
 from model.random_inputs import RandomRequest, random_request
 from serve.__main__ import admission_line
 from serve.triton_server import TritonServer, iter_models
+from tests.add_one_model import ADD_ONE_CONFIG, write_model
 
 CFG = AstroConfig.from_name("small")
 CALL_TIMEOUT_S = 60.0  # every call's own gRPC deadline: an unanswered request fails the test, never hangs it
@@ -149,3 +151,123 @@ def test_request_whose_deadline_passes_in_the_queue_is_never_computed(triton: Tr
     after = counts_reaching(triton.grpc_url, {k: v + rows for k, v in before.items()})
     ran = {k: after[k] - before[k] for k in before}
     assert ran == {USER_ENCODER: rows, ITEM_SCORER: rows}, f"rows run {ran}: {rows} sent with time to run"
+
+
+# ---- what Triton 2.51 itself does when a step of an ensemble refuses: two-step ensembles of tiny models ----
+STEP_MODEL = """
+import json
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sleep_s = float(json.loads(args["model_config"])["parameters"]["sleep_s"]["string_value"])
+
+    def execute(self, requests):
+        time.sleep(self.sleep_s)
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", x + 1)]))
+        return responses
+"""
+STEPS = {  # model -> (seconds per execution, queue policy)
+    "fast": (0.0, ""),
+    "slow_bounded": (0.3, "max_queue_size: 1"),
+    "slow_override": (
+        0.3,
+        "timeout_action: REJECT default_timeout_microseconds: 10000000 allow_timeout_override: true",
+    ),
+    "slow_override_no_default": (
+        0.3,
+        "timeout_action: REJECT default_timeout_microseconds: 0 allow_timeout_override: true",
+    ),
+}
+ENSEMBLES = {"bounded_first": ("slow_bounded", "fast"), "bounded_second": ("fast", "slow_bounded")}
+ENSEMBLES |= {f"{m}_first": (m, "fast") for m in ("slow_override", "slow_override_no_default")}
+
+
+def two_step_ensemble(name: str, first: str, second: str) -> str:
+    steps = [(first, "INPUT0", "mid"), (second, "mid", "OUTPUT0")]
+    return ADD_ONE_CONFIG.replace('backend: "python"', 'platform: "ensemble"').replace(
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        "ensemble_scheduling { step ["
+        + ",".join(
+            f'{{ model_name: "{m}" model_version: -1 input_map {{ key: "INPUT0" value: "{i}" }} '
+            f'output_map {{ key: "OUTPUT0" value: "{o}" }} }}'
+            for m, i, o in steps
+        )
+        + "] }",
+    )
+
+
+@pytest.fixture(scope="module")
+def steps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repo = tmp_path_factory.mktemp("steps") / "repository"
+    for name, (sleep_s, policy) in STEPS.items():
+        config = ADD_ONE_CONFIG + f'parameters {{ key: "sleep_s" value {{ string_value: "{sleep_s}" }} }}\n'
+        config += f"dynamic_batching {{ default_queue_policy {{ {policy} }} }}\n" if policy else ""
+        write_model(repo, name, STEP_MODEL, config)
+    for name, (first, second) in ENSEMBLES.items():
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(two_step_ensemble(name, first, second))
+    with TritonServer(repo) as server:
+        server.start(ready_models=list(ENSEMBLES), timeout_s=120)
+        yield server
+
+
+def send_batches(url: str, model: str, n: int, timeout_us: int | None = None) -> list[Any]:
+    """``n`` full batches (8 rows: one per execution) at once, each with its own gRPC deadline."""
+    client = grpcclient.InferenceServerClient(url)
+    done: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
+    for i in range(n):
+        inp = grpcclient.InferInput("INPUT0", [8, 2], "FP32")
+        inp.set_data_from_numpy(np.full((8, 2), i, np.float32))
+        client.async_infer(
+            model,
+            [inp],
+            callback=lambda result, error, i=i: done.put((i, result, error)),
+            client_timeout=20.0,
+            **({} if timeout_us is None else {"timeout": timeout_us}),
+        )
+    results: list[Any] = [None] * n
+    for _ in range(n):
+        i, result, error = done.get(timeout=30)
+        results[i] = error if error is not None else result.as_numpy("OUTPUT0")
+    client.close()
+    return results
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("ensemble", ["bounded_first", "bounded_second"])
+def test_triton_answers_an_ensemble_request_a_step_queue_refuses(steps_server: TritonServer, ensemble: str) -> None:
+    """Triton before 2.67 could leave an ensemble request unanswered when a step's max_queue_size refused it
+    (core PR 466). On the server we run, five batches against a step of one instance and a queue of one: the
+    ones past it are refused UNAVAILABLE at once, whichever step refuses, the rest answered; none hangs (a hang
+    would end in the call's own 20 s deadline, DEADLINE_EXCEEDED)."""
+    results = send_batches(steps_server.grpc_url, ensemble, 5)
+    refused = [r for r in results if isinstance(r, grpcclient.InferenceServerException)]
+    assert refused and all(e.status() == "StatusCode.UNAVAILABLE" and QUEUE_FULL in e.message() for e in refused), [
+        str(r) for r in refused
+    ]
+    for i, r in enumerate(results):
+        assert isinstance(r, grpcclient.InferenceServerException) or (r == i + 2).all(), (i, r)
+    (again,) = send_batches(steps_server.grpc_url, ensemble, 1)
+    assert isinstance(again, np.ndarray), again
+
+
+@pytest.mark.server
+def test_triton_applies_a_caller_timeout_only_below_a_non_zero_default(steps_server: TritonServer) -> None:
+    """Four batches with a 0.3 s timeout against a step of one 0.3 s instance: with a default of 10 s the later
+    ones are refused (Request timeout expired) before they run; with a default of 0 (no timeout) Triton ignores
+    the caller's timeout and runs every one: why contract/admission.py's default is not 0."""
+    refused_with_default = [
+        r
+        for r in send_batches(steps_server.grpc_url, "slow_override_first", 4, timeout_us=300_000)
+        if isinstance(r, grpcclient.InferenceServerException)
+    ]
+    assert refused_with_default and all(TIMED_OUT in e.message() for e in refused_with_default), refused_with_default
+    without_default = send_batches(steps_server.grpc_url, "slow_override_no_default_first", 4, timeout_us=300_000)
+    assert all(isinstance(r, np.ndarray) for r in without_default), without_default
