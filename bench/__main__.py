@@ -14,7 +14,8 @@ Sections (docs/bench/report.md explains each):
   (d) FLOPs per graph from the config against torch.matmul's measured rate;
   (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one;
   (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on;
-  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x).
+  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x);
+  overload: 1x..8x the measured capacity, queues unbounded vs bounded as exported (bench/overload.py).
 Every ratio is taken inside one round of one run and reported as median and spread over rounds.
 Timings are printed, never asserted.
 """

@@ -87,8 +87,8 @@ def queue_policy(bound: QueueBound) -> mc.ModelQueuePolicy:
 
 
 def instances(graph: str, target: Target) -> int:
-    """Instances per composing model: the python target's own, one on the other targets (one GPU, or the
-    ONNX Runtime backend's default instance group sized as one for the queue bound)."""
+    """Instances a composing model's queue bound is sized for: the python target's own; one elsewhere (the
+    tensorrt target runs one GPU instance; the onnxruntime target leaves the instance group to Triton)."""
     return PYTHON_INSTANCES[graph] if target == "python" else 1
 
 
