@@ -311,12 +311,16 @@ def run_variant(
                 outcomes = asyncio.run(open_loop(server.grpc_url, requests, multiple * rate, s))
                 after = wait_idle(admin)
             ran = {g: after[g]["inference_count"] - before[g]["inference_count"] for g in GRAPHS}
+            # Triton's compute time per request (a batch's time counts for each of its requests): what one
+            # request cost while the instances shared the cores with everything else
+            infer_ns = {g: after[g]["compute_infer"] - before[g]["compute_infer"] for g in GRAPHS}
             cpu = {
                 "client": time.process_time() - cpu0,
                 "server": sum(server_cpu_seconds(server.pid).values()) - server0,
             }
             row = level_row(variant, multiple, multiple * rate, outcomes, rss.peak_mb, ran, cpu, s)
             row["peak_rss_split_mb"] = rss.split_mb
+            row["compute_ms_per_request"] = {g: infer_ns[g] / 1e6 / max(1, ran[g]) for g in GRAPHS}
             say(
                 f"  {variant[:6]} {multiple}x: sent {row['sent_rps']:.0f}/s, goodput {row['goodput_rps']:.1f}/s, "
                 f"refused {row['refused']}, late {row['late']}, p99 "
@@ -464,12 +468,20 @@ def causes(r: dict[str, Any]) -> str:
         return "no 1x and 4x levels in this run."
     one, four = lv[1], lv[4]
     wasted = four["encoder_rows"] - four["scorer_rows"]
+    assumed = r["sizing"]["service_ms"][ITEM_SCORER]
+
+    def scorer(row: dict[str, Any]) -> float:
+        ms: float = row.get("compute_ms_per_request", {}).get(ITEM_SCORER, float("nan"))
+        return ms
+
     return (
         f"at 4x the server (tritonserver + stubs) got {four['cpu_s']['server']:.1f} CPU s against "
         f"{one['cpu_s']['server']:.1f} at 1x, while the load client on the same cores used "
         f"{four['cpu_s']['client']:.1f} CPU s against {one['cpu_s']['client']:.1f} and sent its requests up to "
         f"{four['send_lag_ms_p99']:.0f} ms late (p99; every latency it measures carries that lag); item_scorer ran "
-        f"{four['scorer_rows']} rows against {one['scorer_rows']}. user_encoder ran {wasted} rows for requests "
+        f"{four['scorer_rows']} rows against {one['scorer_rows']}, each costing {scorer(four):.0f} ms of Triton's "
+        f"compute time against {scorer(one):.0f} ms at 1x (the sizing assumes {assumed:g} ms): the instances were "
+        f"starved of CPU. user_encoder ran {wasted} rows for requests "
         "that item_scorer's full queue then refused: the encoder (one instance, the faster stage) never holds "
         "a queue, so on Triton 2.51, which has no admission at the ensemble itself, a refusal comes after the "
         "encoder has run and its refusal latency includes that run. Answers later than the deadline "
