@@ -469,20 +469,20 @@ def causes(r: dict[str, Any]) -> str:
     one, four = lv[1], lv[4]
     wasted = four["encoder_rows"] - four["scorer_rows"]
     assumed = r["sizing"]["service_ms"][ITEM_SCORER]
-
-    def scorer(row: dict[str, Any]) -> float:
-        ms: float = row.get("compute_ms_per_request", {}).get(ITEM_SCORER, float("nan"))
-        return ms
+    compute = ""  # Triton's compute time per request, in results that have it
+    if "compute_ms_per_request" in four and "compute_ms_per_request" in one:
+        compute = (
+            f", each costing {four['compute_ms_per_request'][ITEM_SCORER]:.0f} ms of Triton's compute time against "
+            f"{one['compute_ms_per_request'][ITEM_SCORER]:.0f} ms at 1x (the sizing assumes {assumed:g} ms)"
+        )
 
     return (
         f"at 4x the server (tritonserver + stubs) got {four['cpu_s']['server']:.1f} CPU s against "
         f"{one['cpu_s']['server']:.1f} at 1x, while the load client on the same cores used "
         f"{four['cpu_s']['client']:.1f} CPU s against {one['cpu_s']['client']:.1f} and sent its requests up to "
         f"{four['send_lag_ms_p99']:.0f} ms late (p99; every latency it measures carries that lag); item_scorer ran "
-        f"{four['scorer_rows']} rows against {one['scorer_rows']}, each costing {scorer(four):.0f} ms of Triton's "
-        f"compute time against {scorer(one):.0f} ms at 1x (the sizing assumes {assumed:g} ms): the instances were "
-        f"starved of CPU. user_encoder ran {wasted} rows for requests "
-        "that item_scorer's full queue then refused: the encoder (one instance, the faster stage) never holds "
+        f"{four['scorer_rows']} rows against {one['scorer_rows']}{compute}. user_encoder ran {wasted} rows for "
+        "requests that item_scorer's full queue then refused: the encoder (one instance, the faster stage) never holds "
         "a queue, so on Triton 2.51, which has no admission at the ensemble itself, a refusal comes after the "
         "encoder has run and its refusal latency includes that run. Answers later than the deadline "
         f"({four['late']} at 4x) were admitted within the bounds but served slower than the sizing's "
