@@ -14,7 +14,8 @@ Sections (docs/bench/report.md explains each):
   (d) FLOPs per graph from the config against torch.matmul's measured rate;
   (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one;
   (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on;
-  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x).
+  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x);
+  overload: 1x..8x the measured capacity, queues unbounded vs bounded as exported (bench/overload.py).
 Every ratio is taken inside one round of one run and reported as median and spread over rounds.
 Timings are printed, never asserted.
 """
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from bench import block_attention, machine, plots, report
+from bench import block_attention, machine, overload, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
 from bench.report import GOAL_CONCURRENCY
@@ -381,6 +382,11 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         args = (cfg, session_model, a.session_candidates, a.session_concurrency, a.session_lane, pa, a.seed, say)
         variants.append({**run_sessions(variant, *args, rounds=a.session_rounds), "config": SCORER1})
 
+    say("  overload: 1x..8x the capacity, queues unbounded vs as exported (bench/overload.py)")
+    overloaded = overload.run_overload(
+        repos["fp32"], cfg, overload.QUICK if a.quick else overload.Settings(), work, say
+    )
+
     say("[6/8] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
     say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
@@ -437,6 +443,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         },
         "sessions": sessions,
         "session_variants": variants,
+        "overload": overloaded,
         "matmul_flops": peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}

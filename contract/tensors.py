@@ -49,11 +49,13 @@ DTYPES: dict[str, DType] = {
 
 @dataclass(frozen=True)
 class Axis:
-    """A dynamic axis: 1 <= size <= ``limit(cfg)``; ``blocks_times`` marks S = Nb * Tb."""
+    """A dynamic axis: 1 <= size <= ``limit(cfg)``; ``blocks_times`` marks one whose size is
+    ``n_blocks`` times another axis's (S = Nb * Tb)."""
 
     symbol: str  # the ONNX / torch.export dim name, and the key that ties equal axes together
     what: str  # how errors name it
     limit_field: str  # the AstroConfig property that bounds it
+    blocks_times: Axis | None = None  # size == cfg.n_blocks * the size of this axis
 
     def limit(self, cfg: AstroConfig) -> int:
         value: int = getattr(cfg, self.limit_field)
@@ -63,7 +65,7 @@ class Axis:
 BATCH = Axis("batch", "batch B", "max_batch_size")
 BLOCK_LEN = Axis("block_len", "block length Tb", "max_block_len")
 CANDIDATES = Axis("candidates", "candidates N", "max_candidates")
-USER_TOKENS = Axis("user_tokens", "user tokens S = Nb*Tb", "max_user_tokens")  # always n_blocks * block_len
+USER_TOKENS = Axis("user_tokens", "user tokens S = Nb*Tb", "max_user_tokens", blocks_times=BLOCK_LEN)
 
 Size = Axis | str | int  # dynamic axis | AstroConfig property | literal
 

@@ -3,7 +3,7 @@
     python -m export                       # the embedded small checkpoint, target picked for this host
     python -m export --target onnxruntime  # force a target
     python -m export --cache-dtype fp16    # halve the keys/values bytes between ensemble steps
-    python -m export --target tensorrt --precision fp16 --triton-release 25.10   # on a GPU host
+    python -m export --target tensorrt --precision fp16 --triton-release 26.03   # on a GPU host
 
 Steps, each reported as it runs: load (or first train) the checkpoint, export both graphs
 to ONNX (checker + shape inference), ONNX Runtime vs PyTorch parity over a grid of shapes,
@@ -132,6 +132,12 @@ def python_target_server() -> str:
     return f"tritonserver from {toolchain('python', ['nvidia-pytriton']) or 'nvidia-pytriton'} (python backend)"
 
 
+# The NGC command's response cache: 1 GiB, as deploy/'s ConfigMap (docs/deploy.md, section 5, sizes it).
+# No CUDA memory pool, so the encoder's keys/values land in pinned host memory, where the cache can store
+# them (Triton caches only responses whose outputs sit in CPU memory; docs/deploy.md, section 5).
+NGC_SERVER_FLAGS = "--cache-config=local,size=1073741824 --cuda-memory-pool-byte-size=0:0"
+
+
 def serve_hint(target: Target, out: Path, container: TritonRelease | None) -> str:
     """How to serve what was just written."""
     default = ROOT / "model_repository"
@@ -144,7 +150,8 @@ def serve_hint(target: Target, out: Path, container: TritonRelease | None) -> st
     return (
         f"Serve it in the NGC container ({target} target; `make serve` runs the python target only): "
         f"docker run --rm {gpus}--shm-size 1g -p 8000:8000 -p 8001:8001 -p 8002:8002 "
-        f'-v "{out.resolve()}:/models" {container.image} tritonserver --model-repository=/models'
+        f'-v "{out.resolve()}:/models" {container.image} tritonserver --model-repository=/models '
+        + NGC_SERVER_FLAGS
     )
 
 

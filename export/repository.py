@@ -19,6 +19,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contract.admission import QueueBound, queue_bound
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
 from contract.tensors import (
@@ -63,6 +64,34 @@ def input_limits(cfg: AstroConfig, inputs: list[Tensor]) -> dict[str, list[list[
     }
 
 
+def derived_axes(cfg: AstroConfig, inputs: list[Tensor]) -> dict[str, list[int | str]]:
+    """What the Python backend checks across inputs: {axis symbol: [factor, other symbol, what]}, the first
+    axis's size being factor times the other's (S = Nb * Tb), for axes that both occur among ``inputs``."""
+    axes = {a.symbol: a for t in inputs for a in t.axes.values()}
+    return {
+        a.symbol: [cfg.n_blocks, a.blocks_times.symbol, f"{a.what} = {cfg.n_blocks} * {a.blocks_times.what}"]
+        for a in axes.values()
+        if a.blocks_times is not None and a.blocks_times.symbol in axes
+    }
+
+
+def queue_policy(bound: QueueBound) -> mc.ModelQueuePolicy:
+    """Triton's queue policy for ``bound``: refuse past the size, and past the wait (the caller's own shorter
+    timeout overriding it), before anything runs (contract/admission.py)."""
+    return mc.ModelQueuePolicy(
+        timeout_action=mc.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=bound.timeout_us,
+        allow_timeout_override=True,
+        max_queue_size=bound.max_queue_size,
+    )
+
+
+def instances(graph: str, target: Target) -> int:
+    """Instances a composing model's queue bound is sized for: the python target's own; one elsewhere (the
+    tensorrt target runs one GPU instance; the onnxruntime target leaves the instance group to Triton)."""
+    return PYTHON_INSTANCES[graph] if target == "python" else 1
+
+
 def _warmup(cfg: AstroConfig, inputs: list[Tensor]) -> mc.ModelWarmup:
     """One batch-1 request of zeros: dynamic axes at their limit (full blocks), candidates at a
     typical count. Zero ids are padding, so the request exercises the empty-history path too."""
@@ -86,6 +115,7 @@ def composing_config(
     c.output.extend(_tensor(t, mc.ModelOutput) for t in outputs)
     c.version_policy.latest.num_versions = 1
     c.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    c.dynamic_batching.default_queue_policy.CopyFrom(queue_policy(queue_bound(graph, instances(graph, target))))
     c.model_warmup.append(_warmup(cfg, inputs))
     if graph in CACHED_GRAPHS:
         # Triton's response cache keys on the input bytes: the encoder's inputs are history + scenario only,
@@ -102,12 +132,15 @@ def composing_config(
             c.parameters["intra_op_thread_count"].string_value = str(threads)
     else:
         c.backend = "python"
-        count = PYTHON_INSTANCES[graph]
+        count = instances(graph, target)
         c.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=count))
         c.parameters["onnx_file"].string_value = "model.onnx"
         c.parameters["intra_op_threads"].string_value = str(threads)
         limits = input_limits(cfg, inputs)
         c.parameters["input_limits"].string_value = json.dumps(limits, separators=(",", ":"))
+        derived = derived_axes(cfg, inputs)
+        if derived:
+            c.parameters["derived_axes"].string_value = json.dumps(derived, separators=(",", ":"))
     return c
 
 

@@ -229,6 +229,27 @@ def response_cache_size(args: argparse.Namespace, repository: Path) -> tuple[int
     return sizing.size, f"response cache: local, {sizing.describe()}; --cache-users/--cache-size/--no-cache change it"
 
 
+def admission_line(repository: Path, models: Sequence[str]) -> str:
+    """What each composing model's queue policy admits (contract/admission.py, as the configs say), one line."""
+    parts = []
+    for model in models:
+        path = repository / model / "config.pbtxt"
+        config = load_config(path) if path.is_file() else None
+        if config is None or config.platform == "ensemble" or not config.HasField("dynamic_batching"):
+            continue
+        policy = config.dynamic_batching.default_queue_policy
+        if not policy.max_queue_size:
+            parts.append(f"{model} queue UNBOUNDED (re-export with `python -m export` to bound it)")
+            continue
+        wait = f"{policy.default_timeout_microseconds / 1e6:g} s" if policy.default_timeout_microseconds else "no limit"
+        override = " or the caller's shorter timeout" if policy.allow_timeout_override else ""
+        parts.append(f"{model} <= {policy.max_queue_size} queued, each <= {wait}{override}")
+    if not parts:
+        return "admission: no composing model has a queue"
+    refusal = "; past a bound: UNAVAILABLE at once, retryable" if any("<=" in p for p in parts) else ""
+    return "admission: " + "; ".join(parts) + refusal
+
+
 def not_servable_here(repository: Path, models: Sequence[str]) -> list[str]:
     """Models of the repository that need another backend than Python (tensorrt_plan, onnxruntime_onnx)."""
     paths = {m: repository / m / "config.pbtxt" for m in models}
@@ -397,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             print(cache_line, flush=True)
+            print(admission_line(repository, models), flush=True)
             if tracing is not None:
                 print(tracing.describe(), flush=True)
             server.start(ready_models=wait_models, timeout_s=args.startup_timeout)

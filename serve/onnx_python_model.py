@@ -3,9 +3,10 @@
 Copied by the repository generator into ``<model>/<version>/model.py`` for the ``python``
 target (the ``nvidia-pytriton`` server has no ONNX Runtime backend). Everything is set up
 once in ``initialize``: the session, the I/O names and dtypes, the input limits. ``execute``
-checks each request against the limits the config publishes and answers a bad request with
-an error naming the tensor, its size and the limit, so one bad request never fails others
-in the same batch, and the model keeps serving.
+checks each request against the limits the config publishes (sizes, axes that must agree,
+S = Nb*Tb user tokens against Tb) and that its floating-point inputs are finite, and answers a
+bad request with an error naming the tensor, its size or value and the limit, so one bad
+request never fails others in the same batch, and the model keeps serving.
 
 A dynamic batch runs as few ONNX Runtime calls as its shapes allow: the valid requests are
 grouped by their inputs' shapes past the batch axis (equal Tb for the encoder, equal N and Tb
@@ -68,6 +69,11 @@ class TritonPythonModel:
         # {input: [[axis, symbol, what, max], ...]}: the dynamic axes' limits from the model config;
         # inputs whose axes carry the same symbol must agree on its size (e.g. the history's Tb)
         self.limits: dict[str, list[list[Any]]] = json.loads(params.get("input_limits", "{}"))
+        # {axis symbol: [factor, other symbol, what]}: the first axis's size must be factor times the other's
+        # (the scorer's keys/values carry S = Nb*Tb user tokens, its hist_timestamps Tb per block)
+        self.derived: dict[str, list[Any]] = json.loads(params.get("derived_axes", "{}"))
+        # floating-point inputs (keys and values) must be finite: a NaN there would come back as NaN scores
+        self.finite = [name for name, dtype, _ in self.inputs if np.issubdtype(dtype, np.floating)]
         onnx_inputs = {i.name for i in self.session.get_inputs()}
         missing = {n for n, _, _ in self.inputs} - onnx_inputs
         if missing:
@@ -105,6 +111,21 @@ class TritonPythonModel:
                         "they must agree"
                     )
             feeds[name] = arr
+        for symbol, (factor, other, what) in self.derived.items():
+            if symbol in seen and other in seen and seen[symbol][1] != factor * seen[other][1]:
+                (name, size), (other_name, other_size) = seen[symbol], seen[other]
+                raise RequestRejected(
+                    f"{self.name}: input {name!r} has {size} on its {symbol} axis but {other_name!r} has "
+                    f"{other_size} on its {other} axis; {what} must be {factor * other_size}"
+                )
+        for name in self.finite:
+            arr = feeds[name]
+            if not np.isfinite(arr).all():
+                where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+                raise RequestRejected(
+                    f"{self.name}: input {name!r} holds a non-finite value {arr[where]} at index {list(where)}; "
+                    "it must be finite"
+                )
         return feeds
 
     def execute(self, requests: list[Any]) -> list[Any]:

@@ -92,21 +92,63 @@ def test_bad_request_is_rejected_and_server_keeps_serving(
     np.testing.assert_array_equal(send(triton.grpc_url, BASE)[SCORES_OUTPUT], good_scores)
 
 
-def test_composing_model_called_directly_with_inconsistent_cache(triton: TritonServer) -> None:
-    """item_scorer is reachable on its own: keys/values/mask that disagree on S are refused."""
-    s = 2 * CFG.n_blocks
-    kv = np.zeros((1, CFG.n_layers, CFG.n_heads, s, CFG.head_dim), np.float32)
-    arrays: Arrays = {
+def scorer_arrays(block_len: int, user_tokens: int) -> Arrays:
+    """Inputs of ``item_scorer`` called on its own: 3 candidates, zero keys/values over ``user_tokens`` tokens."""
+    kv = np.zeros((1, CFG.n_layers, CFG.n_heads, user_tokens, CFG.head_dim), np.float32)
+    return {
         "cand_item_ids": np.ones((1, 3), np.int64),
         "request_scenario": np.zeros((1, 1), np.int64),
         "request_timestamp": np.zeros((1, 1), np.int64),
-        "hist_timestamps": np.zeros((1, CFG.n_blocks, 2), np.int64),
+        "hist_timestamps": np.zeros((1, CFG.n_blocks, block_len), np.int64),
         "user_keys": kv,
-        "user_values": kv,
-        "user_mask": np.ones((1, s + 1), np.bool_),
+        "user_values": kv.copy(),
+        "user_mask": np.ones((1, user_tokens), np.bool_),
     }
+
+
+def test_composing_model_called_directly_with_inconsistent_cache(triton: TritonServer) -> None:
+    """item_scorer is reachable on its own: keys/values/mask that disagree on S are refused."""
+    arrays = scorer_arrays(2, 2 * CFG.n_blocks)
+    arrays["user_mask"] = np.ones((1, 2 * CFG.n_blocks + 1), np.bool_)
     with pytest.raises(grpcclient.InferenceServerException, match=r"user_mask.*has user tokens S = Nb\*Tb = 7"):
         send(triton.grpc_url, arrays, model=ITEM_SCORER)
+
+
+def planted(name: str, index: tuple[int, ...], value: float) -> Arrays:
+    arrays = scorer_arrays(2, 2 * CFG.n_blocks)
+    arrays[name][index] = value
+    return arrays
+
+
+# (case, item_scorer inputs, fragments the INVALID_ARGUMENT message must contain)
+SCORER_BAD: list[tuple[str, Arrays, tuple[str, ...]]] = [
+    ("keys' S disagrees with hist_timestamps' Tb", scorer_arrays(2, 4),
+     ("'user_keys' has 4", "'hist_timestamps' has 2", f"must be {2 * CFG.n_blocks}")),
+    ("NaN in keys", planted("user_keys", (0, 1, 2, 3, 4), np.nan), ("'user_keys'", "non-finite value nan",
+                                                                     "[0, 1, 2, 3, 4]")),
+    ("Inf in values", planted("user_values", (0, 0, 1, 5, 0), -np.inf), ("'user_values'", "non-finite value -inf")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "arrays", "fragments"), SCORER_BAD, ids=[b[0] for b in SCORER_BAD])
+def test_composing_model_called_directly_refuses_inconsistent_or_non_finite_cache(
+    triton: TritonServer,
+    good_scores: npt.NDArray[np.generic],
+    case: str,
+    arrays: Arrays,
+    fragments: tuple[str, ...],
+) -> None:
+    """item_scorer is reachable on its own: a cache whose token axis is not Nb*Tb of hist_timestamps (ONNX
+    Runtime would fail with an INTERNAL error) or holding NaN/Inf (NaN scores) is refused, naming the tensor."""
+    assert np.isfinite(
+        send(triton.grpc_url, scorer_arrays(2, 2 * CFG.n_blocks), model=ITEM_SCORER)[SCORES_OUTPUT]
+    ).all()
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        send(triton.grpc_url, arrays, model=ITEM_SCORER)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT", (case, info.value)
+    for fragment in fragments:
+        assert fragment in info.value.message(), (case, fragment, info.value.message())
+    np.testing.assert_array_equal(send(triton.grpc_url, BASE)[SCORES_OUTPUT], good_scores)
 
 
 ODD: list[tuple[str, Arrays]] = [

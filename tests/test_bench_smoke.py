@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.__main__ import main as bench_main
 from bench.machine import NO_GPU
+from bench.overload import AFTER, BEFORE
 from bench.roofline import dense_flops, encoder_flops, path_flops, scorer_flops
 from bench.timing import Stats, per_round_ratio
 from bench.workload import make_request, to_torch
@@ -72,6 +73,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         results["served"]["handoff_bytes"]["fp16"]["user_keys"] * 2
         == results["served"]["handoff_bytes"]["fp32"]["user_keys"]
     )
+    over = results["overload"]  # both variants at 1x and 4x the measured capacity, each level counted
+    assert {(lv["variant"], lv["multiple"]) for lv in over["levels"]} == {
+        (v, m) for v in (BEFORE, AFTER) for m in (1, 4)
+    }
+    assert over["capacity"]["rps"] > 0 and all(lv["sent"] > 0 and lv["peak_rss_mb"] > 0 for lv in over["levels"])
     ses = results["sessions"]
     assert {(r["round"], r["candidates"], r["cache"]) for r in ses["runs"]} == {(0, 64, "off"), (0, 64, "on")}
     trace = ses["traces"]["64"]

@@ -114,6 +114,7 @@ def test_serve_hint_names_what_to_do(tmp_path: Path) -> None:
     assert "`make serve` runs the python target only" in ort
     trt = serve_hint("tensorrt", tmp_path / "repo", release("25.10"))
     assert "docker run --rm --gpus all" in trt and "nvcr.io/nvidia/tritonserver:25.10-py3" in trt
+    assert "--cache-config=local,size=" in trt and "--cuda-memory-pool-byte-size=0:0" in trt  # the cache must hit
     assert f'-v "{(tmp_path / "repo").resolve()}:/models"' in trt
 
 
