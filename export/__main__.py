@@ -150,8 +150,7 @@ def serve_hint(target: Target, out: Path, container: TritonRelease | None) -> st
     return (
         f"Serve it in the NGC container ({target} target; `make serve` runs the python target only): "
         f"docker run --rm {gpus}--shm-size 1g -p 8000:8000 -p 8001:8001 -p 8002:8002 "
-        f'-v "{out.resolve()}:/models" {container.image} tritonserver --model-repository=/models '
-        + NGC_SERVER_FLAGS
+        f'-v "{out.resolve()}:/models" {container.image} tritonserver --model-repository=/models ' + NGC_SERVER_FLAGS
     )
 
 
