@@ -56,14 +56,8 @@ from client import (
     validate_request,
 )
 from client.__main__ import main, parse_header
-from client.astro_client import (
-    PROBE_METHODS,
-    PROBE_TIMEOUT_S,
-    RETRYABLE_STATUS_CODES,
-    WAITING_METHODS,
-    HeaderPlugin,
-    channel_args,
-)
+from client.astro_client import PROBE_TIMEOUT_S
+from client.channel import PROBE_METHODS, RETRYABLE_STATUS_CODES, WAITING_METHODS, HeaderPlugin, channel_args
 from contract.blocks import build_blocks
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
@@ -598,12 +592,15 @@ def test_service_config_waits_retries_unavailable_and_balances() -> None:
         "initialBackoff": "0.100s",
         "maxBackoff": "0.400s",
         "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+        "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],  # a replica gone, or a refusal
     }
     assert [n["method"] for n in probes["name"]] == list(PROBE_METHODS)
     assert probes["waitForReady"] is False and "retryPolicy" not in probes  # health: one fail-fast attempt
     no_retries = service_config(retries=0, wait_for_ready=False)["methodConfig"][0]
     assert no_retries["waitForReady"] is False and "retryPolicy" not in no_retries  # gRPC wants maxAttempts >= 2
+    # one replica's channel under the affinity router: fail fast, the router fails over to the key's next replica
+    replica = json.loads(str(dict(channel_args(RetryPolicy(retries=2), replica=True))["grpc.service_config"]))
+    assert replica["methodConfig"][0]["waitForReady"] is False and "retryPolicy" not in replica["methodConfig"][0]
 
 
 def test_client_options_are_checked() -> None:
@@ -676,7 +673,7 @@ BY_HAND: list[tuple[str, str, bool]] = [
 @pytest.mark.parametrize(("status", "message", "retried"), BY_HAND)
 def test_only_a_loading_model_is_retried_by_hand(status: str, message: str, retried: bool) -> None:
     assert is_model_loading(exception(status, message)) is retried
-    assert RETRYABLE_STATUS_CODES == ("UNAVAILABLE",)  # and gRPC retries UNAVAILABLE alone
+    assert RETRYABLE_STATUS_CODES == ("UNAVAILABLE", "RESOURCE_EXHAUSTED")  # what gRPC retries on its own
 
 
 # ---- over gRPC to a stub of Triton's protocol ---------------------------------------------
@@ -823,7 +820,7 @@ STATUS_CASES: list[tuple[str, Any, str, bool]] = [
     ("INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT, "bad input " + LOADING_MSG, False),
     ("INTERNAL", grpc.StatusCode.INTERNAL, "onnxruntime failed", False),
     ("UNKNOWN", grpc.StatusCode.UNKNOWN, "stub crashed", False),
-    ("RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", False),
+    ("RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", True),  # a refusal: tried again
     ("ABORTED", grpc.StatusCode.ABORTED, "aborted", False),
 ]
 
@@ -1066,7 +1063,7 @@ def test_waits_for_a_server_until_the_deadline_then_says_unavailable(closed_port
     err = info.value
     assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0
     assert err.status == "StatusCode.UNAVAILABLE" and err.attempts == 1
-    assert url in str(err) and "get_model_config" in str(err) and "within timeout_s=1 s" in str(err)
+    assert url in str(err) and "get_model_config" in str(err) and "within its deadline (timeout_s=1 s" in str(err)
     assert err.server_message and "onnect" in err.server_message  # gRPC's "Failed to connect ... Connection refused"
 
 
@@ -1094,7 +1091,7 @@ def test_async_waits_then_says_unavailable(closed_port: int) -> None:
         raise AssertionError("no error against a closed port")
 
     err, elapsed, health = asyncio.run(go())
-    assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0 and "within timeout_s=1 s" in str(err)
+    assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0 and "within its deadline (timeout_s=1 s" in str(err)
     assert health["ready"] is False and health["server_live"] is False and "UNAVAILABLE" in health["error"]
 
 
