@@ -76,11 +76,13 @@ from client.channel import (
 from client.errors import (
     DEADLINE_EXCEEDED,
     UNAVAILABLE,
-    ServerError,
     ServerUnavailableError,
     failure_kind,
     is_model_loading,
     server_error,
+)
+from client.errors import (
+    ServerError as ServerError,  # re-exported: callers import the error beside the client
 )
 from client.routing import DEFAULT_LOAD_FACTOR, DEFAULT_REFRESH_S, ROUTE_KEY_HEADER, Router, route_key, user_route_key
 from client.validation import (

@@ -58,6 +58,7 @@ from client import (
 from client.__main__ import main, parse_header
 from client.astro_client import PROBE_TIMEOUT_S
 from client.channel import PROBE_METHODS, RETRYABLE_STATUS_CODES, WAITING_METHODS, HeaderPlugin, channel_args
+from client.routing import ROUTE_KEY_HEADER, route_key, user_route_key
 from contract.blocks import build_blocks
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
@@ -695,6 +696,7 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         self.inputs: list[dict[str, npt.NDArray[np.int64]]] = []
         self.fail: dict[str, list[tuple[Any, str]]] = {}
         self.events: list[tuple[str, tuple[int, ...]]] = []
+        self.deadlines: list[tuple[int | None, float | None]] = []  # per ModelInfer: Triton timeout us, gRPC s left
         self.delay_s = 0.0
         self.lock = threading.Lock()
         self.together: threading.Barrier | None = None
@@ -744,6 +746,9 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
         self._seen("ModelInfer", context)
+        timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
+        with self.lock:
+            self.deadlines.append((timeout, context.time_remaining()))
         arrays = {
             t.name: np.frombuffer(raw, dtype=I64).reshape(tuple(t.shape))
             for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
@@ -1305,3 +1310,22 @@ def test_client_imports_without_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_call_carries_its_route_key_and_what_is_left_of_the_deadline(stub_server: tuple[StubTriton, str]) -> None:
+    """Each chunk's call carries the header x-astro-route-key (a hash of its encoder inputs, the same for every
+    chunk; the caller's user id when given) and the score's remaining deadline twice: as Triton's per-request
+    timeout and as the gRPC deadline. Without them a mesh could not hash on the key, and a server could not drop
+    a request whose caller has gone."""
+    stub, url = stub_server
+    h = history()
+    with AstroClient(url, timeout_s=30) as c:
+        c.get_spec()
+        c.score(h, list(range(1, 20)), 0, NOW, deadline_s=2.0)  # 19 candidates, max_candidates 8: three calls
+        c.score(h, [1, 2], 0, NOW, user_id="u-7")
+    keys = [m[ROUTE_KEY_HEADER] for method, m in stub.calls if method == "ModelInfer"]
+    assert len(keys) == 4 and keys[:3] == [route_key(stub.inputs[0])] * 3 and keys[3] == user_route_key("u-7")
+    for timeout_us, left_s in stub.deadlines[:3]:
+        assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 2_000_000 and left_s <= 2.0
+        assert abs(timeout_us / 1e6 - left_s) < 0.5, (timeout_us, left_s)  # both: the score's remaining deadline
+    assert stub.deadlines[3][0] is not None and 2e6 < stub.deadlines[3][0] <= 30e6  # the default, timeout_s
