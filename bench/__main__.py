@@ -14,7 +14,8 @@ Sections (docs/bench/report.md explains each):
   (d) FLOPs per graph from the config against torch.matmul's measured rate;
   (e) (a) and the PyTorch half of (b) on a CUDA GPU, where PyTorch sees one;
   (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on;
-  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x).
+  (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x);
+  (h) the session traffic of (f) against 1, 2, 3 local replicas, round_robin vs affinity, and a kill run.
 Every ratio is taken inside one round of one run and reported as median and spread over rounds.
 Timings are printed, never asserted.
 """
@@ -38,6 +39,7 @@ import torch
 from bench import block_attention, machine, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
+from bench.replicas import run_replicas
 from bench.report import GOAL_CONCURRENCY
 from bench.roofline import config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
@@ -380,6 +382,10 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         args = (cfg, session_model, a.session_candidates, a.session_concurrency, a.session_lane, pa, a.seed, say)
         variants.append({**run_sessions(variant, *args, rounds=a.session_rounds), "config": SCORER1})
 
+    say("  (h) replicas: the session traffic against 1, 2, 3 replicas, round_robin vs affinity, and a kill run")
+    counts, lanes, per_lane = ((1, 2), 4, 4) if a.quick else ((1, 2, 3), 8, 120)
+    replicas = run_replicas(repos["fp32"], cfg, session_model, lanes, per_lane, a.seed, say, counts)
+
     say("[6/8] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
     say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
@@ -436,6 +442,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         },
         "sessions": sessions,
         "session_variants": variants,
+        "replicas": replicas,
         "matmul_flops": peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}

@@ -90,9 +90,7 @@ class ReplicaRun:
 
 
 def _counters(server: TritonServer) -> tuple[int, int, int]:
-    """(ensemble requests, user_encoder cache hits, misses) so far; zeros for a server that is gone."""
-    if not server.is_running():
-        return 0, 0, 0
+    """(ensemble requests, user_encoder cache hits, misses) so far."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         stats = {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
@@ -150,14 +148,18 @@ def measure(
 ) -> ReplicaRun:
     before = [_counters(s) for s in servers]
     url = ",".join(s.grpc_url for s in servers)
-    latencies, failed, wall = drive(url, lb, trace, victim.kill if victim is not None else None)
-    after = [_counters(s) for s in servers]
-    # a killed replica's counters are gone with it: what it answered is counted from before the kill below
-    per_replica = [a[0] - b[0] if s.is_running() else 0 for s, a, b in zip(servers, after, before, strict=True)]
-    if victim is not None:
-        per_replica[servers.index(victim)] = trace.requests - failed - sum(per_replica)
-    hits = sum(a[1] - b[1] for s, a, b in zip(servers, after, before, strict=True) if s.is_running())
-    misses = sum(a[2] - b[2] for s, a, b in zip(servers, after, before, strict=True) if s.is_running())
+    at_kill: list[tuple[int, int, int]] = []
+
+    def kill() -> None:
+        assert victim is not None
+        at_kill.append(_counters(victim))  # its counters die with it: what it answered, read just before
+        victim.kill()
+
+    latencies, failed, wall = drive(url, lb, trace, kill if victim is not None else None)
+    after = [at_kill[0] if s is victim else _counters(s) for s in servers]
+    per_replica = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
+    hits = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    misses = sum(a[2] - b[2] for a, b in zip(after, before, strict=True))
     lat_ms = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
     return ReplicaRun(
         replicas=len(servers),
@@ -184,8 +186,7 @@ def run_replicas(
     say: Callable[[str], None],
     counts: Sequence[int] = REPLICA_COUNTS,
 ) -> dict[str, Any]:
-    """Start ``max(counts)`` replicas side by side, run every (R, lb) and the kill run; see the module doc.
-    In the kill run the victim's hits and misses are lost with it: the hit rate counts the survivors'."""
+    """Start ``max(counts)`` replicas side by side, run every (R, lb) and the kill run; see the module doc."""
     size = cache_sizing(repository, model.users).size
     servers = [TritonServer(repository, cache_size=size) for _ in range(max(counts))]
     runs: list[ReplicaRun] = []
@@ -264,7 +265,8 @@ def render(results: dict[str, Any]) -> str:
         f"users ({results['cache_size'] / 2**20:.0f} MiB). Affinity's load bound c = {results['load_factor']}. "
         "The replicas share this machine's cores (and other processes ran beside them): throughput does not "
         "grow with R here; the hit rate, the spread and the failures are what carry over to a cluster. "
-        "In the kill run the killed replica's cache counters die with it: its hit rate is the survivors'.",
+        "In the kill run the killed replica's counters are read just before it is killed (calls in flight on it "
+        "then fail over and are counted where they are answered).",
         "",
         "| R | routing | requests | failed | hit rate (Triton) | trace ideal | req/s | p50 ms | p99 ms | "
         "requests per replica | max / mean |",
@@ -288,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help=f"folder for replicas.json and .md (default {DEFAULT_OUT})")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to export and serve")
     p.add_argument("--lanes", type=int, default=8, help="client lanes (threads), one request in flight each")
-    p.add_argument("--per-lane", type=int, default=None, help="requests per lane and run (default 60; quick 6)")
+    p.add_argument("--per-lane", type=int, default=None, help="requests per lane and run (default 120; quick 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the traces")
     a = p.parse_args(argv)
-    per_lane = a.per_lane or (6 if a.quick else 60)
+    per_lane = a.per_lane or (6 if a.quick else 120)
     if min(a.lanes, per_lane) < 1:
         p.error("--lanes and --per-lane must be >= 1")
     from export.__main__ import main as export_main  # torch only here: the section itself is torch-free

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import roofline
+from bench import replicas, roofline
 from bench.sessions import __doc__ as sessions_doc
 
 SPREAD_NOTE = (
@@ -629,6 +629,11 @@ def render(r: dict[str, Any], images: list[str], findings: str) -> str:
                 "![served](served.png)",
                 "## (f) Session traffic: Triton's response cache off vs on",
                 _sessions(r),
+                *(
+                    ["## (h) Replicas: affinity vs round_robin", replicas.render(r["replicas"])]
+                    if "replicas" in r
+                    else []
+                ),
                 "## Goals (issue 11)",
                 _goals(r),
                 "## (d) Limit: FLOPs per graph vs the machine's matmul rate (CPU)",

@@ -29,7 +29,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from client import AstroClient, EventHistory, ScoreRequest, ServerError, ServerOverloadedError, call_key
-from client.astro_client import build_call_inputs, plan_calls
+from client.planning import build_call_inputs, plan_calls
 from client.routing import ranking
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
