@@ -370,7 +370,7 @@ class _ClientCore:
     ) -> Flow[Any]:  # fmt: skip
         """Affinity: the key's replica under the load bound; on a replica gone, a refusal or a model still
         loading, the key's next replica after a backoff, while the deadline allows (every replica once,
-        at least ``retries + 1`` attempts)."""
+        at least ``retries + 1`` attempts; while replicas are gone and ``wait_for_ready``, until the deadline)."""
         router = self.router
         assert router is not None  # only called with a router
         tries = max(self.retry.retries + 1, len(router.replicas)) if waits else 1
@@ -388,7 +388,8 @@ class _ClientCore:
                 kind = failure_kind(e)
                 gone = kind == "down"
                 delay = self.retry.delay(attempt)
-                if kind is None or attempt >= tries or time.monotonic() + delay >= deadline:
+                waiting = gone and waits and self.retry.wait_for_ready  # no replica up: wait for one, as gRPC would
+                if kind is None or (attempt >= tries and not waiting) or time.monotonic() + delay >= deadline:
                     raise server_error(e, what, f"{replica} (replica of {self.url})", attempt) from e
             finally:
                 router.release(replica, ok=ok, gone=gone)

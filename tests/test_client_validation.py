@@ -1329,3 +1329,32 @@ def test_every_call_carries_its_route_key_and_what_is_left_of_the_deadline(stub_
         assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 2_000_000 and left_s <= 2.0
         assert abs(timeout_us / 1e6 - left_s) < 0.5, (timeout_us, left_s)  # both: the score's remaining deadline
     assert stub.deadlines[3][0] is not None and 2e6 < stub.deadlines[3][0] <= 30e6  # the default, timeout_s
+
+
+def test_affinity_waits_for_a_replica_to_come_up_within_the_deadline() -> None:
+    """Both replicas down at first (connections refused): the affinity client keeps trying the key's replicas
+    with backoff until one comes up, as the balanced channel's waitForReady does, within the deadline."""
+    socks = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [int(s.getsockname()[1]) for s in socks]
+    servers: list[grpc.Server] = []
+
+    def come_up() -> None:
+        time.sleep(1.0)
+        socks[1].close()
+        servers.append(start_stub(SMALL, ports[1])[0])
+
+    late = threading.Thread(target=come_up)
+    with AstroClient(",".join(f"127.0.0.1:{p}" for p in ports), timeout_s=20, backoff_s=0.02, backoff_max_s=0.1) as c:
+        assert c.lb == "affinity"
+        late.start()
+        try:
+            assert c.get_spec() == SMALL
+        finally:
+            late.join()
+            socks[0].close()
+            for server in servers:
+                server.stop(grace=None)
