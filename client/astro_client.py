@@ -16,9 +16,10 @@ error mapping and result assembly exist once:
 - :mod:`client.planning`: :func:`plan_calls` makes every chunk of at most ``max_candidates``
   candidates of every request a Triton call of its own (``B=1``), :func:`build_call_inputs`
   gives all chunks of a request the same encoder inputs (the user's blocks at its own Tb, the
-  request scenario), byte for byte, and :func:`assemble_scores` puts every score back in request order. A request's first
-  chunk is sent, and answered, before the rest: Triton's response cache on ``user_encoder``
-  then serves every later chunk (and every later request of an unchanged history) as a hit.
+  request scenario), byte for byte, and :func:`assemble_scores` puts every score back in
+  request order. A request's first chunk is sent, and answered, before the rest: Triton's
+  response cache on ``user_encoder`` then serves every later chunk (and every later request of
+  an unchanged history) as a hit.
 
 Which replica serves a call, and how failures are tried again (``lb``):
 
