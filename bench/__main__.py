@@ -16,6 +16,7 @@ Sections (docs/bench/report.md explains each):
   (f) session traffic (Zipf users, k requests per session) with Triton's response cache off and on;
   (g) training samples/s in SUMI rows vs one (user, item) per row, same model (the paper's 5.15x);
   overload: 1x..8x the measured capacity, queues unbounded vs bounded as exported (bench/overload.py).
+  (h) the session traffic of (f) against 1, 2, 3 local replicas, round_robin vs affinity, and a kill run.
 Every ratio is taken inside one round of one run and reported as median and spread over rounds.
 Timings are printed, never asserted.
 """
@@ -39,6 +40,7 @@ import torch
 from bench import block_attention, machine, overload, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
+from bench.replicas import run_replicas
 from bench.report import GOAL_CONCURRENCY
 from bench.roofline import config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
@@ -386,6 +388,9 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     overloaded = overload.run_overload(
         repos["fp32"], cfg, overload.QUICK if a.quick else overload.Settings(), work, say
     )
+    say("  (h) replicas: the session traffic against 1, 2, 3 replicas, round_robin vs affinity, and a kill run")
+    counts, lanes, per_lane = ((1, 2), 4, 4) if a.quick else ((1, 2, 3), 8, 120)
+    replicas = run_replicas(repos["fp32"], cfg, session_model, lanes, per_lane, a.seed, say, counts)
 
     say("[6/8] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
@@ -444,6 +449,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         "sessions": sessions,
         "session_variants": variants,
         "overload": overloaded,
+        "replicas": replicas,
         "matmul_flops": peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import overload, roofline
+from bench import overload, replicas, roofline
 from bench.sessions import __doc__ as sessions_doc
 
 SPREAD_NOTE = (
@@ -630,6 +630,11 @@ def render(r: dict[str, Any], images: list[str], findings: str) -> str:
                 "## (f) Session traffic: Triton's response cache off vs on",
                 _sessions(r),
                 *(["## Overload (bench/overload.py)", overload.render(r["overload"])] if "overload" in r else []),
+                *(
+                    ["## (h) Replicas: affinity vs round_robin", replicas.render(r["replicas"])]
+                    if "replicas" in r
+                    else []
+                ),
                 "## Goals (issue 11)",
                 _goals(r),
                 "## (d) Limit: FLOPs per graph vs the machine's matmul rate (CPU)",

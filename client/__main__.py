@@ -3,6 +3,7 @@
     python -m client score request.json --url 127.0.0.1:8001
     echo '{"history": {...}, "candidates": [...], "scenario": 0, "timestamp": 1700000000}' | python -m client score
     python -m client health --url 10.0.0.5:8001,10.0.0.6:8001
+    python -m client score request.json --url triton-headless:8001 --lb affinity --deadline 2
     python -m client health --url triton:8001 --ssl --root-certificates ca.pem
 
 ``score`` reads one request object (or a list of them) as JSON::
@@ -10,11 +11,19 @@
     {"history": {"item_ids": [...], "behaviors": [...], "scenarios": [...], "timestamps": [...]},
      "candidates": [...], "scenario": 0, "timestamp": 1700000000}
 
-Integers only (no 1.7e9), no other keys; a new user has four empty history lists. Behaviour and
+and optionally ``"user_id": "..."`` (a caller's stable id: calls are then routed by it instead of
+by a hash of the history). Integers only (no 1.7e9), no other keys; a new user has four empty
+history lists. Behaviour and
 scenario ids index the vocabularies the server publishes (``health`` prints them), timestamps are
 unix seconds; ids outside the vocabularies, other timestamps and history items with id 0 (the
 padding id) are refused unless the matching ``--allow-*`` flag is given. Prints
 ``{"model", "candidates", "scores": {task_name: [...]}}`` (a list for a list).
+
+With several replicas (comma-separated addresses, or a DNS name resolving to several) each call goes
+to the replica its routing key picks (``--lb affinity``, the default there) or round-robin
+(``--lb round_robin``). A server that refuses for lack of room is tried again on another replica
+within ``--deadline``; if every try is refused, the error says the server is overloaded and which
+limit it reached.
 
 ``health`` prints each server's status and what it serves (model, preset, limits, vocabularies,
 blocks, tasks); with several addresses, one report per address.
@@ -32,8 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from client.astro_client import DEFAULT_URL, AstroClient, ServerError
+from client.astro_client import DEFAULT_URL, LB_POLICIES, AstroClient
+from client.errors import ServerError
 from client.request_lines import is_json_lines, read_request_lines
+from client.routing import DEFAULT_LOAD_FACTOR
 from client.served_provenance import served_provenance
 from client.validation import I64, Allow, RequestError, ScoreRequest, request_from_json
 from contract.program import program_name
@@ -67,11 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument(
         "--url",
         default=DEFAULT_URL,
-        help=f"Triton gRPC endpoint host:port, or several comma-separated: round-robin (default {DEFAULT_URL})",
+        help=f"Triton gRPC endpoint host:port, several comma-separated, or a DNS name that resolves to several "
+        f"replicas (a headless Service) (default {DEFAULT_URL})",
+    )
+    conn.add_argument(
+        "--lb",
+        choices=LB_POLICIES,
+        default=None,
+        help="affinity: each call to the replica its routing key (a hash of the user's history, or user_id) picks, "
+        "failing over to the key's next replica; round_robin: spread evenly "
+        "(default: affinity when the url names several replicas)",
+    )
+    conn.add_argument(
+        "--load-factor",
+        type=float,
+        default=DEFAULT_LOAD_FACTOR,
+        help="affinity's load bound: a replica holding more than this times the mean calls in flight passes "
+        f"new keys to their next replica (default {DEFAULT_LOAD_FACTOR})",
     )
     conn.add_argument("--model", default=ENSEMBLE, help=f"ensemble model name (default {ENSEMBLE})")
     conn.add_argument(
-        "--timeout", type=float, default=10.0, help="deadline of each RPC in seconds, retries included (default 10)"
+        "--deadline",
+        "--timeout",
+        dest="deadline",
+        type=float,
+        default=10.0,
+        help="deadline of the whole score in seconds, retries and failovers included; every call carries what is "
+        "left of it to the server (gRPC deadline and Triton's request timeout) (default 10)",
     )
     conn.add_argument(
         "--retries",
@@ -85,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument(
         "--no-wait",
         action="store_true",
-        help="fail at once while no server is reachable, instead of waiting for one up to --timeout",
+        help="fail at once while no server is reachable, instead of waiting for one up to --deadline",
     )
     conn.add_argument(
         "--header",
@@ -146,7 +179,9 @@ def make_client(args: argparse.Namespace, url: str | None = None) -> AstroClient
     return AstroClient(
         args.url if url is None else url,
         args.model,
-        timeout_s=args.timeout,
+        timeout_s=args.deadline,
+        lb=args.lb,
+        load_factor=args.load_factor,
         retries=args.retries,
         backoff_s=args.backoff,
         wait_for_ready=not args.no_wait,
@@ -184,7 +219,7 @@ def run_score(args: argparse.Namespace) -> int:
             scores = client.score_batch(requests)
         else:  # error messages then name plain fields ("candidates"), not "requests[0].candidates"
             (r,) = requests
-            scores = [client.score(r.history, r.candidates, r.scenario, r.timestamp)]
+            scores = [client.score(r.history, r.candidates, r.scenario, r.timestamp, user_id=r.user_id)]
         tasks = client.get_spec().task_names
     out = [scores_to_json(args.model, r.candidates, s, tasks) for r, s in zip(requests, scores, strict=True)]
     print(json.dumps(out if many else out[0], indent=args.indent))
@@ -192,10 +227,10 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def say_if_waiting(client: AstroClient, args: argparse.Namespace) -> None:
-    """One line on stderr when no server answers yet: the calls that follow wait for one up to --timeout."""
+    """One line on stderr when no server answers yet: the calls that follow wait for one up to --deadline."""
     if not args.no_wait and not client.health()["server_live"]:
         print(
-            f"waiting for the server at {args.url} (up to {args.timeout:g} s; --no-wait fails at once)",
+            f"waiting for the server at {args.url} (up to {args.deadline:g} s; --no-wait fails at once)",
             file=sys.stderr,
             flush=True,
         )
@@ -223,7 +258,7 @@ def run_health(args: argparse.Namespace) -> int:
     for report in reports:  # which export answers: checkpoint sha256, export time, toolchain, container
         if report["model_ready"]:
             report["provenance"] = served_provenance(
-                report["url"], args.model, timeout_s=args.timeout, headers=dict(args.header),
+                report["url"], args.model, timeout_s=args.deadline, headers=dict(args.header),
                 ssl=bool(args.ssl or args.root_certificates or args.private_key or args.certificate_chain),
                 root_certificates=args.root_certificates, private_key=args.private_key,
                 certificate_chain=args.certificate_chain,

@@ -13,20 +13,35 @@ error mapping and result assembly exist once:
   served vocabularies) before anything is sent;
 - one user's history is cut into ``[Nb, Tb]`` blocks by :mod:`contract.blocks` with the
   *server's* behaviour vocabulary;
-- :func:`plan_calls` makes every chunk of at most ``max_candidates`` candidates of every request
-  a Triton call of its own (``B=1``), :func:`build_call_inputs` gives all chunks of a request
-  the same encoder inputs (the user's blocks at its own Tb, the request scenario), byte for
-  byte, and :func:`assemble_scores` puts every score back in request order. A request's first
-  chunk is sent, and answered, before the rest: Triton's response cache on ``user_encoder``
-  then serves every later chunk (and every later request of an unchanged history) as a hit.
+- :mod:`client.planning`: :func:`plan_calls` makes every chunk of at most ``max_candidates``
+  candidates of every request a Triton call of its own (``B=1``), :func:`build_call_inputs`
+  gives all chunks of a request the same encoder inputs (the user's blocks at its own Tb, the
+  request scenario), byte for byte, and :func:`assemble_scores` puts every score back in
+  request order. A request's first chunk is sent, and answered, before the rest: Triton's
+  response cache on ``user_encoder`` then serves every later chunk (and every later request of
+  an unchanged history) as a hit.
 
-Waiting and retrying are gRPC's, from the channel's service config (:func:`service_config`):
-calls wait for a connection up to their deadline (``waitForReady``), UNAVAILABLE is retried
-with exponential backoff (``retryPolicy``), and several addresses (``"h1:p1,h2:p2"``) are
-balanced by gRPC's ``round_robin``. The client retries by hand only what gRPC cannot know: a
-model that is still loading (Triton's NOT_FOUND "has no available versions"). Every other
-server error is raised at once as :class:`ServerError` carrying the server's message. Headers
-go with every call through tritonclient's ``register_plugin``.
+Which replica serves a call, and how failures are tried again (``lb``):
+
+- ``"affinity"`` (the default wherever the url names more than one replica: several addresses,
+  or a DNS name such as a headless Service that resolves to several): one channel per replica;
+  each call goes to the replica that rendezvous hashing of its routing key picks, under a load
+  bound, and fails over to the key's next replica on UNAVAILABLE or a refusal
+  (:mod:`client.routing`). The key is a hash of the call's encoder inputs, or the caller's
+  ``user_id``: every call that could hit Triton's response cache goes to the replica holding it.
+- ``"round_robin"``: one channel over every address; gRPC waits for a server (``waitForReady``)
+  and retries UNAVAILABLE and refusals with backoff, each attempt on the next address
+  (:mod:`client.channel`).
+
+Either way every inference call carries the routing key as the header
+:data:`~contract.routing.ROUTE_KEY_HEADER` (a mesh's consistent hashing uses it) and what is left of
+the caller's deadline, twice: as the gRPC deadline and as Triton's per-request ``timeout``, so a
+server whose queue policy allows the override drops a request whose caller has given up instead
+of computing it. The client retries by hand what gRPC cannot know: a model still loading
+(Triton's NOT_FOUND "has no available versions") and, with affinity, the key's next replica.
+Failures raise :class:`~client.errors.ServerError` with the server's message;
+:class:`~client.errors.ServerOverloadedError` when every try was refused for lack of room.
+Headers given by the caller go with every call through tritonclient's ``register_plugin``.
 
 Imports numpy, tritonclient and the torch-free ``contract`` package only (``pip install .[client]``).
 """
@@ -34,16 +49,15 @@ Imports numpy, tritonclient and the torch-free ``contract`` package only (``pip 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import socket
+import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +65,28 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from client.channel import (
+    HeaderPlugin,
+    RetryPolicy,
+    channel_args,
+    grpc_target,
+    names_hosts,
+    resolve_replicas,
+    url_parts,
+)
+from client.errors import (
+    DEADLINE_EXCEEDED,
+    UNAVAILABLE,
+    ServerUnavailableError,
+    failure_kind,
+    is_model_loading,
+    server_error,
+)
+from client.errors import (
+    ServerError as ServerError,  # re-exported: callers import the error beside the client
+)
+from client.planning import assemble_scores, build_call_inputs, plan_calls
+from client.routing import DEFAULT_LOAD_FACTOR, DEFAULT_REFRESH_S, Router, route_key, user_route_key
 from client.tracing import TRACEPARENT, CallTracer
 from client.validation import (
     CONTRACT_INPUTS,
@@ -63,324 +99,18 @@ from client.validation import (
     validate_inputs,
     validate_request,
 )
-from contract.blocks import EventHistory, build_blocks
+from contract.blocks import EventHistory
+from contract.routing import ROUTE_KEY_HEADER
 from contract.serving_spec import ServingSpec
-from contract.tensors import CANDIDATE_INPUT, ENSEMBLE, REQUEST_SCENARIO, REQUEST_TIMESTAMP, SCORES_OUTPUT
-from contract.validation import HISTORY_FIELDS, HISTORY_TENSOR
+from contract.tensors import CANDIDATE_INPUT, ENSEMBLE, SCORES_OUTPUT
 
 F32 = npt.NDArray[np.float32]
 T = TypeVar("T")
 
 DEFAULT_URL = "127.0.0.1:8001"
-SERVICE = "inference.GRPCInferenceService"  # Triton's gRPC service, as named in service configs
-WAITING_METHODS = ("ModelInfer", "ModelConfig", "ModelMetadata")  # wait for a server, retry UNAVAILABLE
-PROBE_METHODS = ("ServerLive", "ServerReady", "ModelReady")  # health probes: one attempt, fail fast
-RETRYABLE_STATUS_CODES = ("UNAVAILABLE",)  # what gRPC retries: the server or the connection was not there
-GRPC_MAX_ATTEMPTS = 5  # gRPC clamps retryPolicy.maxAttempts to 5 (and logs an error when asked for more)
-RETRY_BUFFER_BYTES = 64 << 20  # gRPC retries only calls whose request fits its buffer (256 KiB by default)
 PROBE_TIMEOUT_S = 0.5  # after a deadline passed while waiting: is any server reachable at all?
-UNAVAILABLE = "StatusCode.UNAVAILABLE"  # how tritonclient spells grpc.StatusCode.UNAVAILABLE in .status()
-NOT_FOUND = "StatusCode.NOT_FOUND"
-DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
-LOADING = "has no available versions"  # Triton's NOT_FOUND for a known model whose versions are still loading
-
-
-def is_model_loading(e: InferenceServerException) -> bool:
-    """The one error the client retries by hand: the server is up but the model is still (re)loading.
-
-    Everything else is final here: UNAVAILABLE was already retried by gRPC (service config), a
-    model name the server does not know at all is NOT_FOUND without :data:`LOADING`, and
-    INVALID_ARGUMENT, INTERNAL, DEADLINE_EXCEEDED ... would fail the same way again.
-    """
-    return bool(e.status() == NOT_FOUND and LOADING in (e.message() or ""))
-
-
-# ---- errors ------------------------------------------------------------------------
-
-
-class ServerError(RuntimeError):
-    """The server (or the channel to it) failed a call; ``server_message`` is the server's own text.
-
-    ``attempts`` counts the client's own attempts (more than 1 only while a model was loading);
-    gRPC's retries of UNAVAILABLE happen inside each of them."""
-
-    def __init__(
-        self, message: str, *, status: str | None = None, server_message: str | None = None, attempts: int = 1
-    ):
-        super().__init__(message)
-        self.status = status
-        self.server_message = server_message
-        self.attempts = attempts
-
-
-class ServerUnavailableError(ServerError):
-    """No server reachable at the url within the call's deadline, or UNAVAILABLE on every gRPC attempt."""
-
-
-def _server_error(e: InferenceServerException, what: str, url: str, attempts: int) -> ServerError:
-    status = e.status()
-    message = e.message()
-    cls = ServerUnavailableError if status == UNAVAILABLE else ServerError
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    return cls(
-        f"{what} at {url} failed{tries} [{status}]: {message}", status=status, server_message=message, attempts=attempts
-    )
-
-
-# ---- waiting and retrying: gRPC's service config -------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How calls wait and retry; all of it but the loading retry is done by gRPC.
-
-    ``wait_for_ready``: a call waits for a server to accept it until its deadline, instead of
-    failing at once while none is reachable (a restart, a replica coming up). ``retries``: extra
-    attempts after UNAVAILABLE (gRPC's ``retryPolicy``, which allows at most 4) and after "model
-    still loading" (by hand); the delay before retry ``k`` is ``backoff_s * 2**(k-1)``, capped at
-    ``backoff_max_s``, which also bounds how long gRPC waits before re-dialling a refused address.
-    """
-
-    retries: int = 2
-    backoff_s: float = 0.05
-    backoff_max_s: float = 1.0
-    wait_for_ready: bool = True
-
-    def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ValueError(f"retries={self.retries} must be >= 0")
-        if not (self.backoff_s > 0 and self.backoff_max_s > 0):
-            raise ValueError(f"backoff_s={self.backoff_s}, backoff_max_s={self.backoff_max_s} must be > 0")
-
-    def delay(self, attempt: int) -> float:
-        """Sleep after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
-
-    @property
-    def grpc_attempts(self) -> int:
-        return min(self.retries + 1, GRPC_MAX_ATTEMPTS)
-
-    def service_config(self) -> dict[str, Any]:
-        """gRPC's service config: round_robin over every address; inference and config calls wait for
-        a server and retry UNAVAILABLE; health probes make one fail-fast attempt."""
-        waiting: dict[str, Any] = {
-            "name": [{"service": SERVICE, "method": m} for m in WAITING_METHODS],
-            "waitForReady": self.wait_for_ready,
-        }
-        if self.grpc_attempts > 1:
-            waiting["retryPolicy"] = {
-                "maxAttempts": self.grpc_attempts,
-                "initialBackoff": _duration(self.backoff_s),
-                "maxBackoff": _duration(max(self.backoff_s, self.backoff_max_s)),
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": list(RETRYABLE_STATUS_CODES),
-            }
-        probes = {"name": [{"service": SERVICE, "method": m} for m in PROBE_METHODS], "waitForReady": False}
-        return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [waiting, probes]}
-
-
-def _duration(seconds: float) -> str:
-    """A protobuf JSON Duration, as service configs spell it: ``"0.050s"``."""
-    return f"{max(seconds, 0.001):.3f}s"
-
-
-def channel_args(retry: RetryPolicy, ssl_target_name: str | None = None) -> list[tuple[str, str | int]]:
-    """tritonclient's default channel options plus the service config, retries and reconnect backoff.
-
-    After a refused connection gRPC waits its reconnect backoff (1 s, growing to 120 s, by
-    default) before dialling again; matched to ``retry`` so that a waiting call reaches a
-    server soon after it comes back.
-    """
-    ka = grpcclient.KeepAliveOptions()
-    low_ms = max(10, round(retry.backoff_s * 1000))
-    high_ms = max(low_ms, round(retry.backoff_max_s * 1000))
-    args: list[tuple[str, str | int]] = [
-        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", int(ka.keepalive_permit_without_calls)),
-        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
-        ("grpc.initial_reconnect_backoff_ms", low_ms),
-        ("grpc.min_reconnect_backoff_ms", low_ms),
-        ("grpc.max_reconnect_backoff_ms", high_ms),
-        ("grpc.service_config", json.dumps(retry.service_config())),
-        ("grpc.enable_retries", 1),
-        ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
-        ("grpc.lb_policy_name", "round_robin"),
-    ]
-    if ssl_target_name is not None:
-        args.append(("grpc.ssl_target_name_override", ssl_target_name))
-    return args
-
-
-def grpc_target(url: str) -> tuple[str, tuple[str, ...]]:
-    """(the gRPC target, the addresses it names) for ``url``.
-
-    One address is used as it is (``host:port``, or any gRPC target such as
-    ``dns:///triton-headless:8001``, which gRPC resolves to every replica). Several comma-separated
-    ``host:port`` become one ``ipv4:`` (or ``ipv6:``) target that ``round_robin`` balances; host
-    names among them are resolved once, here (IPv4 preferred).
-    """
-    parts = [p.strip() for p in url.split(",")]
-    if not all(parts):
-        raise ValueError(f"url {url!r} has an empty address; separate host:port addresses with commas")
-    if len(parts) == 1:
-        return parts[0], (parts[0],)
-    endpoints: dict[tuple[str, int], ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
-    for part in parts:
-        host, sep, port_text = part.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"address {part!r} in url {url!r} must be host:port (several: host:port,host:port)")
-        port = int(port_text)
-        for ip in _resolve(host, port, part):
-            endpoints[(str(ip), port)] = ip
-    versions = {ip.version for ip in endpoints.values()}
-    if len(versions) > 1:
-        raise ValueError(f"url {url!r} mixes IPv4 and IPv6 addresses; gRPC balances one family per channel")
-    if versions == {4}:
-        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in endpoints), tuple(parts)
-    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in endpoints), tuple(parts)
-
-
-def _resolve(host: str, port: int, part: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise ValueError(f"address {part!r}: cannot resolve {host!r} ({e})") from e
-    ips = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0])) for info in infos))
-    v4: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip for ip in ips if ip.version == 4]
-    return v4 or ips
-
-
-class HeaderPlugin(grpcclient.InferenceServerClientPlugin):  # type: ignore[misc]  # untyped base
-    """Adds ``headers`` (gRPC metadata) and a fresh ``traceparent`` to every call of the tritonclient it serves."""
-
-    def __init__(self, headers: Mapping[str, str], tracer: CallTracer) -> None:
-        self.headers = dict(headers)
-        self.tracer = tracer
-
-    def __call__(self, request: Any) -> None:
-        request.headers.update(self.headers)
-        request.headers[TRACEPARENT] = self.tracer.next_header()
-
-
-# ---- pure request planning ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkRow:
-    """One Triton call, a batch of one row: candidates ``[start, stop)`` of request number ``request``."""
-
-    request: int
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-def split_evenly(n: int, limit: int) -> list[tuple[int, int]]:
-    """``[0, n)`` cut into the fewest ``[start, stop)`` pieces of at most ``limit``, sizes within 1 of each other.
-
-    Even pieces keep every call of a long list about the same size:
-    1025 candidates with ``limit=1024`` become 513 + 512, not 1024 + 1.
-    """
-    if n < 1 or limit < 1:
-        raise ValueError(f"split_evenly needs n >= 1 and limit >= 1, got n={n} limit={limit}")
-    pieces = -(-n // limit)
-    base, extra = divmod(n, pieces)
-    bounds, start = [], 0
-    for k in range(pieces):
-        stop = start + base + (1 if k < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
-
-
-def plan_calls(candidate_counts: Sequence[int], max_candidates: int) -> list[ChunkRow]:
-    """The Triton calls for requests with ``candidate_counts`` candidates each: one ``B=1`` call per chunk.
-
-    Every request's candidates are split by :func:`split_evenly` into chunks of at most
-    ``max_candidates``; each chunk is a call of its own, in request order, then candidate order.
-    Together the calls cover every candidate of every request exactly once.
-
-    Why never several rows in one call (neither several users nor several chunks of one user):
-    Triton's response cache on ``user_encoder`` keys on the bytes of the whole request it is given.
-    Rows packed into one call make one key for the lot, which no later request repeats: no chunk
-    can hit another, the next page of any of those users misses, and the encoder computes a user
-    once per row of the call. A ``B=1`` call carries the user's own encoder inputs
-    (:func:`encoder_inputs`), the same bytes on every chunk and on every later request with an
-    unchanged history, so each of them after the first is a hit. Packing used to save RPCs; the
-    server's dynamic batcher batches the single-row calls behind the cache lookup (same-shape
-    requests share one ONNX Runtime run), and the clients keep ``max_in_flight`` calls in flight.
-    """
-    return [
-        ChunkRow(i, start, stop)
-        for i, n in enumerate(candidate_counts)
-        for start, stop in split_evenly(n, max_candidates)
-    ]
-
-
-def encoder_inputs(request: ScoreRequest, spec: ServingSpec) -> dict[str, I64]:
-    """``user_encoder``'s inputs of one request: history ``[1, Nb, Tb]`` and ``request_scenario`` ``[1, 1]``.
-
-    The history is cut into blocks by ``spec``'s layout and behaviour vocabulary (the server's)
-    at this user's own Tb (:func:`~contract.blocks.build_blocks`), so the tensors depend on the
-    user's history, the scenario and the served layout alone, never on other requests: the same
-    bytes in every chunk and in every later request of an unchanged history, which is what
-    Triton's response cache needs for a hit. ``request`` must be validated.
-    """
-    blocks = build_blocks(request.history, spec)
-    return {
-        **{HISTORY_TENSOR[f]: getattr(blocks, f)[None] for f in HISTORY_FIELDS},
-        REQUEST_SCENARIO: np.array([[request.scenario]], dtype=np.int64),
-    }
-
-
-def build_call_inputs(
-    calls: Sequence[ChunkRow], requests: Sequence[ScoreRequest], spec: ServingSpec
-) -> list[dict[str, I64]]:
-    """The contract tensors of each call: history ``[1, Nb, Tb]``, request ``[1, 1]``, candidates ``[1, N]``.
-
-    ``requests`` must be validated (:func:`~client.validation.validate_request`); ``calls`` come
-    from :func:`plan_calls`. A request's :func:`encoder_inputs` are built once and shared by all
-    of its chunks (the very same arrays); each chunk adds its own candidates, ``N`` = its size.
-    """
-    encoder: dict[int, dict[str, I64]] = {}
-    out = []
-    for row in calls:
-        request = requests[row.request]
-        if row.request not in encoder:
-            encoder[row.request] = encoder_inputs(request, spec)
-        out.append(
-            {
-                **encoder[row.request],
-                REQUEST_TIMESTAMP: np.array([[request.timestamp]], dtype=np.int64),
-                CANDIDATE_INPUT: np.asarray(request.candidates, dtype=np.int64)[None, row.start : row.stop],
-            }
-        )
-    return out
-
-
-def assemble_scores(
-    calls: Sequence[ChunkRow], call_scores: Sequence[F32], candidate_counts: Sequence[int], n_tasks: int
-) -> list[F32]:
-    """Per-request ``[N_i, n_tasks]`` scores, in candidate order, from each call's ``[1, N, n_tasks]``."""
-    out = [np.empty((n, n_tasks), dtype=np.float32) for n in candidate_counts]
-    filled = [0] * len(candidate_counts)
-    for row, scores in zip(calls, call_scores, strict=True):
-        out[row.request][row.start : row.stop] = scores[0]
-        filled[row.request] += row.size
-    if filled != list(candidate_counts):
-        raise AssertionError(f"call plan covered {filled} candidates, requests have {list(candidate_counts)}")
-    return out
+LB_POLICIES = ("round_robin", "affinity")
+LbPolicy = Literal["round_robin", "affinity"]
 
 
 def check_scores(scores: Any, rows: int, width: int, spec: ServingSpec) -> F32:
@@ -447,12 +177,14 @@ def make_infer_inputs(inputs: Mapping[str, Any]) -> list[Any]:
 
 @dataclass(frozen=True)
 class Rpc:
-    """Call ``method(*args, client_timeout=timeout_s, **kwargs)`` of the tritonclient (sync or asyncio)."""
+    """Call ``method(*args, client_timeout=timeout_s, **kwargs)`` of the tritonclient (sync or asyncio):
+    the balanced channel's, or with ``replica`` (``ip:port``) that replica's own."""
 
     method: str
     timeout_s: float
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    replica: str | None = None
 
 
 @dataclass(frozen=True)
@@ -470,6 +202,41 @@ class Concurrently:
 
 Step = Rpc | Sleep | Concurrently
 Flow = Generator[Step, Any, T]  # yields steps, is sent their results (or thrown their errors), returns T
+
+
+def call_key(request: ScoreRequest, inputs: Mapping[str, I64]) -> str:
+    """The routing key of one call of ``request``: its caller-given ``user_id``, else its encoder inputs."""
+    return user_route_key(request.user_id) if request.user_id is not None else route_key(inputs)
+
+
+def _rpc(
+    method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], deadline: float, key: str | None,
+    replica: str | None = None,
+) -> Rpc:  # fmt: skip
+    """One attempt's step: what is left of ``deadline`` as its gRPC deadline and, for an inference call
+    (``key`` given), as Triton's per-request ``timeout`` (microseconds) beside the routing key header."""
+    remaining = max(deadline - time.monotonic(), 1e-3)
+    if key is not None:
+        kwargs = {**kwargs, "timeout": max(int(remaining * 1e6), 1), "headers": {ROUTE_KEY_HEADER: key}}
+    return Rpc(method, remaining, args, kwargs, replica)
+
+
+def _router(url: str, lb: LbPolicy | None, load_factor: float, refresh_s: float) -> Router | None:
+    """The affinity router for ``url``, or None for one balanced channel: ``lb="round_robin"``, or by
+    default (``lb=None``) when the url names one replica now (or one name that does not resolve yet,
+    which gRPC's own resolver then waits for)."""
+    if lb == "round_robin":
+        return None
+    try:
+        replicas = resolve_replicas(url)
+    except ValueError:
+        if lb == "affinity":
+            raise
+        return None
+    if lb is None and len(replicas) < 2:
+        return None
+    resolve = (lambda: resolve_replicas(url)) if names_hosts(url) else None
+    return Router(replicas, load_factor=load_factor, resolve=resolve, refresh_s=refresh_s)
 
 
 class _ClientCore:
@@ -494,14 +261,19 @@ class _ClientCore:
         spec: ServingSpec | None = None,
         max_in_flight: int = 4,
         allow: Allow | None = None,
+        lb: LbPolicy | None = None,
+        load_factor: float = DEFAULT_LOAD_FACTOR,
+        refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight={max_in_flight} must be >= 1")
+        if lb is not None and lb not in LB_POLICIES:
+            raise ValueError(f"lb={lb!r} must be one of {LB_POLICIES} (or None: affinity over several replicas)")
         self.max_in_flight = max_in_flight
         self.url = url
-        self.target, self.addresses = grpc_target(url)
+        self.target, addresses = grpc_target(url)
         self.model = model
         self.timeout_s = float(timeout_s)
         self.retry = RetryPolicy(retries, backoff_s, backoff_max_s, wait_for_ready)
@@ -520,18 +292,33 @@ class _ClientCore:
         for k, path in given.items():
             if not Path(path).is_file():
                 raise ValueError(f"{k}: no such file {path!r}")
+        self.router = _router(url, lb, load_factor, refresh_s)
+        self.lb: LbPolicy = "affinity" if self.router is not None else "round_robin"
+        self._addresses = addresses
         # several addresses: the certificate must name the first host (gRPC checks one name per channel)
-        tls_name = self.addresses[0].rpartition(":")[0].strip("[]") if ssl and len(self.addresses) > 1 else None
+        first_host = url_parts(url)[0].removeprefix("dns:///").rpartition(":")[0].strip("[]")
+        several = len(addresses) > 1 or self.router is not None
+        tls_name = first_host if ssl and several else None
         self._triton_kwargs: dict[str, Any] = {
             "url": self.target,
             "ssl": ssl,
             **given,
             "channel_args": channel_args(self.retry, tls_name),
         }
+        self._replica_kwargs: dict[str, Any] = {
+            "ssl": ssl,
+            **given,
+            "channel_args": channel_args(self.retry, tls_name, replica=True),
+        }
         if spec is not None:
             check_spec(spec)
         self._spec = spec
         self._open()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The replicas calls go to: the router's current set (affinity), or the url's addresses."""
+        return self.router.replicas if self.router is not None else self._addresses
 
     def _open(self) -> None:
         """Per-client setup once the options are parsed (the gRPC channel)."""
@@ -541,15 +328,28 @@ class _ClientCore:
         triton.register_plugin(HeaderPlugin(self.headers, self.tracer))
         return triton
 
-    # -- one RPC: the hand-written retry of a loading model, and what a failure means
-    def _call(self, what: str, method: str, *args: Any, waits: bool = True, **kwargs: Any) -> Flow[Any]:
-        """One call within ``timeout_s``; ``waits=False`` for health probes (one attempt, as it comes)."""
-        deadline = time.monotonic() + self.timeout_s
+    def _deadline(self, deadline_s: float | None) -> float:
+        """The monotonic time by which a whole operation must be done (``timeout_s`` unless given)."""
+        seconds = self.timeout_s if deadline_s is None else float(deadline_s)
+        if not seconds > 0:
+            raise ValueError(f"deadline_s={deadline_s} must be > 0")
+        return time.monotonic() + seconds
+
+    # -- one RPC: within the deadline; affinity's failover, the hand-written retry of a loading model
+    def _call(
+        self, what: str, method: str, *args: Any, deadline: float, key: str | None = None, waits: bool = True,
+        **kwargs: Any,
+    ) -> Flow[Any]:  # fmt: skip
+        """One call by ``deadline``; ``key``: an inference call's routing key (routed by it, sent as
+        :data:`ROUTE_KEY_HEADER` with Triton's per-request timeout); ``waits=False`` for health probes
+        (one attempt, as it comes)."""
+        if self.router is not None:
+            return (yield from self._routed_call(what, method, args, kwargs, deadline, key, waits))
         attempt = 0
         while True:
             attempt += 1
             try:
-                return (yield Rpc(method, max(deadline - time.monotonic(), 1e-3), args, kwargs))
+                return (yield _rpc(method, args, kwargs, deadline, key))
             except InferenceServerException as e:
                 if waits and is_model_loading(e) and attempt <= self.retry.retries:
                     delay = self.retry.delay(attempt)
@@ -561,12 +361,44 @@ class _ClientCore:
                     if reason is not None:
                         raise ServerUnavailableError(
                             f"{what} at {self.url} failed [{UNAVAILABLE}]: no server accepted the call within "
-                            f"timeout_s={self.timeout_s:g} s ({reason})",
+                            f"its deadline (timeout_s={self.timeout_s:g} s unless the call gave deadline_s) ({reason})",
                             status=UNAVAILABLE,
                             server_message=reason,
                             attempts=attempt,
                         ) from e
-                raise _server_error(e, what, self.url, attempt) from e
+                raise server_error(e, what, self.url, attempt) from e
+
+    def _routed_call(
+        self, what: str, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], deadline: float,
+        key: str | None, waits: bool,
+    ) -> Flow[Any]:  # fmt: skip
+        """Affinity: the key's replica under the load bound; on a replica gone, a refusal or a model still
+        loading, the key's next replica after a backoff, while the deadline allows (every replica once,
+        at least ``retries + 1`` attempts; while replicas are gone and ``wait_for_ready``, until the deadline)."""
+        router = self.router
+        assert router is not None  # only called with a router
+        tries = max(self.retry.retries + 1, len(router.replicas)) if waits else 1
+        tried: list[str] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            replica = router.acquire(key if key is not None else method, tried)
+            ok = gone = False
+            try:
+                result = yield _rpc(method, args, kwargs, deadline, key, replica)
+                ok = True
+                return result
+            except InferenceServerException as e:
+                kind = failure_kind(e)
+                gone = kind == "down"
+                delay = self.retry.delay(attempt)
+                waiting = gone and waits and self.retry.wait_for_ready  # no replica up: wait for one, as gRPC would
+                if kind is None or (attempt >= tries and not waiting) or time.monotonic() + delay >= deadline:
+                    raise server_error(e, what, f"{replica} (replica of {self.url})", attempt) from e
+            finally:
+                router.release(replica, ok=ok, gone=gone)
+            tried.append(replica)
+            yield Sleep(delay)
 
     def _unreachable(self) -> Flow[str | None]:
         """After a waiting call's deadline passed: why no server is reachable, or None if one is
@@ -579,22 +411,31 @@ class _ClientCore:
         return None
 
     # -- the served spec
-    def _spec_flow(self) -> Flow[ServingSpec]:
+    def _spec_flow(self, deadline: float | None = None) -> Flow[ServingSpec]:
         if self._spec is None:
             config = yield from self._call(
-                f"get_model_config({self.model!r})", "get_model_config", self.model, as_json=True
+                f"get_model_config({self.model!r})",
+                "get_model_config",
+                self.model,
+                as_json=True,
+                deadline=self._deadline(None) if deadline is None else deadline,
             )
             self._spec = spec_from_model_config(config, self.model)
         return self._spec
 
     # -- inference
-    def _infer_flow(self, inputs: Mapping[str, Any], validate: bool = False) -> Flow[npt.NDArray[Any]]:
+    def _infer_flow(
+        self, inputs: Mapping[str, Any], deadline: float, key: str | None = None, validate: bool = False
+    ) -> Flow[npt.NDArray[Any]]:
+        """One ``infer`` of the ensemble, routed by ``key`` (by default :func:`route_key` of the inputs)."""
         if validate:
-            spec = yield from self._spec_flow()
+            spec = yield from self._spec_flow(deadline)
             inputs = validate_inputs(inputs, spec, self.allow)
         tensors = make_infer_inputs(inputs)
         outputs = [grpcclient.InferRequestedOutput(SCORES_OUTPUT)]
-        result = yield from self._call(f"infer({self.model!r})", "infer", self.model, tensors, outputs=outputs)
+        key = route_key(inputs) if key is None else key
+        what = f"infer({self.model!r})"
+        result = yield from self._call(what, "infer", self.model, tensors, outputs=outputs, deadline=deadline, key=key)
         scores = result.as_numpy(SCORES_OUTPUT)
         if scores is None:
             raise ServerError(f"infer({self.model!r}) at {self.url}: the response has no {SCORES_OUTPUT!r} output")
@@ -604,25 +445,25 @@ class _ClientCore:
         """Checked before any network call: the integer rule, shapes, padding items and timestamps."""
         return [validate_request(r, f, allow=self.allow) for r, f in zip(requests, fields, strict=True)]
 
-    def _single(
-        self, history: EventHistory, candidates: Sequence[int] | I64, scenario: int, timestamp: int
-    ) -> Flow[list[F32]]:
-        request = ScoreRequest(history, candidates, scenario, timestamp)
-        return self._score_flow(self._prepare([request], [""]), [""])
+    def _single(self, request: ScoreRequest, deadline_s: float | None) -> Flow[list[F32]]:
+        deadline = self._deadline(deadline_s)
+        return self._score_flow(self._prepare([request], [""]), [""], deadline)
 
-    def _batch(self, requests: Sequence[ScoreRequest]) -> Flow[list[F32]]:
+    def _batch(self, requests: Sequence[ScoreRequest], deadline_s: float | None) -> Flow[list[F32]]:
+        deadline = self._deadline(deadline_s)
         fields = [f"requests[{i}]" for i in range(len(requests))]
-        return self._score_flow(self._prepare(requests, fields), fields)
+        return self._score_flow(self._prepare(requests, fields), fields, deadline)
 
-    def _score_flow(self, requests: list[ScoreRequest], fields: Sequence[str]) -> Flow[list[F32]]:
+    def _score_flow(self, requests: list[ScoreRequest], fields: Sequence[str], deadline: float) -> Flow[list[F32]]:
         if not requests:
             return []
-        spec = yield from self._spec_flow()
+        spec = yield from self._spec_flow(deadline)
         for r, f in zip(requests, fields, strict=True):
             check_served(r, f, spec, self.allow)  # the server's vocabularies
         counts = [len(r.candidates) for r in requests]
         calls = plan_calls(counts, spec.max_candidates)
         inputs = [validate_inputs(a, spec, self.allow) for a in build_call_inputs(calls, requests, spec)]
+        keys = [call_key(requests[c.request], a) for c, a in zip(calls, inputs, strict=True)]
         # Two waves: every request's first chunk, then all other chunks. Triton stores an encoder
         # response in its cache only once it is computed, so chunks sent beside the first would all
         # miss (and compute the same keys/values again); sent after it, every one is a hit.
@@ -631,7 +472,7 @@ class _ClientCore:
         raw: dict[int, npt.NDArray[Any]] = {}
         for wave in (first, rest):
             if wave:
-                answers = yield Concurrently([self._infer_flow(inputs[k]) for k in wave])
+                answers = yield Concurrently([self._infer_flow(inputs[k], deadline, keys[k]) for k in wave])
                 raw.update(zip(wave, answers, strict=True))
         results = [check_scores(raw[k], 1, a[CANDIDATE_INPUT].shape[1], spec) for k, a in enumerate(inputs)]
         return assemble_scores(calls, results, counts, spec.n_tasks)
@@ -651,7 +492,8 @@ class _ClientCore:
         )
         try:
             for key, method, args in probes:
-                out[key] = bool((yield from self._call(key, method, *args, waits=False)))
+                deadline = self._deadline(None)
+                out[key] = bool((yield from self._call(key, method, *args, deadline=deadline, waits=False)))
             out["ready"] = bool(out["server_ready"] and out["model_ready"])
             if out["ready"]:
                 spec = yield from self._spec_flow()
@@ -675,8 +517,13 @@ def _advance(flow: Flow[T], value: Any, error: BaseException | None) -> tuple[bo
 class AstroClient(_ClientCore):
     """Blocking client of the ``astro`` ensemble. Thread-safe; use as a context manager or call :meth:`close`.
 
-    ``url``: ``host:port``, any gRPC target, or several ``host:port`` comma-separated (balanced
-    round-robin). ``timeout_s`` is the deadline of one call, its waiting and retries included.
+    ``url``: ``host:port``, any gRPC target, several ``host:port`` comma-separated, or a DNS name
+    that resolves to several replicas (a headless Service). ``lb``: ``"affinity"`` (the default
+    when the url names several replicas: each call to the replica its routing key picks, under
+    the load bound ``load_factor``, the set re-resolved every ``refresh_s``) or
+    ``"round_robin"`` (:mod:`client.routing`). ``timeout_s`` is the default deadline of one
+    operation (a :meth:`score` with all its chunks, waits, retries and failovers; ``deadline_s=``
+    on a call overrides it); every call carries what is left of it to the server.
     ``wait_for_ready``, ``retries``, ``backoff_s``, ``backoff_max_s``: see :class:`RetryPolicy`.
     ``headers`` go with every call (keys lowercased, as gRPC requires), and a W3C ``traceparent``
     (:mod:`client.tracing`): in the caller's trace when ``traceparent`` is given, else a new trace
@@ -688,7 +535,24 @@ class AstroClient(_ClientCore):
     """
 
     def _open(self) -> None:
-        self._triton = self._register_headers(grpcclient.InferenceServerClient(**self._triton_kwargs))
+        self._triton: Any = None
+        if self.router is None:
+            self._triton = self._register_headers(grpcclient.InferenceServerClient(**self._triton_kwargs))
+        self._replicas: dict[str, Any] = {}
+        self._replicas_lock = threading.Lock()
+
+    def _replica(self, address: str) -> Any:
+        """The channel of one replica (affinity), opened on first use; channels of replicas gone from
+        the set close once no call is left on them."""
+        with self._replicas_lock:
+            for gone in self.router.retired() if self.router is not None else ():
+                old = self._replicas.pop(gone, None)
+                if old is not None:
+                    old.close()
+            if address not in self._replicas:
+                triton = grpcclient.InferenceServerClient(address, **self._replica_kwargs)
+                self._replicas[address] = self._register_headers(triton)
+            return self._replicas[address]
 
     def _run(self, flow: Flow[T]) -> T:
         value: Any = None
@@ -703,10 +567,14 @@ class AstroClient(_ClientCore):
                 value = self._execute(step)
             except Exception as e:  # handed to the flow, which decides (retry, map, or let it propagate)
                 error = e
+            except BaseException:  # cancelled: the flow's own cleanup (a call counted in flight) runs now
+                flow.close()
+                raise
 
     def _execute(self, step: Step) -> Any:
         if isinstance(step, Rpc):
-            return getattr(self._triton, step.method)(*step.args, client_timeout=step.timeout_s, **step.kwargs)
+            triton = self._triton if step.replica is None else self._replica(step.replica)
+            return getattr(triton, step.method)(*step.args, client_timeout=step.timeout_s, **step.kwargs)
         if isinstance(step, Sleep):
             time.sleep(step.seconds)
             return None
@@ -727,22 +595,37 @@ class AstroClient(_ClientCore):
         """The served limits, vocabularies and block layout, fetched from the ensemble config on first use."""
         return self._run(self._spec_flow())
 
-    def infer_arrays(self, inputs: Mapping[str, Any], *, validate: bool = False) -> npt.NDArray[Any]:
+    def infer_arrays(
+        self, inputs: Mapping[str, Any], *, validate: bool = False, deadline_s: float | None = None
+    ) -> npt.NDArray[Any]:
         """Send raw contract tensors as they are and return the ``scores`` output.
 
         Nothing is checked or cast unless ``validate=True`` (then :func:`validate_inputs`
         against the served spec), so QA can probe how the server handles bad input.
         Server errors raise :class:`ServerError` with the server's message.
         """
-        return self._run(self._infer_flow(inputs, validate))
+        return self._run(self._infer_flow(inputs, self._deadline(deadline_s), validate=validate))
 
-    def score(self, history: EventHistory, candidates: Sequence[int] | I64, scenario: int, timestamp: int) -> F32:
-        """Scores ``[N, n_tasks]`` float32 of one user's ``N`` candidates, in candidate order."""
-        return self._run(self._single(history, candidates, scenario, timestamp))[0]
+    def score(
+        self,
+        history: EventHistory,
+        candidates: Sequence[int] | I64,
+        scenario: int,
+        timestamp: int,
+        *,
+        user_id: str | None = None,
+        deadline_s: float | None = None,
+    ) -> F32:
+        """Scores ``[N, n_tasks]`` float32 of one user's ``N`` candidates, in candidate order.
 
-    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[F32]:
+        ``user_id``: route by it instead of the history (a caller's stable id); ``deadline_s``: the
+        deadline of the whole score (default ``timeout_s``)."""
+        request = ScoreRequest(history, candidates, scenario, timestamp, user_id)
+        return self._run(self._single(request, deadline_s))[0]
+
+    def score_batch(self, requests: Sequence[ScoreRequest], *, deadline_s: float | None = None) -> list[F32]:
         """``[N_i, n_tasks]`` scores per request, in order: one ``B=1`` call per user and chunk (:func:`plan_calls`)."""
-        return self._run(self._batch(requests))
+        return self._run(self._batch(requests, deadline_s))
 
     def health(self) -> dict[str, Any]:
         """``{url, model, server_live, server_ready, model_ready, ready, error, served}``; never raises."""
@@ -753,7 +636,12 @@ class AstroClient(_ClientCore):
         return bool(self.health()["ready"])
 
     def close(self) -> None:
-        self._triton.close()
+        if self._triton is not None:
+            self._triton.close()
+        with self._replicas_lock:
+            for triton in self._replicas.values():
+                triton.close()
+            self._replicas.clear()
 
     def __enter__(self) -> AstroClient:
         return self
@@ -777,8 +665,16 @@ class AsyncAstroClient(_ClientCore):
 
     def _open(self) -> None:
         self._triton_client: Any = None
+        self._replicas: dict[str, Any] = {}
 
-    def _client(self) -> Any:
+    def _client(self, replica: str | None = None) -> Any:
+        """The balanced channel, or one replica's (affinity); opened on first use, in the running loop
+        (channels of replicas gone from the set close in :meth:`_execute`)."""
+        if replica is not None:
+            if replica not in self._replicas:
+                triton = grpcclient_aio.InferenceServerClient(replica, **self._replica_kwargs)
+                self._replicas[replica] = self._register_headers(triton)
+            return self._replicas[replica]
         if self._triton_client is None:
             self._triton_client = self._register_headers(grpcclient_aio.InferenceServerClient(**self._triton_kwargs))
         return self._triton_client
@@ -796,10 +692,17 @@ class AsyncAstroClient(_ClientCore):
                 value = await self._execute(step)
             except Exception as e:  # handed to the flow, which decides (retry, map, or let it propagate)
                 error = e
+            except BaseException:  # cancelled: the flow's own cleanup (a call counted in flight) runs now
+                flow.close()
+                raise
 
     async def _execute(self, step: Step) -> Any:
         if isinstance(step, Rpc):
-            method = getattr(self._client(), step.method)
+            for gone in self.router.retired() if self.router is not None else ():
+                retired = self._replicas.pop(gone, None)
+                if retired is not None:
+                    await retired.close()
+            method = getattr(self._client(step.replica), step.method)
             return await method(*step.args, client_timeout=step.timeout_s, **step.kwargs)
         if isinstance(step, Sleep):
             await asyncio.sleep(step.seconds)
@@ -822,17 +725,29 @@ class AsyncAstroClient(_ClientCore):
         """As :meth:`AstroClient.get_spec`."""
         return await self._run(self._spec_flow())
 
-    async def infer_arrays(self, inputs: Mapping[str, Any], *, validate: bool = False) -> npt.NDArray[Any]:
+    async def infer_arrays(
+        self, inputs: Mapping[str, Any], *, validate: bool = False, deadline_s: float | None = None
+    ) -> npt.NDArray[Any]:
         """As :meth:`AstroClient.infer_arrays`."""
-        return await self._run(self._infer_flow(inputs, validate))
+        return await self._run(self._infer_flow(inputs, self._deadline(deadline_s), validate=validate))
 
-    async def score(self, history: EventHistory, candidates: Sequence[int] | I64, scenario: int, timestamp: int) -> F32:
+    async def score(
+        self,
+        history: EventHistory,
+        candidates: Sequence[int] | I64,
+        scenario: int,
+        timestamp: int,
+        *,
+        user_id: str | None = None,
+        deadline_s: float | None = None,
+    ) -> F32:
         """As :meth:`AstroClient.score`."""
-        return (await self._run(self._single(history, candidates, scenario, timestamp)))[0]
+        request = ScoreRequest(history, candidates, scenario, timestamp, user_id)
+        return (await self._run(self._single(request, deadline_s)))[0]
 
-    async def score_batch(self, requests: Sequence[ScoreRequest]) -> list[F32]:
+    async def score_batch(self, requests: Sequence[ScoreRequest], *, deadline_s: float | None = None) -> list[F32]:
         """As :meth:`AstroClient.score_batch`; the calls run concurrently."""
-        return await self._run(self._batch(requests))
+        return await self._run(self._batch(requests, deadline_s))
 
     async def health(self) -> dict[str, Any]:
         """As :meth:`AstroClient.health`."""
@@ -846,6 +761,9 @@ class AsyncAstroClient(_ClientCore):
         if self._triton_client is not None:
             await self._triton_client.close()
             self._triton_client = None
+        for triton in self._replicas.values():
+            await triton.close()
+        self._replicas.clear()
 
     async def __aenter__(self) -> AsyncAstroClient:
         return self

@@ -30,6 +30,7 @@ from contract.validation import (
     CONTRACT_INPUTS,
     HISTORY_FIELDS,
     I64,
+    OPTIONAL_REQUEST_FIELDS,
     REQUEST_FIELDS,
     Allow,
     RequestError,
@@ -38,6 +39,7 @@ from contract.validation import (
     as_int_array,
     check_history,
     check_plausible,
+    check_user_id,
     check_vocabularies,
     validate_inputs,
 )
@@ -62,13 +64,16 @@ class ScoreRequest:
     """One user to score: their history, the candidates, the request's scenario and time.
 
     ``candidates`` is ``[N]`` item ids; ``timestamp`` is unix seconds, as are the
-    history's timestamps. After :func:`validate_request`, every array is int64.
+    history's timestamps. After :func:`validate_request`, every array is int64. ``user_id``
+    (optional): a caller's stable id; the client then routes every call of this user by it
+    (by default, by a hash of the encoder inputs: :mod:`client.routing`).
     """
 
     history: EventHistory
     candidates: Sequence[int] | I64
     scenario: int
     timestamp: int
+    user_id: str | None = None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -101,6 +106,7 @@ def validate_request(
         candidates=as_int_array(_join(field, "candidates"), request.candidates, ndim=1, allow_empty=False),
         scenario=as_int(_join(field, "scenario"), request.scenario),
         timestamp=as_int(_join(field, "timestamp"), request.timestamp),
+        user_id=check_user_id(_join(field, "user_id"), request.user_id),
     )
     allow = allow if allow is not None else Allow()
     check_plausible(field, history, out.timestamp, allow)
@@ -129,12 +135,13 @@ def request_from_json(obj: Any, field: str = "") -> ScoreRequest:
     """One decoded JSON request object -> :class:`ScoreRequest` by the integer rule; unknown keys refused.
 
     ``{"history": {"item_ids", "behaviors", "scenarios", "timestamps"}, "candidates", "scenario",
-    "timestamp"}``; ``field`` prefixes the names in error messages (``requests[2]`` for a list entry).
+    "timestamp"}`` and optionally ``"user_id"`` (a string); ``field`` prefixes the names in error
+    messages (``requests[2]`` for a list entry).
     """
     where = field or "request"
     if not isinstance(obj, dict):
         raise RequestError(where, f"must be a JSON object, got {type(obj).__name__}")
-    _refuse_unknown(where, obj, REQUEST_FIELDS, "a request")
+    _refuse_unknown(where, obj, REQUEST_FIELDS + OPTIONAL_REQUEST_FIELDS, "a request")
     missing = [k for k in REQUEST_FIELDS if k not in obj]
     if missing:
         hint = f" (a new user with no history is {NEW_USER_HISTORY})" if "history" in missing else ""
@@ -154,6 +161,7 @@ def request_from_json(obj: Any, field: str = "") -> ScoreRequest:
         as_int_array(_join(field, "candidates"), obj["candidates"], ndim=1, allow_empty=False),
         as_int(_join(field, "scenario"), obj["scenario"]),
         as_int(_join(field, "timestamp"), obj["timestamp"]),
+        check_user_id(_join(field, "user_id"), obj.get("user_id")),
     )
 
 

@@ -61,6 +61,8 @@ PAD_ITEM = 0  # item id 0 marks a padding slot of a block; real items use any ot
 HISTORY_FIELDS = ("item_ids", "behaviors", "scenarios", "timestamps")  # EventHistory's fields, in order
 HISTORY_TENSOR = dict(zip(HISTORY_FIELDS, HISTORY_INPUTS, strict=True))  # field -> the ensemble input
 REQUEST_FIELDS = ("history", "candidates", "scenario", "timestamp")  # one user's request (JSON keys too)
+OPTIONAL_REQUEST_FIELDS = ("user_id",)  # may be left out: a caller's stable id, used to route the request
+USER_ID_MAX_CHARS = 256  # a user id is a short opaque string (it travels as a header value)
 # plausible unix seconds: 1970-01-01 up to 2100-01-01; milliseconds (1.7e12) land far beyond
 TIMESTAMP_MIN, TIMESTAMP_END = 0, 4_102_444_800
 
@@ -288,6 +290,19 @@ def check_history(field: str, *fields: object) -> tuple[I64, I64, I64, I64]:
     return a, b, c, d
 
 
+def check_user_id(field: str, value: object) -> str | None:
+    """A caller-given user id: None, or a non-empty string of printable ASCII, at most :data:`USER_ID_MAX_CHARS`."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(field, f"must be a string (or left out), got {_describe(value)}")
+    if not value or len(value) > USER_ID_MAX_CHARS or not (value.isascii() and value.isprintable()):
+        raise RequestError(
+            field, f"must be 1 to {USER_ID_MAX_CHARS} printable ASCII characters, got {len(value)}: {value[:40]!r}"
+        )
+    return value
+
+
 def check_plausible(field: str, history: tuple[I64, I64, I64, I64], timestamp: int, allow: Allow) -> None:
     """The likely-mistake checks that need no served spec: padding items and timestamps.
 
@@ -389,16 +404,19 @@ __all__ = [
     "I64",
     "INT64_MAX",
     "INT64_MIN",
+    "OPTIONAL_REQUEST_FIELDS",
     "PAD_ITEM",
     "REQUEST_FIELDS",
     "TIMESTAMP_END",
     "TIMESTAMP_MIN",
+    "USER_ID_MAX_CHARS",
     "Allow",
     "RequestError",
     "as_int",
     "as_int_array",
     "check_history",
     "check_plausible",
+    "check_user_id",
     "check_vocabularies",
     "validate_inputs",
 ]

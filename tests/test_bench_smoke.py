@@ -105,3 +105,6 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert heading in report, heading
     for png in ("turbo.png", "runtimes.png", "served.png", "roofline.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "## (h)" in report and [(x["replicas"], x["lb"], x["killed"]) for x in results["replicas"]["runs"]] == [
+        (1, "affinity", False), (2, "round_robin", False), (2, "affinity", False), (2, "affinity", True)
+    ] and all(x["failed"] == 0 for x in results["replicas"]["runs"])  # fmt: skip

@@ -56,16 +56,12 @@ from client import (
     validate_request,
 )
 from client.__main__ import main, parse_header
-from client.astro_client import (
-    PROBE_METHODS,
-    PROBE_TIMEOUT_S,
-    RETRYABLE_STATUS_CODES,
-    WAITING_METHODS,
-    HeaderPlugin,
-    channel_args,
-)
+from client.astro_client import PROBE_TIMEOUT_S
+from client.channel import PROBE_METHODS, RETRYABLE_STATUS_CODES, WAITING_METHODS, HeaderPlugin, channel_args
+from client.routing import route_key, user_route_key
 from contract.blocks import build_blocks
 from contract.config import AstroConfig
+from contract.routing import ROUTE_KEY_HEADER
 from contract.serving_spec import ServingSpec
 from contract.tensors import CANDIDATE_INPUT, HISTORY_INPUTS
 from contract.validation import TIMESTAMP_END
@@ -598,12 +594,15 @@ def test_service_config_waits_retries_unavailable_and_balances() -> None:
         "initialBackoff": "0.100s",
         "maxBackoff": "0.400s",
         "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+        "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],  # a replica gone, or a refusal
     }
     assert [n["method"] for n in probes["name"]] == list(PROBE_METHODS)
     assert probes["waitForReady"] is False and "retryPolicy" not in probes  # health: one fail-fast attempt
     no_retries = service_config(retries=0, wait_for_ready=False)["methodConfig"][0]
     assert no_retries["waitForReady"] is False and "retryPolicy" not in no_retries  # gRPC wants maxAttempts >= 2
+    # one replica's channel under the affinity router: fail fast, the router fails over to the key's next replica
+    replica = json.loads(str(dict(channel_args(RetryPolicy(retries=2), replica=True))["grpc.service_config"]))
+    assert replica["methodConfig"][0]["waitForReady"] is False and "retryPolicy" not in replica["methodConfig"][0]
 
 
 def test_client_options_are_checked() -> None:
@@ -677,7 +676,7 @@ BY_HAND: list[tuple[str, str, bool]] = [
 @pytest.mark.parametrize(("status", "message", "retried"), BY_HAND)
 def test_only_a_loading_model_is_retried_by_hand(status: str, message: str, retried: bool) -> None:
     assert is_model_loading(exception(status, message)) is retried
-    assert RETRYABLE_STATUS_CODES == ("UNAVAILABLE",)  # and gRPC retries UNAVAILABLE alone
+    assert RETRYABLE_STATUS_CODES == ("UNAVAILABLE", "RESOURCE_EXHAUSTED")  # what gRPC retries on its own
 
 
 # ---- over gRPC to a stub of Triton's protocol ---------------------------------------------
@@ -699,6 +698,7 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         self.inputs: list[dict[str, npt.NDArray[np.int64]]] = []
         self.fail: dict[str, list[tuple[Any, str]]] = {}
         self.events: list[tuple[str, tuple[int, ...]]] = []
+        self.deadlines: list[tuple[int | None, float | None]] = []  # per ModelInfer: Triton timeout us, gRPC s left
         self.delay_s = 0.0
         self.lock = threading.Lock()
         self.together: threading.Barrier | None = None
@@ -748,6 +748,9 @@ class StubTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
         self._seen("ModelInfer", context)
+        timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else None
+        with self.lock:
+            self.deadlines.append((timeout, context.time_remaining()))
         arrays = {
             t.name: np.frombuffer(raw, dtype=I64).reshape(tuple(t.shape))
             for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
@@ -824,7 +827,7 @@ STATUS_CASES: list[tuple[str, Any, str, bool]] = [
     ("INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT, "bad input " + LOADING_MSG, False),
     ("INTERNAL", grpc.StatusCode.INTERNAL, "onnxruntime failed", False),
     ("UNKNOWN", grpc.StatusCode.UNKNOWN, "stub crashed", False),
-    ("RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", False),
+    ("RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", True),  # a refusal: tried again
     ("ABORTED", grpc.StatusCode.ABORTED, "aborted", False),
 ]
 
@@ -1067,7 +1070,7 @@ def test_waits_for_a_server_until_the_deadline_then_says_unavailable(closed_port
     err = info.value
     assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0
     assert err.status == "StatusCode.UNAVAILABLE" and err.attempts == 1
-    assert url in str(err) and "get_model_config" in str(err) and "within timeout_s=1 s" in str(err)
+    assert url in str(err) and "get_model_config" in str(err) and "within its deadline (timeout_s=1 s" in str(err)
     assert err.server_message and "onnect" in err.server_message  # gRPC's "Failed to connect ... Connection refused"
 
 
@@ -1095,7 +1098,7 @@ def test_async_waits_then_says_unavailable(closed_port: int) -> None:
         raise AssertionError("no error against a closed port")
 
     err, elapsed, health = asyncio.run(go())
-    assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0 and "within timeout_s=1 s" in str(err)
+    assert 1.0 <= elapsed < 1.0 + PROBE_TIMEOUT_S + 1.0 and "within its deadline (timeout_s=1 s" in str(err)
     assert health["ready"] is False and health["server_live"] is False and "UNAVAILABLE" in health["error"]
 
 
@@ -1309,3 +1312,51 @@ def test_client_imports_without_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_call_carries_its_route_key_and_what_is_left_of_the_deadline(stub_server: tuple[StubTriton, str]) -> None:
+    """Each chunk's call carries the header x-astro-route-key (a hash of its encoder inputs, the same for every
+    chunk; the caller's user id when given) and the score's remaining deadline twice: as Triton's per-request
+    timeout and as the gRPC deadline. Without them a mesh could not hash on the key, and a server could not drop
+    a request whose caller has gone."""
+    stub, url = stub_server
+    h = history()
+    with AstroClient(url, timeout_s=30) as c:
+        c.get_spec()
+        c.score(h, list(range(1, 20)), 0, NOW, deadline_s=2.0)  # 19 candidates, max_candidates 8: three calls
+        c.score(h, [1, 2], 0, NOW, user_id="u-7")
+    keys = [m[ROUTE_KEY_HEADER] for method, m in stub.calls if method == "ModelInfer"]
+    assert len(keys) == 4 and keys[:3] == [route_key(stub.inputs[0])] * 3 and keys[3] == user_route_key("u-7")
+    for timeout_us, left_s in stub.deadlines[:3]:
+        assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 2_000_000 and left_s <= 2.0
+        assert abs(timeout_us / 1e6 - left_s) < 0.5, (timeout_us, left_s)  # both: the score's remaining deadline
+    assert stub.deadlines[3][0] is not None and 2e6 < stub.deadlines[3][0] <= 30e6  # the default, timeout_s
+
+
+def test_affinity_waits_for_a_replica_to_come_up_within_the_deadline() -> None:
+    """Both replicas down at first (connections refused): the affinity client keeps trying the key's replicas
+    with backoff until one comes up, as the balanced channel's waitForReady does, within the deadline."""
+    socks = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [int(s.getsockname()[1]) for s in socks]
+    servers: list[grpc.Server] = []
+
+    def come_up() -> None:
+        time.sleep(1.0)
+        socks[1].close()
+        servers.append(start_stub(SMALL, ports[1])[0])
+
+    late = threading.Thread(target=come_up)
+    with AstroClient(",".join(f"127.0.0.1:{p}" for p in ports), timeout_s=20, backoff_s=0.02, backoff_max_s=0.1) as c:
+        assert c.lb == "affinity"
+        late.start()
+        try:
+            assert c.get_spec() == SMALL
+        finally:
+            late.join()
+            socks[0].close()
+            for server in servers:
+                server.stop(grace=None)
