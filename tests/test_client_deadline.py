@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
+from triton_stats import poll
 from tritonclient.grpc import model_config_pb2 as mc
 
 from client import AstroClient, EventHistory, ScoreRequest, ServerError, ServerOverloadedError, call_key
@@ -120,15 +121,6 @@ def pending(server: TritonServer) -> int:
             if line.startswith("nv_inference_pending_request_count") and f'model="{USER_ENCODER}"' in line:
                 return int(float(line.rsplit(" ", 1)[1]))
     return 0
-
-
-def poll(done: Callable[[], bool], timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        time.sleep(0.05)
-    return done()
 
 
 def score(client: AstroClient, r: ScoreRequest, deadline_s: float) -> object:

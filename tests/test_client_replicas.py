@@ -26,6 +26,7 @@ import numpy.typing as npt
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from triton_stats import cache_counts, poll
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest, build_call_inputs, call_key, plan_calls
 from client.routing import ranking
@@ -120,16 +121,6 @@ def inference_count(server: TritonServer) -> int:
     return int(stats["model_stats"][0].get("inference_count", 0))
 
 
-def cache(server: TritonServer) -> tuple[int, int]:
-    """``user_encoder``'s response-cache (hits, misses) on ``server`` so far."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        stats = client.get_inference_statistics(USER_ENCODER, as_json=True)["model_stats"][0]["inference_stats"]
-    finally:
-        client.close()
-    return int(stats.get("cache_hit", {}).get("count", 0)), int(stats.get("cache_miss", {}).get("count", 0))
-
-
 def delta(after: tuple[int, int], before: tuple[int, int]) -> tuple[int, int]:
     return after[0] - before[0], after[1] - before[1]
 
@@ -182,12 +173,13 @@ def test_affinity_keeps_each_user_on_one_replica_so_it_misses_once(
     url = ",".join(s.grpc_url for s in replicas)
     spec = ServingSpec.from_config(reordered_model.cfg)
     served: list[tuple[ScoreRequest, npt.NDArray[np.float32]]] = []
-    before_cache = [cache(s) for s in replicas]
+    before_cache = [cache_counts(s) for s in replicas]
 
     def one_user(score: Callable[[ScoreRequest], npt.NDArray[np.float32]], r: ScoreRequest) -> None:
         counts = [inference_count(s) for s in replicas]
         for page in (r, pages(r, rng), pages(pages(r, rng), rng)):
             served.append((page, score(page)))
+        poll(lambda: sum(inference_count(s) for s in replicas) - sum(counts) >= 3)  # statistics lag the answer
         grew = [inference_count(s) - c for s, c in zip(replicas, counts, strict=True)]
         assert sorted(grew) == [0, 3], f"one user's 3 pages spread over the replicas: {grew}"
         assert grew[replicas.index(home(r, spec, replicas))] == 3
@@ -206,11 +198,12 @@ def test_affinity_keeps_each_user_on_one_replica_so_it_misses_once(
                     counts = [inference_count(s) for s in replicas]
                     for page in (r, pages(r, rng), pages(pages(r, rng), rng)):
                         served.append((page, await client.score(page.history, page.candidates, page.scenario, NOW)))
+                    poll(lambda: sum(inference_count(s) for s in replicas) - sum(counts) >= 3)  # noqa: B023
                     grew = [inference_count(s) - c for s, c in zip(replicas, counts, strict=True)]
                     assert grew[replicas.index(home(r, spec, replicas))] == 3 and sum(grew) == 3, grew
 
         asyncio.run(go())
-    hits_misses = [delta(cache(s), b) for s, b in zip(replicas, before_cache, strict=True)]
+    hits_misses = [delta(cache_counts(s), b) for s, b in zip(replicas, before_cache, strict=True)]
     assert (sum(h for h, _ in hits_misses), sum(m for _, m in hits_misses)) == (12, 6), hits_misses
     for r, got in served:
         np.testing.assert_allclose(got, per_pair(reordered_model, r, reordered_model.cfg), atol=1e-5, rtol=0)
@@ -263,7 +256,7 @@ def test_affinity_rides_out_a_killed_replica_and_its_users_hit_on_their_new_one(
                 t.start()
             try:
                 wait_until(lambda: sent[0] >= 40 or bool(errors))
-                at_kill = cache(survivor)
+                at_kill = cache_counts(survivor)
                 victim.kill()  # mid-load, with calls in flight
                 killed_at = sent[0]
                 wait_until(lambda: sent[0] >= killed_at + 60 or bool(errors))
@@ -272,10 +265,10 @@ def test_affinity_rides_out_a_killed_replica_and_its_users_hit_on_their_new_one(
                 for t in threads:
                     t.join(timeout=120)
             assert not any(t.is_alive() for t in threads), "load threads did not finish"
-            after_load = cache(survivor)
+            after_load = cache_counts(survivor)
             for i in range(len(reqs)):  # every user once more: all on the survivor, all hits
                 send(i)
-            final = delta(cache(survivor), after_load)
+            final = delta(cache_counts(survivor), after_load)
     finally:
         victim.start(ready_models=[ENSEMBLE], timeout_s=180)  # the module's other tests need both
     assert errors == [], errors[:3]

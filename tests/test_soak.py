@@ -102,7 +102,8 @@ def test_soak(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
     print(
         f"\nsoak: {THREADS} threads, {elapsed:.0f} s, {n_after - n_before} requests "
         f"({(n_after - n_before) / elapsed:.1f}/s), latency p50 {np.percentile(lat_ms, 50):.1f} ms "
-        f"p99 {np.percentile(lat_ms, 99):.1f} ms, errors {len(errors)}, mismatches {len(mismatches)}, "
+        f"p99 {np.percentile(lat_ms, 99):.1f} ms, refused {len(refused)}, errors {len(errors)}, "
+        f"mismatches {len(mismatches)}, "
         f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB ({rss_after - rss_before:+.0f} MB)"
     )
     assert not any(t.is_alive() for t in threads)

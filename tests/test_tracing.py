@@ -27,6 +27,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from add_one_model import ADD_ONE_MODEL, write_model
 from test_deploy import COLLECTOR_VAR, container_env, rendered, substitute, workload
+from triton_stats import cache_counts
 from tritonclient._request import Request
 
 from client.__main__ import main as client_main
@@ -307,16 +308,6 @@ def traced_server(exported_repo: Path, collector: OtlpReceiver) -> Iterator[Trit
         yield server
 
 
-def encoder_cache_counts(server: TritonServer) -> tuple[int, int]:
-    """(hits, misses) of user_encoder's response cache, from Triton's statistics."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        stats = client.get_inference_statistics(USER_ENCODER, as_json=True)["model_stats"][0]["inference_stats"]
-    finally:
-        client.close()
-    return int(stats.get("cache_hit", {}).get("count", 0)), int(stats.get("cache_miss", {}).get("count", 0))
-
-
 @pytest.mark.server
 def test_one_client_call_traced_under_the_callers_trace_id(
     traced_server: TritonServer, collector: OtlpReceiver
@@ -328,9 +319,9 @@ def test_one_client_call_traced_under_the_callers_trace_id(
     history = EventHistory.from_lists([11, 12, 13], [0, 1, 0], [0, 0, 2], [1699990000, 1699995000, 1699999000])
     with AstroClient(traced_server.grpc_url, traceparent=caller.header(), timeout_s=60) as client:
         client.score(history, [12, 99, 4242], 0, 1700000000)
-        assert encoder_cache_counts(traced_server) == (0, 1)
+        assert cache_counts(traced_server) == (0, 1)
         client.score(history, [7, 8], 0, 1700000100)  # same history and scenario: the encoder's cache answers
-        assert encoder_cache_counts(traced_server) == (1, 1)
+        assert cache_counts(traced_server) == (1, 1)
     with AstroClient(traced_server.grpc_url, timeout_s=60) as client:  # no caller: a trace of its own
         client.score(history, [5], 0, 1700000200)
 
