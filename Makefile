@@ -29,13 +29,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@echo "==> installing the project and its dev dependencies into $(VENV) (pip's progress follows)"
 	$(PY) -m pip install -e ".[dev]"
-	# type stubs for the TensorRT code, kept out of site-packages: there their bare tensorrt/ folder would
-	# shadow a real TensorRT (`import tensorrt` "succeeds" without it). --no-deps: their dependencies are stubs.
-	-$(PY) -m pip uninstall --quiet --yes tensorrt-stubs 2>/dev/null  # a copy an older bootstrap put in site-packages
-	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/tensorrt-stubs tensorrt-stubs
-	# ... which mypy can only read once repaired, and cut to the API TensorRT 10.12-11 share:
-	# writes $(VENV)/typings, the mypy_path in pyproject.toml
-	$(PY) typings/repair_tensorrt_stubs.py --from $(VENV)/tensorrt-stubs --out $(VENV)/typings
 	# MovieLens-100k ships inside the recbole wheel; only its data file is read, so none of its dependencies
 	$(PY) -m pip install --quiet --no-deps recbole==1.2.1
 	touch $(STAMP)
