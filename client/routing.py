@@ -136,8 +136,8 @@ class Router:
     @property
     def replicas(self) -> tuple[str, ...]:
         """The current replica set (re-resolved first if due)."""
+        self._refresh()
         with self._lock:
-            self._refresh()
             return self._replicas
 
     def in_flight(self) -> dict[str, int]:
@@ -148,8 +148,8 @@ class Router:
         """Place a call of ``key``: its first choice among the replicas that are neither ejected nor in
         ``tried`` (all of them if none is left), under the load bound; counted in flight until
         :meth:`release`."""
+        self._refresh()
         with self._lock:
-            self._refresh()
             now = self._clock()
             live = [r for r in self._replicas if self._ejected_until.get(r, 0.0) <= now] or list(self._replicas)
             fresh = [r for r in live if r not in tried] or live
@@ -178,13 +178,22 @@ class Router:
             return done
 
     def _refresh(self) -> None:
-        if self._resolve is None or self._clock() < self._next_refresh:
+        """Re-resolve the set if due. One caller per period resolves, outside the lock: a slow DNS answer
+        never holds up the calls being placed meanwhile (they use the set we know)."""
+        if self._resolve is None:
             return
-        self._next_refresh = self._clock() + self._refresh_s
+        with self._lock:
+            if self._clock() < self._next_refresh:
+                return
+            self._next_refresh = self._clock() + self._refresh_s
         try:
             fresh = tuple(dict.fromkeys(self._resolve()))
         except (OSError, ValueError):  # DNS down for a moment: keep serving the set we know
             return
+        with self._lock:
+            self._apply(fresh)
+
+    def _apply(self, fresh: tuple[str, ...]) -> None:
         if fresh and fresh != self._replicas:
             gone = set(self._replicas) - set(fresh)
             self._removed |= gone
