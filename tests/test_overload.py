@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from add_one_model import ADD_ONE_CONFIG, write_model
 
 from contract.admission import QUEUE_TIMEOUT_US, queue_bound
 from contract.config import AstroConfig
@@ -26,7 +27,6 @@ from export.repository import TARGETS, composing_config, instances, queue_policy
 from model.random_inputs import RandomRequest, random_request
 from serve.__main__ import admission_line
 from serve.triton_server import TritonServer, iter_models
-from tests.add_one_model import ADD_ONE_CONFIG, write_model
 
 CFG = AstroConfig.from_name("small")
 CALL_TIMEOUT_S = 60.0  # every call's own gRPC deadline: an unanswered request fails the test, never hangs it
