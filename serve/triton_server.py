@@ -155,7 +155,11 @@ class TritonInstall:
             (self.backend_utils, "triton_python_backend_utils.py"),
             (self.python_stub, "triton_python_backend_stub"),
         ):
-            shutil.copy2(src, python_dir / name)
+            # copied beside, then renamed over: a relaunch in the same workdir replaces a stub that a previous
+            # launch's process may still be running (writing into it in place fails with "Text file busy")
+            partial = python_dir / f".{name}.partial"
+            shutil.copy2(src, partial)
+            partial.replace(python_dir / name)
         (python_dir / "triton_python_backend_stub").chmod(0o755)
         return dest
 

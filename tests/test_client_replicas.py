@@ -26,7 +26,7 @@ import numpy.typing as npt
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from triton_stats import cache_counts, poll
+from triton_stats import cache_counts, delta, poll
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest, build_call_inputs, call_key, plan_calls
 from client.routing import ranking
@@ -119,10 +119,6 @@ def inference_count(server: TritonServer) -> int:
     finally:
         client.close()
     return int(stats["model_stats"][0].get("inference_count", 0))
-
-
-def delta(after: tuple[int, int], before: tuple[int, int]) -> tuple[int, int]:
-    return after[0] - before[0], after[1] - before[1]
 
 
 def home(r: ScoreRequest, spec: ServingSpec, servers: list[TritonServer]) -> TritonServer:

@@ -30,3 +30,8 @@ def poll(done: Callable[[], bool], timeout_s: float = 20) -> bool:
             return True
         time.sleep(0.05)
     return done()
+
+
+def delta(after: tuple[int, int], before: tuple[int, int]) -> tuple[int, int]:
+    """What two (hits, misses) readings say happened between them."""
+    return after[0] - before[0], after[1] - before[1]
