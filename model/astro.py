@@ -129,6 +129,16 @@ class BlockwiseLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:]) * self.weight[:, None, :] + self.bias[:, None, :]
 
 
+def normed_linear(norm: BlockwiseLayerNorm, linear: BlockwiseLinear, x: Tensor) -> Tensor:
+    """``linear(norm(x))`` with the norm's per-block affine folded into the linear's weights:
+    (n·w + b)·W + c = n·(w ⊙ W) + (b·W + c). After the normalisation, one MatMul and one Add instead of
+    Mul, Add, MatMul, Add over every token; the folded weights depend on the parameters alone, so a
+    runtime computes them once when it loads the graph. x [B, Nb, T, i] -> [B, Nb, T, o]."""
+    weight = norm.weight[:, :, None] * linear.weight  # [Nb, i, o]
+    bias = linear.bias + (norm.bias[:, :, None] * linear.weight).sum(1)  # [Nb, o]; element-wise, not a product
+    return torch.matmul(F.layer_norm(x, x.shape[-1:]), weight) + bias[:, None, :]
+
+
 class ATLLayer(nn.Module):
     """Layer l of every block's ATL stack (separate weights per block), pre-norm.
 
@@ -158,7 +168,7 @@ class ATLLayer(nn.Module):
 
         The query carries the temperature (T·dh divisions instead of T·Tk on the logits)."""
         b, nb, t, _ = x.shape
-        qkv = self.qkv(self.norm1(x)).view(b, nb, t, 3, self.n_heads, self.head_dim)
+        qkv = normed_linear(self.norm1, self.qkv, x).view(b, nb, t, 3, self.n_heads, self.head_dim)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, Nb, H, T, dh)
         return qkv[0] / tau[..., None, None], qkv[1], qkv[2]
 
@@ -166,7 +176,7 @@ class ATLLayer(nn.Module):
         """Residual + FFN. x: [B, Nb, T, d]; y: attention output [B, Nb, H, T, dh]."""
         y = y.transpose(2, 3).flatten(-2)  # [B, Nb, T, d]
         x = x + self.drop(self.out(y))
-        ffn: Tensor = self.drop(self.ffn_out(F.gelu(self.ffn_in(self.norm2(x)))))
+        ffn: Tensor = self.drop(self.ffn_out(F.gelu(normed_linear(self.norm2, self.ffn_in, x))))
         return x + ffn
 
     def relative_bias(self, bucket: Tensor, tau: Tensor) -> Tensor | None:

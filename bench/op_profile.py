@@ -1,0 +1,164 @@
+"""(d) per operator: where ONNX Runtime spends each exported graph's time, from its own profiler.
+
+Each graph runs in a session with ``SessionOptions.enable_profiling`` (the CPU provider, the bench's
+intra-op threads, graph optimisations on as served), ``warmup`` runs, then ``runs`` profiled runs of
+one request. The profiler records every kernel of every run; a node's time is its median over the
+runs (the machine may be shared: one preempted kernel does not move a median), and an operator
+type's time is the sum of its nodes' medians. Matrix-product FLOPs (MatMul, FusedMatMul, Gemm) are
+counted from the input shapes the profiler records, so the matmul rate of each graph is measured
+per operator against the same limit as (d)'s table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+
+from contract.tensors import ITEM_SCORER, USER_ENCODER
+from export.onnx_graphs import GraphPaths
+from model.random_inputs import RandomRequest
+
+MATMUL_OPS = ("MatMul", "FusedMatMul", "Gemm")  # the ops whose FLOPs (d) counts
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """One operator type in one graph at one shape."""
+
+    graph: str
+    block_len: int
+    candidates: int
+    op: str
+    nodes: int
+    ms: float  # sum over its nodes of each node's median kernel time per run
+    share: float  # of the graph's kernel time (sum of every node's median)
+    gflop: float  # matrix products only (0 for other ops), from the recorded shapes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def matmul_flops(op: str, inputs: list[list[int]]) -> int:
+    """2·M·K·N times the broadcast batch of a MatMul-like node, from its input shapes (0 for other ops)."""
+    if op not in MATMUL_OPS or len(inputs) < 2:
+        return 0
+    a, b = inputs[0], inputs[1]
+    if op == "Gemm":  # 2-D; transposes only reorder M·K and K·N, the product is the same
+        return 2 * a[0] * a[1] * (b[1] if b[0] in a else b[0])
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])) if len(a) > 2 or len(b) > 2 else ()
+    return 2 * math.prod(batch) * a[-2] * a[-1] * b[-1]
+
+
+def _input_shapes(
+    node: onnx.NodeProto, recorded: list[dict[str, list[int]]], weights: dict[str, list[int]]
+) -> list[list[int]]:
+    """A node's input shapes: the profiler records those of the run's tensors, not of the weights."""
+    run_shapes = iter(next(iter(r.values())) for r in recorded)
+    return [weights[name] if name in weights else next(run_shapes, []) for name in node.input if name]
+
+
+def _session(path: Path, threads: int, prefix: Path, optimized: Path | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if optimized is not None:  # the graph as ONNX Runtime runs it: node names as the profiler reports them
+        opts.optimized_model_filepath = str(optimized)
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OrtPipeline and the served model
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(prefix)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _kernels(trace: Path, optimized: Path) -> tuple[dict[str, list[float]], dict[str, tuple[str, int]]]:
+    """Per node: kernel times in ms (one per run), and (op type, FLOPs per run)."""
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    nodes = {n.name: n for n in graph.node}
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    times: dict[str, list[float]] = defaultdict(list)
+    info: dict[str, tuple[str, int]] = {}
+    for e in json.loads(trace.read_text()):
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        node, args = e["name"].removesuffix("_kernel_time"), e["args"]
+        times[node].append(e["dur"] / 1e3)
+        shapes = _input_shapes(nodes[node], args.get("input_type_shape", []), weights) if node in nodes else []
+        info[node] = (args["op_name"], matmul_flops(args["op_name"], shapes))
+    return times, info
+
+
+def profile_graph(
+    graph: str,
+    path: Path,
+    feeds: dict[str, npt.NDArray[Any]],
+    block_len: int,
+    candidates: int,
+    threads: int,
+    warmup: int,
+    runs: int,
+    work: Path,
+) -> list[OpTime]:
+    """Per-operator kernel times of one graph on ``feeds``, highest first."""
+    work.mkdir(parents=True, exist_ok=True)
+    session = _session(path, threads, work / graph)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())  # drop the warm-up runs: a fresh session profiles the timed ones
+    trace.unlink()
+    optimized = work / f"{graph}.optimized.onnx"
+    session = _session(path, threads, work / graph, optimized)
+    for _ in range(runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    times, info = _kernels(trace, optimized)
+    trace.unlink()
+    per_op: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for node, samples in times.items():
+        op, flops = info[node]
+        # the first run of a fresh session also plans its memory: the median over the rest
+        per_op[op].append((statistics.median(samples[1:] or samples), flops))
+    total = sum(t for nodes in per_op.values() for t, _ in nodes)
+    rows = [
+        OpTime(
+            graph=graph,
+            block_len=block_len,
+            candidates=candidates,
+            op=op,
+            nodes=len(nodes),
+            ms=sum(t for t, _ in nodes),
+            share=sum(t for t, _ in nodes) / total,
+            gflop=sum(f for _, f in nodes) / 1e9,
+        )
+        for op, nodes in per_op.items()
+    ]
+    return sorted(rows, key=lambda r: -r.ms)
+
+
+def run(
+    paths: GraphPaths, requests: list[RandomRequest], threads: int, warmup: int, runs: int, work: Path
+) -> list[OpTime]:
+    """Both graphs on each request (the encoder once per block length: it does not see the candidates)."""
+    rows: list[OpTime] = []
+    encoded: set[int] = set()
+    for req in requests:
+        tb = req.hist_item_ids.shape[2]
+        n = req.cand_item_ids.shape[1]
+        enc_inputs = req.graph_inputs(USER_ENCODER)
+        plain = ort.InferenceSession(str(paths.user_encoder), providers=["CPUExecutionProvider"])
+        names = [o.name for o in plain.get_outputs()]
+        cache = dict(zip(names, plain.run(names, enc_inputs), strict=True))
+        if tb not in encoded:
+            encoded.add(tb)
+            rows += profile_graph(USER_ENCODER, paths.user_encoder, enc_inputs, tb, n, threads, warmup, runs, work)
+        feeds = {**req.graph_inputs(ITEM_SCORER), **cache}
+        rows += profile_graph(ITEM_SCORER, paths.item_scorer, feeds, tb, n, threads, warmup, runs, work)
+    return rows
