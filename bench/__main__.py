@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench import block_attention, machine, plots, report
+from bench import block_attention, machine, op_profile, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
 from bench.report import GOAL_CONCURRENCY
@@ -57,6 +57,8 @@ from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"
 AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1"
+BASELINE = "ort_fp32_before"  # the --baseline-onnx graphs' runtime name
+PROFILED_MIN_N = 256  # (d)'s per-operator profile: the N of (b) from here up (the largest one if none)
 SCORER1 = "before: item_scorer on 1 instance"  # the repository variant (c) and (f) also run on
 FINDINGS = Path(__file__).resolve().parent / "findings.md"  # the investigation's record, quoted in the report
 
@@ -198,6 +200,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--matmul-size", type=int, default=1024, help="side of the square fp32 matrices of (d)")
     p.add_argument(
+        "--baseline-onnx",
+        type=Path,
+        default=None,
+        help="folder with user_encoder.onnx and item_scorer.onnx (fp32 cache, same checkpoint) of an earlier export, "
+        f"timed as {BASELINE!r} beside this run's graphs in (b), (d) and (d)'s per-operator profile: a change "
+        "before/after in one run",
+    )
+    p.add_argument(
         "--work-dir",
         type=Path,
         default=None,
@@ -328,6 +338,8 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     export_dtypes = list(CACHE_DTYPES)  # (b) times both; (c) serves a.cache_dtypes of them
     repos = export_repositories(a.checkpoint, work, export_dtypes, a.threads, say)
     pipes = {f"ort_{d}": OrtPipeline(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
+    if a.baseline_onnx is not None:
+        pipes[BASELINE] = OrtPipeline(load_graph_paths(a.baseline_onnx), a.threads)
 
     say("[2/8] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
     turbo_args = (a.block_lens, a.candidates, a.rounds, a.warmup, a.per_pair_full_max, a.per_pair_subset, a.seed, say)
@@ -384,6 +396,13 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
     say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
     blocks = block_attention.run(cfg, a.block_lens, [1], a.warmup, max(3, a.rounds), a.seed)
+    profiled = {"ort_fp32": load_graph_paths(work / "onnx" / f"{cfg.name}-fp32")}
+    if a.baseline_onnx is not None:
+        profiled[BASELINE] = load_graph_paths(a.baseline_onnx)
+    counts = [n for n in a.candidates if n >= PROFILED_MIN_N] or [max(a.candidates)]
+    say(f"  ONNX Runtime's profiler per operator: {', '.join(profiled)}, Tb={max(a.block_lens)}, N={counts}")
+    profile_requests = [make_request(cfg, a.seed, 1, max(a.block_lens), n) for n in counts]
+    ops = op_profile.run(profiled, profile_requests, a.threads, a.warmup, max(5, a.rounds), work / "op-profile")
 
     say("[7/8] (e) CUDA GPU")
     gpu: dict[str, Any] = {"device": machine.gpu_name()}
@@ -437,6 +456,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         "sessions": sessions,
         "session_variants": variants,
         "matmul_flops": peak.to_dict(),
+        "op_profile": [o.to_dict() for o in ops],
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}
             for r in blocks

@@ -24,6 +24,7 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
+from bench import roofline
 from contract.tensors import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import GraphPaths
 from model.random_inputs import RandomRequest
@@ -35,6 +36,7 @@ MATMUL_OPS = ("MatMul", "FusedMatMul", "Gemm")  # the ops whose FLOPs (d) counts
 class OpTime:
     """One operator type in one graph at one shape."""
 
+    graphs: str  # which export: this run's (``ort_fp32``) or a baseline given to the bench
     graph: str
     block_len: int
     candidates: int
@@ -97,6 +99,7 @@ def _kernels(trace: Path, optimized: Path) -> tuple[dict[str, list[float]], dict
 
 
 def profile_graph(
+    graphs: str,
     graph: str,
     path: Path,
     feeds: dict[str, npt.NDArray[Any]],
@@ -114,7 +117,7 @@ def profile_graph(
         session.run(None, feeds)
     trace = Path(session.end_profiling())  # drop the warm-up runs: a fresh session profiles the timed ones
     trace.unlink()
-    optimized = work / f"{graph}.optimized.onnx"
+    optimized = work / f"{graphs}-{graph}.optimized.onnx"
     session = _session(path, threads, work / graph, optimized)
     for _ in range(runs):
         session.run(None, feeds)
@@ -129,6 +132,7 @@ def profile_graph(
     total = sum(t for nodes in per_op.values() for t, _ in nodes)
     rows = [
         OpTime(
+            graphs=graphs,
             graph=graph,
             block_len=block_len,
             candidates=candidates,
@@ -144,21 +148,64 @@ def profile_graph(
 
 
 def run(
-    paths: GraphPaths, requests: list[RandomRequest], threads: int, warmup: int, runs: int, work: Path
+    graphs: dict[str, GraphPaths], requests: list[RandomRequest], threads: int, warmup: int, runs: int, work: Path
 ) -> list[OpTime]:
-    """Both graphs on each request (the encoder once per block length: it does not see the candidates)."""
+    """Both graphs of every export in ``graphs`` (label -> paths) on each request; the encoder once per block
+    length (it does not see the candidates)."""
     rows: list[OpTime] = []
-    encoded: set[int] = set()
-    for req in requests:
-        tb = req.hist_item_ids.shape[2]
-        n = req.cand_item_ids.shape[1]
-        enc_inputs = req.graph_inputs(USER_ENCODER)
+    for label, paths in graphs.items():
+        encoded: set[int] = set()
         plain = ort.InferenceSession(str(paths.user_encoder), providers=["CPUExecutionProvider"])
         names = [o.name for o in plain.get_outputs()]
-        cache = dict(zip(names, plain.run(names, enc_inputs), strict=True))
-        if tb not in encoded:
-            encoded.add(tb)
-            rows += profile_graph(USER_ENCODER, paths.user_encoder, enc_inputs, tb, n, threads, warmup, runs, work)
-        feeds = {**req.graph_inputs(ITEM_SCORER), **cache}
-        rows += profile_graph(ITEM_SCORER, paths.item_scorer, feeds, tb, n, threads, warmup, runs, work)
+        for req in requests:
+            tb, n = req.hist_item_ids.shape[2], req.cand_item_ids.shape[1]
+            enc_inputs = req.graph_inputs(USER_ENCODER)
+            args = (threads, warmup, runs, work)
+            if tb not in encoded:
+                encoded.add(tb)
+                rows += profile_graph(label, USER_ENCODER, paths.user_encoder, enc_inputs, tb, n, *args)
+            feeds = {**req.graph_inputs(ITEM_SCORER), **dict(zip(names, plain.run(names, enc_inputs), strict=True))}
+            rows += profile_graph(label, ITEM_SCORER, paths.item_scorer, feeds, tb, n, *args)
     return rows
+
+
+TOP_OPS = 8  # operator types listed per graph; the rest are summed in one row
+
+
+def render(r: dict[str, Any]) -> str:
+    """Per export, graph and shape of ``r["op_profile"]``: the top operator types by time, their share, matmul
+    GFLOP/s and fraction of the run's matmul limit; the graph's kernel time against (d)'s FLOP count."""
+    cfg, peak = roofline.config_of(r), r["matmul_flops"]["median"]
+    rows = r["op_profile"]
+    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["graphs"], r["graph"], r["block_len"], r["candidates"])].append(r)
+    parts = [(__doc__ or "").split("\n\n", 1)[1].strip()]
+    for (label, graph, tb, n), ops in groups.items():
+        total = sum(o["ms"] for o in ops)
+        flops = roofline.encoder_flops(cfg, 1, tb) if graph == USER_ENCODER else roofline.scorer_flops(cfg, 1, tb, n)
+        shape = f"Tb={tb}" if graph == USER_ENCODER else f"Tb={tb} N={n}"
+        head = (
+            f"**{label} {graph}** ({shape}): kernels {total:.3f} ms per run; (d)'s {flops / 1e9:.3f} GFLOP over it is "
+            f"{flops / total / 1e6:.1f} GFLOP/s = {100 * flops / total / 1e3 / peak:.0f}% of the limit."
+        )
+        top, rest = ops[:TOP_OPS], ops[TOP_OPS:]
+        table = [
+            "| operator | nodes | ms | share | matmul GFLOP | GFLOP/s | of limit |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for o in top:
+            rate = o["gflop"] / o["ms"] * 1e3 if o["gflop"] else 0.0
+            cells = [f"{o['gflop']:.3f}", f"{rate:.1f}", f"{100 * rate * 1e9 / peak:.0f}%"] if rate else ["", "", ""]
+            table.append(
+                f"| {o['op']} | {o['nodes']} | {o['ms']:.3f} | {100 * o['share']:.1f}% | " + " | ".join(cells) + " |"
+            )
+        if rest:
+            ms_rest = sum(o["ms"] for o in rest)
+            names = ", ".join(o["op"] for o in rest)
+            table.append(
+                f"| other ({names}) | {sum(o['nodes'] for o in rest)} | {ms_rest:.3f} | "
+                f"{100 * ms_rest / total:.1f}% | | | |"
+            )
+        parts.append(head + "\n\n" + "\n".join(table))
+    return "\n\n".join(parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import roofline
+from bench import op_profile, roofline
 from bench.sessions import __doc__ as sessions_doc
 
 SPREAD_NOTE = (
@@ -633,6 +633,7 @@ def render(r: dict[str, Any], images: list[str], findings: str) -> str:
                 _goals(r),
                 "## (d) Limit: FLOPs per graph vs the machine's matmul rate (CPU)",
                 _roofline(r),
+                *(["### (d) per operator: ONNX Runtime's profiler", op_profile.render(r)] if "op_profile" in r else []),
                 "![roofline](roofline.png)",
                 "## (e) GPU",
                 _gpu(r),

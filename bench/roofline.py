@@ -15,7 +15,9 @@ stacks, so the scorer works on B·Nb·N candidate tokens.
 * item scorer: L·[(8 + 4F)·B·Nb·N·d² + 4·B·N·S·d (candidate x its block's user tokens)] + fusion;
   each candidate's score against its own key is element-wise, not counted
 * fusion of one candidate's Nb block outputs: BGF (an attention across the Nb outputs,
-  (8 + 4F)·Nb·d² + 4·Nb²·d, and the squeeze-excitation gate, 4·Nb·d²; none without BGF)
+  (8 + 4F)·Nb·d² + 4·Nb²·d·H, and the squeeze-excitation gate, 4·Nb·d²; none without BGF); its
+  Nb x Nb scores are element-wise products summed per head by a product with the [d, H] head
+  indicator and spread back by its transpose, 2·Nb²·d·H each, the figure counted here
   + the head 2·Nb·d² + 2·d·T, for each of the B·N candidates
 * dense pass per block over Tb + n tokens (SUMI: n = N; per-pair: n = 1, repeated N times):
   L·[(8 + 4F)·B·Nb·(Tb + n)·d² + 4·B·Nb·(Tb + n)²·d] + fusion of the B·n candidates
@@ -44,7 +46,7 @@ def _dense_per_token(cfg: AstroConfig) -> int:
 def _fusion(cfg: AstroConfig, rows: int) -> int:
     """BGF (when on) and the head over ``rows`` candidates' Nb block outputs."""
     d, nb = cfg.d_model, cfg.n_blocks
-    bgf = _dense_per_token(cfg) * nb + 4 * nb * nb * d + 4 * nb * d * d if cfg.bgf else 0
+    bgf = _dense_per_token(cfg) * nb + 4 * nb * nb * d * cfg.n_heads + 4 * nb * d * d if cfg.bgf else 0
     return rows * (bgf + 2 * nb * d * d + 2 * d * cfg.n_tasks)
 
 

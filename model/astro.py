@@ -25,7 +25,7 @@ dh head dim, T tasks, d model width.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +67,11 @@ class UserCache(NamedTuple):
 def signed_log_bucket(x: Tensor, n: int) -> Tensor:
     """int64 distances -> bucket in [0, 2n-1): n-1 + sign(x) * #{e in 1, 2, 4, ..., 2^(n-2) : e <= |x|}.
 
-    Integer comparisons only, so every runtime buckets identically (no float log2 at the edges)."""
+    Integer comparisons only, so every runtime buckets identically (no float log2 at the edges). The
+    edges run along a new leading axis: n-1 contiguous slabs summed element by element, not a reduction
+    over an innermost axis of n-1."""
     edges = torch.tensor([2**i for i in range(n - 1)], dtype=torch.int64, device=x.device)
-    magnitude = (x.abs()[..., None] >= edges).sum(-1)
+    magnitude = (x.abs() >= edges.view(-1, *([1] * x.dim()))).sum(0)
     return n - 1 + torch.sign(x) * magnitude
 
 
@@ -129,14 +131,26 @@ class BlockwiseLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:]) * self.weight[:, None, :] + self.bias[:, None, :]
 
 
-def normed_linear(norm: BlockwiseLayerNorm, linear: BlockwiseLinear, x: Tensor) -> Tensor:
-    """``linear(norm(x))`` with the norm's per-block affine folded into the linear's weights:
+def normed_linear(norm: BlockwiseLayerNorm, linear: BlockwiseLinear, x: Tensor, scale: float = 1.0) -> Tensor:
+    """``scale · linear(norm(x))`` with the norm's per-block affine folded into the linear's weights:
     (n·w + b)·W + c = n·(w ⊙ W) + (b·W + c). After the normalisation, one MatMul and one Add instead of
     Mul, Add, MatMul, Add over every token; the folded weights depend on the parameters alone, so a
     runtime computes them once when it loads the graph. x [B, Nb, T, i] -> [B, Nb, T, o]."""
-    weight = norm.weight[:, :, None] * linear.weight  # [Nb, i, o]
-    bias = linear.bias + (norm.bias[:, :, None] * linear.weight).sum(1)  # [Nb, o]; element-wise, not a product
+    weight = scale * norm.weight[:, :, None] * linear.weight  # [Nb, i, o]
+    bias = scale * (linear.bias + (norm.bias[:, :, None] * linear.weight).sum(1))  # [Nb, o]; element-wise
     return torch.matmul(F.layer_norm(x, x.shape[-1:]), weight) + bias[:, None, :]
+
+
+SQRT_HALF = math.sqrt(0.5)
+
+
+def scaled_gelu(u: Tensor) -> Tensor:
+    """GELU of √2·u, times √2: gelu(h) = h·(1 + erf(h/√2))/2 = (u + u·erf(u))/√2 with u = h/√2.
+
+    The FFNs feed it u from an input projection scaled by 1/√2 and fold the outer 1/√2 into the output
+    projection, both weights-only: three element-wise passes (Erf, Add, Mul) where the exported exact
+    GELU takes five (Div, Erf, Add, Mul, Mul), which ONNX Runtime's GELU fusion does not match at opset 18."""
+    return u * (1 + torch.erf(u))
 
 
 class ATLLayer(nn.Module):
@@ -176,8 +190,10 @@ class ATLLayer(nn.Module):
         """Residual + FFN. x: [B, Nb, T, d]; y: attention output [B, Nb, H, T, dh]."""
         y = y.transpose(2, 3).flatten(-2)  # [B, Nb, T, d]
         x = x + self.drop(self.out(y))
-        ffn: Tensor = self.drop(self.ffn_out(F.gelu(normed_linear(self.norm2, self.ffn_in, x))))
-        return x + ffn
+        u = scaled_gelu(normed_linear(self.norm2, self.ffn_in, x, SQRT_HALF))
+        ffn = torch.matmul(u, SQRT_HALF * self.ffn_out.weight) + self.ffn_out.bias[:, None, :]
+        out: Tensor = x + self.drop(ffn)
+        return out
 
     def relative_bias(self, bucket: Tensor, tau: Tensor) -> Tensor | None:
         """Joint (block, position, time) buckets [B|1, Nb, Tq, Tk] (:meth:`AstroModel.joint_bucket`), tau [B, Nb, H]
@@ -188,7 +204,7 @@ class ATLLayer(nn.Module):
         if self.position_bias is None or self.time_bias is None:
             return None
         table = (self.position_bias[:, :, None] + self.time_bias[:, None]).flatten(0, 2)  # [Nb*P*Tm, H]
-        return table[bucket].permute(0, 1, 4, 2, 3) / tau[..., None, None]
+        return F.embedding(bucket, table).permute(0, 1, 4, 2, 3) / tau[..., None, None]  # a Gather on axis 0
 
 
 class BitwiseGatingFusion(nn.Module):
@@ -208,13 +224,29 @@ class BitwiseGatingFusion(nn.Module):
         self.squeeze = nn.Linear(nb * d, d)  # SE: squeeze the Nb*d bits to d, excite back to Nb*d gates
         self.excite = nn.Linear(d, nb * d)
 
+    def across_blocks(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Softmax attention of each block output to the candidate's Nb outputs, every head at once, in the
+        tokens' own layout. q (over the temperature), k, v [B, N, Nb, d] -> [B, N, Nb, d].
+
+        Nb is a handful, so the Nb x Nb scores of a head are element-wise products summed over its dh features
+        by one matrix product with the 0/1 head indicator [d, H] (and spread back by its transpose): no head
+        transposes and no B·N·H separate Nb x dh matrix products, which runtimes run as one small GEMM each."""
+        d = q.shape[-1]
+        feature_head = torch.arange(d, device=q.device)[:, None] // self.head_dim
+        member = (feature_head == torch.arange(self.n_heads, device=q.device)).to(q.dtype)  # [d, H]
+        logits = (q[:, :, :, None] * k[:, :, None]) @ member  # [B, N, Nb query, Nb key, H]
+        weights = logits.softmax(-2) @ member.T  # over the keys, spread to each head's features: [B, N, Nb, Nb, d]
+        return (weights * v[:, :, None]).sum(3)
+
     def forward(self, x: Tensor, tau: Tensor) -> Tensor:
         """x [B, N, Nb, d], tau [B, H] -> gated block outputs [B, N, Nb*d]."""
-        b, n, nb, d = x.shape
-        qkv = self.qkv(self.norm1(x)).view(b, n, nb, 3, self.n_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0] / tau[:, None, :, None, None], qkv[1], qkv[2]  # [B, N, H, Nb, dh]
-        g = x + self.out(attention(q, k, v, None).transpose(2, 3).reshape(b, n, nb, d))
-        g = torch.flatten(g + self.ffn(self.norm2(g)), -2)  # G: [B, N, Nb*d]
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, -1)  # [B, N, Nb, d] each, head h = features h·dh..(h+1)·dh
+        q = q / tau.repeat_interleave(self.head_dim, -1)[:, None, None, :]
+        g = x + self.out(self.across_blocks(q, k, v))
+        # ffn = (Linear, GELU, Linear) keeps the checkpoints' keys; its GELU runs as scaled_gelu
+        ffn_in, ffn_out = cast(nn.Linear, self.ffn[0]), cast(nn.Linear, self.ffn[2])
+        u = scaled_gelu(F.linear(self.norm2(g), SQRT_HALF * ffn_in.weight, SQRT_HALF * ffn_in.bias))
+        g = torch.flatten(g + F.linear(u, SQRT_HALF * ffn_out.weight, ffn_out.bias), -2)  # G: [B, N, Nb*d]
         gate: Tensor = torch.sigmoid(self.excite(F.relu(self.squeeze(g))))
         return g * gate
 
