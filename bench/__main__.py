@@ -47,7 +47,7 @@ from bench.training import run_training
 from bench.turbo import device_sync, run_turbo
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
-from contract.tensors import CACHE_DTYPES, ITEM_SCORER
+from contract.tensors import CACHE_DTYPES, ITEM_SCORER, USER_ENCODER
 from export.__main__ import main as export_main
 from export.parity import OrtPipeline, load_graph_paths
 from export.repository import write_config
@@ -56,7 +56,8 @@ from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"
-AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1"
+AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1 taking one request per execution"
+ENCODER_MERGING = "before: user_encoder merges requests that arrive together"  # (c)'s second variant
 BASELINE = "ort_fp32_before"  # the --baseline-onnx graphs' runtime name
 PROFILED_MIN_N = 256  # (d)'s per-operator profile: the N of (b) from here up (the largest one if none)
 SCORER1 = "before: item_scorer on 1 instance"  # the repository variant (c) and (f) also run on
@@ -313,6 +314,15 @@ def scorer_instances(repository: Path, out: Path, count: int) -> Path:
     return out
 
 
+def encoder_merging(repository: Path, out: Path) -> Path:
+    """A copy of ``repository`` whose ``user_encoder`` has no preferred batch size (merges what arrives together)."""
+    shutil.copytree(repository, out, dirs_exist_ok=True)
+    config = load_config(out / USER_ENCODER / "config.pbtxt")
+    config.dynamic_batching.ClearField("preferred_batch_size")
+    write_config(out / USER_ENCODER / "config.pbtxt", config)
+    return out
+
+
 def tools(say: Callable[[str], None]) -> PerfAnalyzer:
     """perf_analyzer and its libraries, installed where possible; stops the run at once, saying what is missing."""
     try:
@@ -370,6 +380,13 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             variant, "fp32", pipes["ort_fp32"], requests, variant_levels, pa, settings, a.time_cap, say
         )
         served_variants.append({"config": SCORER1, "levels": [lv.to_dict() for lv in levels]})
+        merging = encoder_merging(repos["fp32"], work / "repo-fp32-encoder-merging")
+        merging_levels = [c for c in variant_levels if c <= 4]  # where the lock-step showed (deeper queues merge)
+        say(f"  (c) again with user_encoder merging requests, as before (fp32), concurrency {merging_levels}")
+        levels, _ = run_served(
+            merging, "fp32", pipes["ort_fp32"], requests, merging_levels, pa, settings, a.time_cap, say
+        )
+        served_variants.append({"config": ENCODER_MERGING, "levels": [lv.to_dict() for lv in levels]})
 
     say(f"[5/8] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
     session_model = SessionModel(k=a.session_k)

@@ -83,7 +83,7 @@ class OwnKey(NamedTuple):
     bias: Tensor  # [..., Tq|1, 1] additive logit, over the temperature
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, own: OwnKey | None = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, own: OwnKey | None = None) -> Tensor:
     """The one attention of every path: softmax over the keys of q·kᵀ + bias, applied to v.
 
     q [..., Tq, dh] is already divided by the temperature; k, v [..., Tk, dh]; ``bias`` is additive and
@@ -92,9 +92,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, own: OwnKey 
     encoder a block's tokens with their padding mask, the SUMI path block and candidate tokens with the
     M-FALCON mask, the scorer the cached block tokens plus ``own`` (each candidate's own key, scored
     element-wise rather than as an N x N product of which only the diagonal is allowed). -> [..., Tq, dh]."""
-    logits = q @ k.transpose(-1, -2)
-    if bias is not None:
-        logits = logits + bias
+    logits = q @ k.transpose(-1, -2) + bias
     if own is None:
         out: Tensor = logits.softmax(-1) @ v
         return out
