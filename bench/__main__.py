@@ -39,7 +39,7 @@ from bench import block_attention, machine, op_profile, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
 from bench.report import GOAL_CONCURRENCY
-from bench.roofline import config_of, efficiency_rows, matmul_rate
+from bench.roofline import SERVED_GOAL_MIN_CONCURRENCY, config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
 from bench.served import handoff_bytes, run_served, wire_bytes
 from bench.sessions import SessionModel, run_sessions
@@ -380,8 +380,10 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             variant, "fp32", pipes["ort_fp32"], requests, variant_levels, pa, settings, a.time_cap, say
         )
         served_variants.append({"config": SCORER1, "levels": [lv.to_dict() for lv in levels]})
+    # where the lock-step showed (deeper queues merge either way)
+    merging_levels = [c for c in a.concurrency if SERVED_GOAL_MIN_CONCURRENCY <= c <= 4]
+    if not a.quick and merging_levels:
         merging = encoder_merging(repos["fp32"], work / "repo-fp32-encoder-merging")
-        merging_levels = [c for c in variant_levels if c <= 4]  # where the lock-step showed (deeper queues merge)
         say(f"  (c) again with user_encoder merging requests, as before (fp32), concurrency {merging_levels}")
         levels, _ = run_served(
             merging, "fp32", pipes["ort_fp32"], requests, merging_levels, pa, settings, a.time_cap, say

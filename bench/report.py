@@ -574,7 +574,7 @@ def goals(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     f"{ratio(sm['throughput_on_over_off'])}; p99 {on['p99_ms']:.1f} vs {off['p99_ms']:.1f} ms.{cause}",
                 )
             )
-    return out
+    return out + roofline.speed_goals(r)
 
 
 def _goals(r: dict[str, Any]) -> str:

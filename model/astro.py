@@ -69,9 +69,13 @@ def signed_log_bucket(x: Tensor, n: int) -> Tensor:
 
     Integer comparisons only, so every runtime buckets identically (no float log2 at the edges). The
     edges run along a new leading axis: n-1 contiguous slabs summed element by element, not a reduction
-    over an innermost axis of n-1."""
-    edges = torch.tensor([2**i for i in range(n - 1)], dtype=torch.int64, device=x.device)
-    magnitude = (x.abs() >= edges.view(-1, *([1] * x.dim()))).sum(0)
+    over an innermost axis of n-1. Distances past the last edge share its bucket, so they are capped there
+    first, which lets the n-1 comparisons run on int32 (half the bytes) whenever the last edge fits."""
+    last = 2 ** (n - 2)
+    compare = torch.int32 if last < 2**31 else torch.int64
+    edges = torch.tensor([2**i for i in range(n - 1)], dtype=compare, device=x.device)
+    capped = x.abs().clamp(max=last).to(compare)
+    magnitude = (capped >= edges.view(-1, *([1] * x.dim()))).sum(0, dtype=compare).to(torch.int64)
     return n - 1 + torch.sign(x) * magnitude
 
 
@@ -176,11 +180,11 @@ class ATLLayer(nn.Module):
             self.time_bias = nn.Parameter(torch.zeros(nb, 2 * cfg.time_buckets - 1, cfg.n_heads))
 
     def qkv_heads(self, x: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [B, Nb, T, d], tau [B, Nb, H] -> q / tau, k, v each [B, Nb, H, T, dh].
+        """x: [B, Nb|1, T, d], tau [B, Nb, H] -> q / tau, k, v each [B, Nb, H, T, dh].
 
         The query carries the temperature (T·dh divisions instead of T·Tk on the logits)."""
-        b, nb, t, _ = x.shape
-        qkv = normed_linear(self.norm1, self.qkv, x).view(b, nb, t, 3, self.n_heads, self.head_dim)
+        qkv = normed_linear(self.norm1, self.qkv, x)  # [B, Nb, T, 3d]; x may be [B, 1, T, d], one for all blocks
+        qkv = qkv.view(*qkv.shape[:3], 3, self.n_heads, self.head_dim)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, Nb, H, T, dh)
         return qkv[0] / tau[..., None, None], qkv[1], qkv[2]
 
@@ -393,9 +397,10 @@ class AstroModel(nn.Module):
 
         cand_item_ids [B, N], hist_timestamps [B, Nb, Tb], cache keys [B, L, H, Nb*Tb, dh] -> logits [B, N, T]."""
         b, nb, tb = hist_timestamps.shape
-        n = cand_item_ids.shape[1]
         h, dh = self.cfg.n_heads, self.cfg.head_dim
-        c = self.embed_candidates(cand_item_ids, request.scenario)[:, None].expand(b, nb, n, -1)  # [B, Nb, N, d]
+        # [B, 1, N, d]: the same tokens enter every block's stack; the first projection broadcasts them over
+        # the blocks (one LayerNorm, no materialised copy per block) and the first residual widens to [B, Nb, N, d]
+        c = self.embed_candidates(cand_item_ids, request.scenario)[:, None]
         tau = self.temperatures(request.scenario)  # [B, Nb, L, H]
         key_mask = self._mask_bias(cache.mask.view(b, nb, 1, 1, tb))  # [B, Nb, 1, 1, Tb]
         slot = torch.arange(tb, device=c.device)
