@@ -299,7 +299,7 @@ def _served(r: dict[str, Any]) -> str:
                 ]
             )
         parts.append(
-            f"**{v['config']}** (the same repository with `item_scorer`'s `instance_group` count 2, same requests):"
+            f"**{v['config']}** (the repository as exported but for what the name says, same requests):"
             "\n\n"
             + _table(
                 [
