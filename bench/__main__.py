@@ -422,6 +422,8 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     say(f"  ONNX Runtime's profiler per operator: {', '.join(profiled)}, Tb={max(a.block_lens)}, N={counts}")
     profile_requests = [make_request(cfg, a.seed, 1, max(a.block_lens), n) for n in counts]
     ops = op_profile.run(profiled, profile_requests, a.threads, a.warmup, max(5, a.rounds), work / "op-profile")
+    ort_peak = op_profile.ort_matmul_rate(a.matmul_size, max(3, a.rounds), a.threads)
+    say(f"  ONNX Runtime MatMul {a.matmul_size}x{a.matmul_size} fp32: {ort_peak.median / 1e9:.1f} GFLOP/s")
 
     say("[7/8] (e) CUDA GPU")
     gpu: dict[str, Any] = {"device": machine.gpu_name()}
@@ -476,6 +478,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         "session_variants": variants,
         "matmul_flops": peak.to_dict(),
         "op_profile": [o.to_dict() for o in ops],
+        "ort_matmul_flops": ort_peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}
             for r in blocks

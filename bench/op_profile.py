@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from bench import roofline
+from bench.timing import Stats
 from contract.tensors import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import GraphPaths
 from model.random_inputs import RandomRequest
@@ -49,6 +51,37 @@ class OpTime:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def ort_matmul_rate(size: int, repeats: int, threads: int, min_seconds: float = 0.2) -> Stats:
+    """FLOP/s of ONNX Runtime's MatMul on two fp32 ``size x size`` matrices (a one-node graph), the same
+    product as (d)'s ``torch.matmul`` limit: what the graphs' own runtime reaches on the friendliest shape."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [size, size]) for n in ("a", "b")],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [size, size])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 9  # what ONNX Runtime >= 1.16 reads
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((size, size), dtype=np.float32) for n in ("a", "b")}
+    session.run(None, feeds)  # warm up: allocator, packed buffers
+    t0 = time.perf_counter()
+    session.run(None, feeds)
+    calls = max(1, round(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            session.run(None, feeds)
+        rates.append(calls * 2 * size**3 / (time.perf_counter() - t0))
+    return Stats.of(rates)
 
 
 def matmul_flops(op: str, inputs: list[list[int]]) -> int:
@@ -179,10 +212,16 @@ def render(r: dict[str, Any]) -> str:
     GFLOP/s and fraction of the run's matmul limit; the graph's kernel time against (d)'s FLOP count."""
     cfg, peak = roofline.config_of(r), r["matmul_flops"]["median"]
     rows = r["op_profile"]
+    ort_peak = r.get("ort_matmul_flops")
     groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[(r["graphs"], r["graph"], r["block_len"], r["candidates"])].append(r)
+    for row in rows:
+        groups[(row["graphs"], row["graph"], row["block_len"], row["candidates"])].append(row)
     parts = [(__doc__ or "").split("\n\n", 1)[1].strip()]
+    if ort_peak is not None:
+        parts.append(
+            f"ONNX Runtime's MatMul on the same {r['settings']['matmul_size']}² fp32 matrices, same threads, this run: "
+            f"**{ort_peak['median'] / 1e9:.1f} GFLOP/s** ({ort_peak['median'] / peak:.2f}x the torch.matmul limit)."
+        )
     for (label, graph, tb, n), ops in groups.items():
         total = sum(o["ms"] for o in ops)
         flops = roofline.encoder_flops(cfg, 1, tb) if graph == USER_ENCODER else roofline.scorer_flops(cfg, 1, tb, n)

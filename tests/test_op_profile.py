@@ -56,6 +56,9 @@ def test_profile_sees_every_counted_matmul(
             "config": {**cfg.model_dump(), "checkpoint": "tiny"},
             "matmul_flops": {"median": 1e10},
             "op_profile": [r.to_dict() for r in rows],
+            "ort_matmul_flops": op_profile.ort_matmul_rate(64, 1, 1, min_seconds=0.01).to_dict(),
+            "settings": {"matmul_size": 64},
         }
     )
     assert rendered.count("**ort_fp32 ") == 2 and "| MatMul |" in rendered
+    assert "ONNX Runtime's MatMul on the same 64² fp32 matrices" in rendered
