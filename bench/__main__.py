@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from bench import block_attention, machine, overload, plots, report
+from bench import block_attention, machine, op_profile, overload, plots, report
 from bench.cli_types import int_list
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, ToolMissing, locate
 from bench.replicas import run_replicas
 from bench.report import GOAL_CONCURRENCY
-from bench.roofline import config_of, efficiency_rows, matmul_rate
+from bench.roofline import SERVED_GOAL_MIN_CONCURRENCY, config_of, efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
 from bench.served import handoff_bytes, run_served, wire_bytes
 from bench.sessions import SessionModel, run_sessions
@@ -51,7 +51,7 @@ from bench.turbo import device_sync, run_turbo
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
 from contract.program import program_name
-from contract.tensors import CACHE_DTYPES, ITEM_SCORER
+from contract.tensors import CACHE_DTYPES, ITEM_SCORER, USER_ENCODER
 from export.__main__ import main as export_main
 from export.parity import OrtPipeline, load_graph_paths
 from export.repository import write_config
@@ -60,7 +60,10 @@ from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "bench"
-AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1"
+AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1 taking one request per execution"
+ENCODER_MERGING = "before: user_encoder merges requests that arrive together"  # (c)'s second variant
+BASELINE = "ort_fp32_before"  # the --baseline-onnx graphs' runtime name
+PROFILED_MIN_N = 256  # (d)'s per-operator profile: the N of (b) from here up (the largest one if none)
 SCORER1 = "before: item_scorer on 1 instance"  # the repository variant (c) and (f) also run on
 FINDINGS = Path(__file__).resolve().parent / "findings.md"  # the investigation's record, quoted in the report
 
@@ -202,6 +205,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--matmul-size", type=int, default=1024, help="side of the square fp32 matrices of (d)")
     p.add_argument(
+        "--baseline-onnx",
+        type=Path,
+        default=None,
+        help="folder with user_encoder.onnx and item_scorer.onnx (fp32 cache, same checkpoint) of an earlier export, "
+        f"timed as {BASELINE!r} beside this run's graphs in (b), (d) and (d)'s per-operator profile: a change "
+        "before/after in one run",
+    )
+    p.add_argument(
         "--work-dir",
         type=Path,
         default=None,
@@ -307,6 +318,15 @@ def scorer_instances(repository: Path, out: Path, count: int) -> Path:
     return out
 
 
+def encoder_merging(repository: Path, out: Path) -> Path:
+    """A copy of ``repository`` whose ``user_encoder`` has no preferred batch size (merges what arrives together)."""
+    shutil.copytree(repository, out, dirs_exist_ok=True)
+    config = load_config(out / USER_ENCODER / "config.pbtxt")
+    config.dynamic_batching.ClearField("preferred_batch_size")
+    write_config(out / USER_ENCODER / "config.pbtxt", config)
+    return out
+
+
 def tools(say: Callable[[str], None]) -> PerfAnalyzer:
     """perf_analyzer and its libraries, installed where possible; stops the run at once, saying what is missing."""
     try:
@@ -332,6 +352,8 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
     export_dtypes = list(CACHE_DTYPES)  # (b) times both; (c) serves a.cache_dtypes of them
     repos = export_repositories(a.checkpoint, work, export_dtypes, a.threads, say)
     pipes = {f"ort_{d}": OrtPipeline(load_graph_paths(work / "onnx" / f"{cfg.name}-{d}"), a.threads) for d in repos}
+    if a.baseline_onnx is not None:
+        pipes[BASELINE] = OrtPipeline(load_graph_paths(a.baseline_onnx), a.threads)
 
     say("[2/8] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
     turbo_args = (a.block_lens, a.candidates, a.rounds, a.warmup, a.per_pair_full_max, a.per_pair_subset, a.seed, say)
@@ -362,6 +384,15 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
             variant, "fp32", pipes["ort_fp32"], requests, variant_levels, pa, settings, a.time_cap, say
         )
         served_variants.append({"config": SCORER1, "levels": [lv.to_dict() for lv in levels]})
+    # where the lock-step showed (deeper queues merge either way)
+    merging_levels = [c for c in a.concurrency if SERVED_GOAL_MIN_CONCURRENCY <= c <= 4]
+    if not a.quick and merging_levels:
+        merging = encoder_merging(repos["fp32"], work / "repo-fp32-encoder-merging")
+        say(f"  (c) again with user_encoder merging requests, as before (fp32), concurrency {merging_levels}")
+        levels, _ = run_served(
+            merging, "fp32", pipes["ort_fp32"], requests, merging_levels, pa, settings, a.time_cap, say
+        )
+        served_variants.append({"config": ENCODER_MERGING, "levels": [lv.to_dict() for lv in levels]})
 
     say(f"[5/8] (f) session traffic, k={a.session_k}, response cache off vs on, concurrency {a.session_concurrency}")
     session_model = SessionModel(k=a.session_k)
@@ -389,13 +420,22 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         repos["fp32"], cfg, overload.QUICK if a.quick else overload.Settings(), work, say
     )
     say("  (h) replicas: the session traffic against 1, 2, 3 replicas, round_robin vs affinity, and a kill run")
-    counts, lanes, per_lane = ((1, 2), 4, 4) if a.quick else ((1, 2, 3), 8, 120)
-    replicas = run_replicas(repos["fp32"], cfg, session_model, lanes, per_lane, a.seed, say, counts)
+    replica_counts, lanes, per_lane = ((1, 2), 4, 4) if a.quick else ((1, 2, 3), 8, 120)
+    replicas = run_replicas(repos["fp32"], cfg, session_model, lanes, per_lane, a.seed, say, replica_counts)
 
     say("[6/8] (d) limit: torch.matmul rate and block attention")
     peak = matmul_rate(a.matmul_size, max(3, a.rounds), cpu)
     say(f"  torch.matmul {a.matmul_size}x{a.matmul_size} fp32, {a.threads} thread(s): {peak.median / 1e9:.1f} GFLOP/s")
     blocks = block_attention.run(cfg, a.block_lens, [1], a.warmup, max(3, a.rounds), a.seed)
+    profiled = {"ort_fp32": load_graph_paths(work / "onnx" / f"{cfg.name}-fp32")}
+    if a.baseline_onnx is not None:
+        profiled[BASELINE] = load_graph_paths(a.baseline_onnx)
+    counts = [n for n in a.candidates if n >= PROFILED_MIN_N] or [max(a.candidates)]
+    say(f"  ONNX Runtime's profiler per operator: {', '.join(profiled)}, Tb={max(a.block_lens)}, N={counts}")
+    profile_requests = [make_request(cfg, a.seed, 1, max(a.block_lens), n) for n in counts]
+    ops = op_profile.run(profiled, profile_requests, a.threads, a.warmup, max(5, a.rounds), work / "op-profile")
+    ort_peak = op_profile.ort_matmul_rate(a.matmul_size, max(3, a.rounds), a.threads)
+    say(f"  ONNX Runtime MatMul {a.matmul_size}x{a.matmul_size} fp32: {ort_peak.median / 1e9:.1f} GFLOP/s")
 
     say("[7/8] (e) CUDA GPU")
     gpu: dict[str, Any] = {"device": machine.gpu_name()}
@@ -451,6 +491,8 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> dict[str, Any]:
         "overload": overloaded,
         "replicas": replicas,
         "matmul_flops": peak.to_dict(),
+        "op_profile": [o.to_dict() for o in ops],
+        "ort_matmul_flops": ort_peak.to_dict(),
         "block_attention": [
             {"block_len": r.block_len, "batch": r.batch, "blocks_ms": r.blocks_ms, "one_block_ms": r.one_block_ms}
             for r in blocks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import overload, replicas, roofline
+from bench import op_profile, overload, replicas, roofline
 from bench.sessions import __doc__ as sessions_doc
 
 SPREAD_NOTE = (
@@ -299,7 +299,7 @@ def _served(r: dict[str, Any]) -> str:
                 ]
             )
         parts.append(
-            f"**{v['config']}** (the same repository with `item_scorer`'s `instance_group` count 2, same requests):"
+            f"**{v['config']}** (the repository as exported but for what the name says, same requests):"
             "\n\n"
             + _table(
                 [
@@ -574,7 +574,7 @@ def goals(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     f"{ratio(sm['throughput_on_over_off'])}; p99 {on['p99_ms']:.1f} vs {off['p99_ms']:.1f} ms.{cause}",
                 )
             )
-    return out
+    return out + roofline.speed_goals(r)
 
 
 def _goals(r: dict[str, Any]) -> str:
@@ -639,6 +639,7 @@ def render(r: dict[str, Any], images: list[str], findings: str) -> str:
                 _goals(r),
                 "## (d) Limit: FLOPs per graph vs the machine's matmul rate (CPU)",
                 _roofline(r),
+                *(["### (d) per operator: ONNX Runtime's profiler", op_profile.render(r)] if "op_profile" in r else []),
                 "![roofline](roofline.png)",
                 "## (e) GPU",
                 _gpu(r),

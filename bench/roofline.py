@@ -15,7 +15,9 @@ stacks, so the scorer works on B·Nb·N candidate tokens.
 * item scorer: L·[(8 + 4F)·B·Nb·N·d² + 4·B·N·S·d (candidate x its block's user tokens)] + fusion;
   each candidate's score against its own key is element-wise, not counted
 * fusion of one candidate's Nb block outputs: BGF (an attention across the Nb outputs,
-  (8 + 4F)·Nb·d² + 4·Nb²·d, and the squeeze-excitation gate, 4·Nb·d²; none without BGF)
+  (8 + 4F)·Nb·d² + 4·Nb²·d·H, and the squeeze-excitation gate, 4·Nb·d²; none without BGF); its
+  Nb x Nb scores are element-wise products summed per head by a product with the [d, H] head
+  indicator and spread back by its transpose, 2·Nb²·d·H each, the figure counted here
   + the head 2·Nb·d² + 2·d·T, for each of the B·N candidates
 * dense pass per block over Tb + n tokens (SUMI: n = N; per-pair: n = 1, repeated N times):
   L·[(8 + 4F)·B·Nb·(Tb + n)·d² + 4·B·Nb·(Tb + n)²·d] + fusion of the B·n candidates
@@ -44,7 +46,7 @@ def _dense_per_token(cfg: AstroConfig) -> int:
 def _fusion(cfg: AstroConfig, rows: int) -> int:
     """BGF (when on) and the head over ``rows`` candidates' Nb block outputs."""
     d, nb = cfg.d_model, cfg.n_blocks
-    bgf = _dense_per_token(cfg) * nb + 4 * nb * nb * d + 4 * nb * d * d if cfg.bgf else 0
+    bgf = _dense_per_token(cfg) * nb + 4 * nb * nb * d * cfg.n_heads + 4 * nb * d * d if cfg.bgf else 0
     return rows * (bgf + 2 * nb * d * d + 2 * d * cfg.n_tasks)
 
 
@@ -145,3 +147,75 @@ def efficiency_rows(
         for path in ("per_pair", "sumi", "split"):
             add(f"torch {path}", tb, n, path_flops(cfg, path, 1, tb, n), c["latency_s"][path]["median"])
     return rows
+
+
+# Issue 22's goals for the exported graphs and the served path, checked on one run's results.
+SCORER_GOAL, SCORER_GOAL_MIN_N = 0.60, 256  # ONNX Runtime scorer: share of the matmul limit at N >= this
+ENCODER_GOAL, ENCODER_GOAL_TB = 0.25, 48  # ONNX Runtime encoder: share of the limit at this Tb
+RUNTIME_GOAL, RUNTIME_GOAL_N = 1.5, 1024  # ONNX Runtime (fp32 cache) vs PyTorch eager, encoder + scorer, at this N
+SERVED_GOAL, SERVED_GOAL_MIN_CONCURRENCY = 0.85, 2  # served / in-process throughput, as exported
+GOAL_RUNTIME = "ort_fp32"
+
+
+def _top_ops(r: dict[str, Any], graph: str, tb: int, n: int) -> str:
+    """' Top kernels: op a%, op b%, op c%.' of this export's graph at (Tb, N) in the per-operator profile."""
+    ops = [
+        o
+        for o in r.get("op_profile", [])
+        if o["graphs"] == GOAL_RUNTIME
+        and o["graph"] == graph
+        and o["block_len"] == tb
+        and (o["candidates"] == n or graph == "user_encoder")  # the encoder never sees the candidates
+    ]
+    if not ops:
+        return ""
+    top = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:4])
+    return f" Top kernels ((d) per operator): {top}."
+
+
+def speed_goals(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """(goal, met, figures) of issue 22; a missed efficiency goal names the graph's top operators."""
+    out = []
+    eff = r.get("efficiency", [])
+
+    def efficiency_goal(stage: str, graph: str, goal: float, keep: Callable[[dict[str, Any]], bool]) -> None:
+        rows = [e for e in eff if e["stage"] == f"{GOAL_RUNTIME} {stage}" and keep(e)]
+        if not rows:
+            return
+        worst = min(rows, key=lambda e: e["fraction_of_limit"])
+        met = worst["fraction_of_limit"] >= goal
+        figures = ", ".join(
+            f"Tb={e['block_len']} N={e['candidates']}: {100 * e['fraction_of_limit']:.0f}%" for e in rows
+        )
+        cause = "" if met else _top_ops(r, graph, worst["block_len"], worst["candidates"])
+        out.append((f"{GOAL_RUNTIME} {stage} >= {100 * goal:.0f}% of the matmul limit", met, figures + "." + cause))
+
+    efficiency_goal("scorer", "item_scorer", SCORER_GOAL, lambda e: e["candidates"] >= SCORER_GOAL_MIN_N)
+    efficiency_goal("encoder", "user_encoder", ENCODER_GOAL, lambda e: e["block_len"] == ENCODER_GOAL_TB)
+    cells = [
+        c for c in r.get("runtimes", []) if c["candidates"] == RUNTIME_GOAL_N and GOAL_RUNTIME in c["speedup_vs_eager"]
+    ]
+    if cells:
+        ratios = {c["block_len"]: c["speedup_vs_eager"][GOAL_RUNTIME]["median"] for c in cells}
+        out.append(
+            (
+                f"{GOAL_RUNTIME} >= {RUNTIME_GOAL}x PyTorch eager at N = {RUNTIME_GOAL_N}",
+                min(ratios.values()) >= RUNTIME_GOAL,
+                ", ".join(f"Tb={tb}: {v:.2f}x" for tb, v in ratios.items()) + " (median over rounds).",
+            )
+        )
+    levels = [lv for lv in r.get("served", {}).get("levels", []) if lv["concurrency"] >= SERVED_GOAL_MIN_CONCURRENCY]
+    if levels:
+        out.append(
+            (
+                f"as exported: served / in-process throughput >= {SERVED_GOAL} at concurrency >= "
+                f"{SERVED_GOAL_MIN_CONCURRENCY}",
+                all(lv["throughput_ratio"]["median"] >= SERVED_GOAL for lv in levels),
+                ", ".join(
+                    f"{lv['cache_dtype']} c={lv['concurrency']}: {lv['throughput_ratio']['median']:.2f}"
+                    for lv in levels
+                )
+                + ".",
+            )
+        )
+    return out

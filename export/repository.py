@@ -49,6 +49,13 @@ CACHED_GRAPHS = (USER_ENCODER,)
 # a response-cache hit frees the encoder's core: a second scorer instance takes it (session traffic 1.17x
 # -> 1.68x over cache off, docs/bench/report.md, "Goals").
 PYTHON_INSTANCES = {USER_ENCODER: 1, ITEM_SCORER: 2}
+# python target: the encoder's dynamic batcher prefers batches of one request. Its single instance otherwise
+# merges requests that arrive together into one execution (on one core, as slow as running them in turn), and
+# they leave it together, reach item_scorer together and are merged again onto one of its two instances while
+# the other idles: at concurrency 2 the pair moved in lock-step through one core (served / in-process 0.53,
+# req/exec 1.25). Taken one at a time they leave the encoder ~3 ms apart and each takes a scorer instance;
+# under deeper queues the batcher still merges (bench (c) runs the "before" variant beside this one).
+PYTHON_PREFERRED_BATCH = {USER_ENCODER: [1], ITEM_SCORER: []}
 
 
 def _tensor(t: Tensor, cls: type[mc.ModelInput] | type[mc.ModelOutput]) -> mc.ModelInput | mc.ModelOutput:
@@ -134,6 +141,7 @@ def composing_config(
         c.backend = "python"
         count = instances(graph, target)
         c.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=count))
+        c.dynamic_batching.preferred_batch_size.extend(PYTHON_PREFERRED_BATCH[graph])
         c.parameters["onnx_file"].string_value = "model.onnx"
         c.parameters["intra_op_threads"].string_value = str(threads)
         limits = input_limits(cfg, inputs)

@@ -13,9 +13,10 @@ Three execution paths share one set of weights:
 * ``split``    -- :meth:`AstroModel.encode_user` once, then :meth:`AstroModel.score_candidates`
   reusing the cached keys/values.
 
-The reference paths run dense attention over the concatenated sequence with an explicit
-mask and bias matrix; the split path runs Nb attentions of size Tb in the encoder and
-candidates-against-cache in the scorer. Only the scorer sees the request time: the cached
+All of them call one :func:`attention` and differ only in its keys, mask and bias: the
+reference paths run it over the concatenated sequence with an explicit mask and bias matrix;
+the split path runs Nb attentions of size Tb in the encoder and candidates-against-cache (plus
+each candidate's own key) in the scorer. Only the scorer sees the request time: the cached
 keys/values depend on the history and the request scenario alone. Shapes: B batch,
 Nb blocks, Tb block length, S = Nb*Tb user tokens, N candidates, L layers, H heads,
 dh head dim, T tasks, d model width.
@@ -24,7 +25,7 @@ dh head dim, T tasks, d model width.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +67,43 @@ class UserCache(NamedTuple):
 def signed_log_bucket(x: Tensor, n: int) -> Tensor:
     """int64 distances -> bucket in [0, 2n-1): n-1 + sign(x) * #{e in 1, 2, 4, ..., 2^(n-2) : e <= |x|}.
 
-    Integer comparisons only, so every runtime buckets identically (no float log2 at the edges)."""
-    edges = torch.tensor([2**i for i in range(n - 1)], dtype=torch.int64, device=x.device)
-    magnitude = (x.abs()[..., None] >= edges).sum(-1)
+    Integer comparisons only, so every runtime buckets identically (no float log2 at the edges). The
+    edges run along a new leading axis: n-1 contiguous slabs summed element by element, not a reduction
+    over an innermost axis of n-1. Distances past the last edge share its bucket, so they are capped there
+    first, which lets the n-1 comparisons run on int32 (half the bytes) whenever the last edge fits."""
+    last = 2 ** (n - 2)
+    compare = torch.int32 if last < 2**31 else torch.int64
+    edges = torch.tensor([2**i for i in range(n - 1)], dtype=compare, device=x.device)
+    capped = x.abs().clamp(max=last).to(compare)
+    magnitude = (capped >= edges.view(-1, *([1] * x.dim()))).sum(0, dtype=compare).to(torch.int64)
     return n - 1 + torch.sign(x) * magnitude
+
+
+class OwnKey(NamedTuple):
+    """One more key per query, the query's own (an M-FALCON candidate attending to itself)."""
+
+    keys: Tensor  # [..., Tq, dh]
+    values: Tensor  # [..., Tq, dh]
+    bias: Tensor  # [..., Tq|1, 1] additive logit, over the temperature
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, own: OwnKey | None = None) -> Tensor:
+    """The one attention of every path: softmax over the keys of q·kᵀ + bias, applied to v.
+
+    q [..., Tq, dh] is already divided by the temperature; k, v [..., Tk, dh]; ``bias`` is additive and
+    broadcasts to [..., Tq, Tk]: the relative position/time bias over the temperature plus
+    ``MASK_LOGIT`` on every key the query may not see. The paths differ only in what they pass: the
+    encoder a block's tokens with their padding mask, the SUMI path block and candidate tokens with the
+    M-FALCON mask, the scorer the cached block tokens plus ``own`` (each candidate's own key, scored
+    element-wise rather than as an N x N product of which only the diagonal is allowed). -> [..., Tq, dh]."""
+    logits = q @ k.transpose(-1, -2) + bias
+    if own is None:
+        out: Tensor = logits.softmax(-1) @ v
+        return out
+    own_logit = (q * own.keys).sum(-1, keepdim=True) + own.bias  # [..., Tq, 1]
+    top = torch.maximum(logits.amax(-1, keepdim=True), own_logit)  # the softmax's shift, over both
+    weight, own_weight = torch.exp(logits - top), torch.exp(own_logit - top)
+    return (weight @ v + own_weight * own.values) / (weight.sum(-1, keepdim=True) + own_weight)
 
 
 class BlockwiseLinear(nn.Module):
@@ -82,7 +116,9 @@ class BlockwiseLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n_blocks, d_out).uniform_(-bound, bound))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("bkti,kio->bkto", x, self.weight) + self.bias[:, None, :]
+        # a batched MatMul ([B, Nb, T, i] @ [Nb, i, o], broadcast over B): one GEMM per block in every runtime,
+        # where einsum lowers to an ONNX Einsum that ONNX Runtime runs through transposes and a generic loop
+        return torch.matmul(x, self.weight) + self.bias[:, None, :]
 
 
 class BlockwiseLayerNorm(nn.Module):
@@ -97,11 +133,33 @@ class BlockwiseLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:]) * self.weight[:, None, :] + self.bias[:, None, :]
 
 
+def normed_linear(norm: BlockwiseLayerNorm, linear: BlockwiseLinear, x: Tensor, scale: float = 1.0) -> Tensor:
+    """``scale · linear(norm(x))`` with the norm's per-block affine folded into the linear's weights:
+    (n·w + b)·W + c = n·(w ⊙ W) + (b·W + c). After the normalisation, one MatMul and one Add instead of
+    Mul, Add, MatMul, Add over every token; the folded weights depend on the parameters alone, so a
+    runtime computes them once when it loads the graph. x [B, Nb, T, i] -> [B, Nb, T, o]."""
+    weight = scale * norm.weight[:, :, None] * linear.weight  # [Nb, i, o]
+    bias = scale * (linear.bias + (norm.bias[:, :, None] * linear.weight).sum(1))  # [Nb, o]; element-wise
+    return torch.matmul(F.layer_norm(x, x.shape[-1:]), weight) + bias[:, None, :]
+
+
+SQRT_HALF = math.sqrt(0.5)
+
+
+def scaled_gelu(u: Tensor) -> Tensor:
+    """GELU of √2·u, times √2: gelu(h) = h·(1 + erf(h/√2))/2 = (u + u·erf(u))/√2 with u = h/√2.
+
+    The FFNs feed it u from an input projection scaled by 1/√2 and fold the outer 1/√2 into the output
+    projection, both weights-only: three element-wise passes (Erf, Add, Mul) where the exported exact
+    GELU takes five (Div, Erf, Add, Mul, Mul), which ONNX Runtime's GELU fusion does not match at opset 18."""
+    return u * (1 + torch.erf(u))
+
+
 class ATLLayer(nn.Module):
     """Layer l of every block's ATL stack (separate weights per block), pre-norm.
 
-    The attention itself lives in :class:`AstroModel` (it differs per path); the layer
-    owns the projections, the relative-bias tables and the FFN."""
+    The layer owns the projections, the relative-bias tables and the FFN; the paths of
+    :class:`AstroModel` call :func:`attention` between them, each with its own keys and bias."""
 
     def __init__(self, cfg: AstroConfig) -> None:
         super().__init__()
@@ -121,29 +179,34 @@ class ATLLayer(nn.Module):
             self.position_bias = nn.Parameter(torch.zeros(nb, 2 * cfg.position_buckets - 1, cfg.n_heads))
             self.time_bias = nn.Parameter(torch.zeros(nb, 2 * cfg.time_buckets - 1, cfg.n_heads))
 
-    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [B, Nb, T, d] -> q, k, v each [B, Nb, H, T, dh]."""
-        b, nb, t, _ = x.shape
-        qkv = self.qkv(self.norm1(x)).view(b, nb, t, 3, self.n_heads, self.head_dim)
+    def qkv_heads(self, x: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: [B, Nb|1, T, d], tau [B, Nb, H] -> q / tau, k, v each [B, Nb, H, T, dh].
+
+        The query carries the temperature (T·dh divisions instead of T·Tk on the logits)."""
+        qkv = normed_linear(self.norm1, self.qkv, x)  # [B, Nb, T, 3d]; x may be [B, 1, T, d], one for all blocks
+        qkv = qkv.view(*qkv.shape[:3], 3, self.n_heads, self.head_dim)
         qkv = qkv.permute(3, 0, 1, 4, 2, 5)  # (3, B, Nb, H, T, dh)
-        return qkv[0], qkv[1], qkv[2]
+        return qkv[0] / tau[..., None, None], qkv[1], qkv[2]
 
     def finish(self, x: Tensor, y: Tensor) -> Tensor:
         """Residual + FFN. x: [B, Nb, T, d]; y: attention output [B, Nb, H, T, dh]."""
         y = y.transpose(2, 3).flatten(-2)  # [B, Nb, T, d]
         x = x + self.drop(self.out(y))
-        ffn: Tensor = self.drop(self.ffn_out(F.gelu(self.ffn_in(self.norm2(x)))))
-        return x + ffn
+        u = scaled_gelu(normed_linear(self.norm2, self.ffn_in, x, SQRT_HALF))
+        ffn = torch.matmul(u, SQRT_HALF * self.ffn_out.weight) + self.ffn_out.bias[:, None, :]
+        out: Tensor = x + self.drop(ffn)
+        return out
 
-    def relative_bias(self, position_bucket: Tensor, time_bucket: Tensor) -> Tensor:
-        """Buckets [B|1, Nb, Tq, Tk] -> additive logits [B|1, Nb, H, Tq, Tk] (0 without relative bias)."""
+    def relative_bias(self, bucket: Tensor, tau: Tensor) -> Tensor | None:
+        """Joint (block, position, time) buckets [B|1, Nb, Tq, Tk] (:meth:`AstroModel.joint_bucket`), tau [B, Nb, H]
+        -> (position bias + time bias) / tau, [B, Nb, H, Tq, Tk]; None without relative bias.
+
+        One Gather from one table per layer: the table depends on the weights alone, so a runtime folds
+        it into a constant when it loads the graph; only the gather and the temperature are per request."""
         if self.position_bias is None or self.time_bias is None:
-            return torch.zeros((), device=position_bucket.device)
-        nb = self.position_bias.shape[0]
-        block = torch.arange(nb, device=position_bucket.device)[:, None, None]  # [Nb, 1, 1]
-        pos = self.position_bias[block, position_bucket]  # [B|1, Nb, Tq, Tk, H]
-        time = self.time_bias[block, time_bucket]
-        return (pos + time).permute(0, 1, 4, 2, 3)
+            return None
+        table = (self.position_bias[:, :, None] + self.time_bias[:, None]).flatten(0, 2)  # [Nb*P*Tm, H]
+        return F.embedding(bucket, table).permute(0, 1, 4, 2, 3) / tau[..., None, None]  # a Gather on axis 0
 
 
 class BitwiseGatingFusion(nn.Module):
@@ -163,14 +226,29 @@ class BitwiseGatingFusion(nn.Module):
         self.squeeze = nn.Linear(nb * d, d)  # SE: squeeze the Nb*d bits to d, excite back to Nb*d gates
         self.excite = nn.Linear(d, nb * d)
 
+    def across_blocks(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Softmax attention of each block output to the candidate's Nb outputs, every head at once, in the
+        tokens' own layout. q (over the temperature), k, v [B, N, Nb, d] -> [B, N, Nb, d].
+
+        Nb is a handful, so the Nb x Nb scores of a head are element-wise products summed over its dh features
+        by one matrix product with the 0/1 head indicator [d, H] (and spread back by its transpose): no head
+        transposes and no B·N·H separate Nb x dh matrix products, which runtimes run as one small GEMM each."""
+        d = q.shape[-1]
+        feature_head = torch.arange(d, device=q.device)[:, None] // self.head_dim
+        member = (feature_head == torch.arange(self.n_heads, device=q.device)).to(q.dtype)  # [d, H]
+        logits = (q[:, :, :, None] * k[:, :, None]) @ member  # [B, N, Nb query, Nb key, H]
+        weights = logits.softmax(-2) @ member.T  # over the keys, spread to each head's features: [B, N, Nb, Nb, d]
+        return (weights * v[:, :, None]).sum(3)
+
     def forward(self, x: Tensor, tau: Tensor) -> Tensor:
         """x [B, N, Nb, d], tau [B, H] -> gated block outputs [B, N, Nb*d]."""
-        b, n, nb, d = x.shape
-        qkv = self.qkv(self.norm1(x)).view(b, n, nb, 3, self.n_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, N, H, Nb, dh]
-        att = ((q @ k.transpose(-1, -2)) / tau[:, None, :, None, None]).softmax(-1)  # [B, N, H, Nb, Nb]
-        g = x + self.out((att @ v).transpose(2, 3).reshape(b, n, nb, d))
-        g = torch.flatten(g + self.ffn(self.norm2(g)), -2)  # G: [B, N, Nb*d]
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, -1)  # [B, N, Nb, d] each, head h = features h·dh..(h+1)·dh
+        q = q / tau.repeat_interleave(self.head_dim, -1)[:, None, None, :]
+        g = x + self.out(self.across_blocks(q, k, v))
+        # ffn = (Linear, GELU, Linear) keeps the checkpoints' keys; its GELU runs as scaled_gelu
+        ffn_in, ffn_out = cast(nn.Linear, self.ffn[0]), cast(nn.Linear, self.ffn[2])
+        u = scaled_gelu(F.linear(self.norm2(g), SQRT_HALF * ffn_in.weight, SQRT_HALF * ffn_in.bias))
+        g = torch.flatten(g + F.linear(u, SQRT_HALF * ffn_out.weight, ffn_out.bias), -2)  # G: [B, N, Nb*d]
         gate: Tensor = torch.sigmoid(self.excite(F.relu(self.squeeze(g))))
         return g * gate
 
@@ -229,16 +307,16 @@ class AstroModel(nn.Module):
             return torch.full(
                 (b, c.n_blocks, c.n_layers, c.n_heads), math.sqrt(c.head_dim), device=request_scenario.device
             )
-        raw = self.temperature_raw[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
-        return self.cfg.tau_min + F.softplus(raw)
+        table = self.cfg.tau_min + F.softplus(self.temperature_raw)  # weights only: a constant to the runtime
+        return table[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
 
     def fusion_temperatures(self, request_scenario: Tensor) -> Tensor:
         """request_scenario [B, 1] -> BGF's tau [B, H]."""
         if self.fusion_temperature_raw is None:
             b, c = request_scenario.shape[0], self.cfg
             return torch.full((b, c.n_heads), math.sqrt(c.head_dim), device=request_scenario.device)
-        raw = self.fusion_temperature_raw[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
-        return self.cfg.tau_min + F.softplus(raw)
+        table = self.cfg.tau_min + F.softplus(self.fusion_temperature_raw)
+        return table[self._category(request_scenario[:, 0], self.cfg.n_scenarios)]
 
     def time_bucket(self, t_query: Tensor, t_key: Tensor) -> Tensor:
         """Signed log bucket of t_query - t_key (seconds), overflow-free."""
@@ -248,6 +326,19 @@ class AstroModel(nn.Module):
     def position_bucket(self, p_query: Tensor, p_key: Tensor) -> Tensor:
         """Signed log bucket of p_key - p_query (slots; newest first, so > 0 means older)."""
         return signed_log_bucket(p_key - p_query, self.cfg.position_buckets)
+
+    def joint_bucket(self, position_bucket: Tensor, time_bucket: Tensor) -> Tensor:
+        """Position and time buckets [B|1, Nb|1, Tq, Tk] -> row of :meth:`ATLLayer.relative_bias`'s table,
+        (block · P + position) · Tm + time, [B|1, Nb, Tq, Tk]."""
+        p, tm = 2 * self.cfg.position_buckets - 1, 2 * self.cfg.time_buckets - 1
+        block = torch.arange(self.cfg.n_blocks, device=time_bucket.device)[:, None, None]  # [Nb, 1, 1]
+        return (block * p + position_bucket) * tm + time_bucket
+
+    @staticmethod
+    def layer_bias(layer: ATLLayer, bucket: Tensor, tau: Tensor, mask: Tensor) -> Tensor:
+        """Layer's relative bias (None: 0) plus the additive ``mask``; the attention's ``bias``."""
+        relative = layer.relative_bias(bucket, tau)
+        return mask if relative is None else relative + mask
 
     def embed_history(self, h: History) -> tuple[Tensor, Tensor]:
         """-> user tokens [B, Nb, Tb, d] and valid mask [B, Nb, Tb]. No absolute time or position."""
@@ -279,21 +370,20 @@ class AstroModel(nn.Module):
         x, valid = self.embed_history(h)
         b, nb, tb, _ = x.shape
         tau = self.temperatures(request_scenario)  # [B, Nb, L, H]
-        key_bias = self._mask_bias(valid)[:, :, None, None, :]  # [B, Nb, 1, 1, Tb], built once for all layers
+        key_mask = self._mask_bias(valid)[:, :, None, None, :]  # [B, Nb, 1, 1, Tb], built once for all layers
         slot = torch.arange(tb, device=x.device)
-        pos_bucket = self.position_bucket(slot[:, None], slot[None, :])[None, None]  # [1, 1, Tb, Tb]
+        pos_bucket = self.position_bucket(slot[:, None], slot[None, :])  # [Tb, Tb]
         time_bucket = self.time_bucket(h.timestamps[..., :, None], h.timestamps[..., None, :])  # [B, Nb, Tb, Tb]
+        bucket = self.joint_bucket(pos_bucket, time_bucket)
         keys, values = [], []
         layers = self.layers()
         for li, layer in enumerate(layers):
-            q, k, v = layer.qkv_heads(x)  # [B, Nb, H, Tb, dh]
+            q, k, v = layer.qkv_heads(x, tau[:, :, li])  # [B, Nb, H, Tb, dh]
             keys.append(k)
             values.append(v)
             if li == len(layers) - 1:
                 break  # the last layer's user outputs feed nothing: only its keys/values are needed
-            logits = q @ k.transpose(-1, -2) + layer.relative_bias(pos_bucket.expand(1, nb, tb, tb), time_bucket)
-            att = (logits / tau[:, :, li, :, None, None] + key_bias).softmax(-1)  # [B, Nb, H, Tb, Tb]
-            x = layer.finish(x, att @ v)
+            x = layer.finish(x, attention(q, k, v, self.layer_bias(layer, bucket, tau[:, :, li], key_mask)))
         # (B, Nb, H, Tb, dh) per layer -> (B, L, H, Nb*Tb, dh), block-major token order
         k_all = torch.stack(keys, 1).transpose(2, 3).reshape(b, len(keys), self.cfg.n_heads, nb * tb, -1)
         v_all = torch.stack(values, 1).transpose(2, 3).reshape(b, len(values), self.cfg.n_heads, nb * tb, -1)
@@ -307,27 +397,26 @@ class AstroModel(nn.Module):
 
         cand_item_ids [B, N], hist_timestamps [B, Nb, Tb], cache keys [B, L, H, Nb*Tb, dh] -> logits [B, N, T]."""
         b, nb, tb = hist_timestamps.shape
-        n = cand_item_ids.shape[1]
         h, dh = self.cfg.n_heads, self.cfg.head_dim
-        c = self.embed_candidates(cand_item_ids, request.scenario)[:, None].expand(b, nb, n, -1)  # [B, Nb, N, d]
+        # [B, 1, N, d]: the same tokens enter every block's stack; the first projection broadcasts them over
+        # the blocks (one LayerNorm, no materialised copy per block) and the first residual widens to [B, Nb, N, d]
+        c = self.embed_candidates(cand_item_ids, request.scenario)[:, None]
         tau = self.temperatures(request.scenario)  # [B, Nb, L, H]
-        mask_bias = self._mask_bias(cache.mask.view(b, nb, 1, 1, tb))  # [B, Nb, 1, 1, Tb]
+        key_mask = self._mask_bias(cache.mask.view(b, nb, 1, 1, tb))  # [B, Nb, 1, 1, Tb]
         slot = torch.arange(tb, device=c.device)
         me = torch.full((1,), CANDIDATE_POSITION, dtype=torch.int64, device=c.device)
-        pos_bucket = self.position_bucket(me[:, None], slot[None, :])[None, None].expand(1, nb, 1, tb)  # [1, Nb, 1, Tb]
+        pos_bucket = self.position_bucket(me[:, None], slot[None, :])  # [1, Tb]
         time_bucket = self.time_bucket(request.timestamp[:, :, None, None], hist_timestamps[:, :, None, :])
-        zero = torch.zeros((1, nb, 1, 1), dtype=torch.int64, device=c.device)  # a candidate to itself: distance 0
-        self_pos, self_time = self.position_bucket(zero, zero), self.time_bucket(zero, zero)
+        bucket = self.joint_bucket(pos_bucket, time_bucket)  # [B, Nb, 1, Tb]
+        zero = torch.zeros((1, 1, 1, 1), dtype=torch.int64, device=c.device)  # a candidate to itself: distance 0
+        self_bucket = self.joint_bucket(self.position_bucket(zero, zero), self.time_bucket(zero, zero))  # [1, Nb, 1, 1]
+        no_mask = torch.zeros((), dtype=c.dtype, device=c.device)
         for li, layer in enumerate(self.layers()):
-            q, k, v = layer.qkv_heads(c)  # [B, Nb, H, N, dh]
+            q, k, v = layer.qkv_heads(c, tau[:, :, li])  # [B, Nb, H, N, dh]
             uk = cache.keys[:, li].view(b, h, nb, tb, dh).transpose(1, 2).to(q.dtype)  # [B, Nb, H, Tb, dh]
             uv = cache.values[:, li].view(b, h, nb, tb, dh).transpose(1, 2).to(q.dtype)
-            t = tau[:, :, li, :, None, None]  # [B, Nb, H, 1, 1]
-            user = (q @ uk.transpose(-1, -2) + layer.relative_bias(pos_bucket, time_bucket)) / t + mask_bias
-            own = ((q * k).sum(-1, keepdim=True) + layer.relative_bias(self_pos, self_time)) / t  # [B, Nb, H, N, 1]
-            att = torch.cat([user, own], -1).softmax(-1)  # [B, Nb, H, N, Tb+1]
-            y = att[..., :tb] @ uv + att[..., tb:] * v  # [B, Nb, H, N, dh]
-            c = layer.finish(c, y)
+            own = OwnKey(k, v, self.layer_bias(layer, self_bucket, tau[:, :, li], no_mask))
+            c = layer.finish(c, attention(q, uk, uv, self.layer_bias(layer, bucket, tau[:, :, li], key_mask), own))
         return self.fuse(c, request.scenario)
 
     def split(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
@@ -339,8 +428,9 @@ class AstroModel(nn.Module):
         return self.split(h, request, cand_item_ids)
 
     # ---- reference paths: dense attention over [block history; candidates] -------------
-    def dense(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
-        """One pass per block over Tb + N tokens with the explicit M-FALCON mask. -> logits [B, N, T]."""
+    def sumi(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
+        """Single user, multiple items: one pass per block over its Tb user tokens and all N candidates,
+        with the explicit M-FALCON mask. -> logits [B, N, T]."""
         xu, valid = self.embed_history(h)
         b, nb, tb, d = xu.shape
         n = cand_item_ids.shape[1]
@@ -352,28 +442,20 @@ class AstroModel(nn.Module):
         eye = torch.eye(tb + n, dtype=torch.bool, device=dev)
         # user rows: own block's tokens; candidate rows: the block's user tokens and themselves only
         allowed = torch.where(is_user[:, None], is_user[None, :], is_user[None, :] | eye)  # [Tb+N, Tb+N]
-        allowed = allowed[None, None] & key_ok[:, :, None, :]  # [B, Nb, Tb+N, Tb+N]
+        mask = self._mask_bias(allowed[None, None] & key_ok[:, :, None, :])[:, :, None].to(x.dtype)  # [B, Nb, 1, M, M]
         pos = torch.cat([torch.arange(tb, device=dev), torch.full((n,), CANDIDATE_POSITION, device=dev)])
         times = torch.cat([h.timestamps, request.timestamp[:, :, None].expand(b, nb, n)], 2)  # [B, Nb, Tb+N]
-        pos_bucket = self.position_bucket(pos[:, None], pos[None, :])[None, None].expand(1, nb, tb + n, tb + n)
-        time_bucket = self.time_bucket(times[..., :, None], times[..., None, :])  # [B, Nb, Tb+N, Tb+N]
+        pos_bucket = self.position_bucket(pos[:, None], pos[None, :])  # [Tb+N, Tb+N]
+        bucket = self.joint_bucket(pos_bucket, self.time_bucket(times[..., :, None], times[..., None, :]))
         tau = self.temperatures(request.scenario)  # [B, Nb, L, H]
         for li, layer in enumerate(self.layers()):
-            q, k, v = layer.qkv_heads(x)  # [B, Nb, H, Tb+N, dh]
-            logits = (q @ k.transpose(-1, -2) + layer.relative_bias(pos_bucket, time_bucket)) / tau[
-                :, :, li, :, None, None
-            ]
-            att = logits.masked_fill(~allowed[:, :, None], MASK_LOGIT).softmax(-1)
-            x = layer.finish(x, att @ v)
+            q, k, v = layer.qkv_heads(x, tau[:, :, li])  # [B, Nb, H, Tb+N, dh]
+            x = layer.finish(x, attention(q, k, v, self.layer_bias(layer, bucket, tau[:, :, li], mask)))
         return self.fuse(x[:, :, tb:], request.scenario)
-
-    def sumi(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
-        """Single user, multiple items: all N candidates in one dense pass per block."""
-        return self.dense(h, request, cand_item_ids)
 
     def per_pair(self, h: History, request: Request, cand_item_ids: Tensor) -> Tensor:
         """The baseline: one full pass per candidate (user tokens re-encoded every time)."""
-        outs = [self.dense(h, request, cand_item_ids[:, i : i + 1]) for i in range(cand_item_ids.shape[1])]
+        outs = [self.sumi(h, request, cand_item_ids[:, i : i + 1]) for i in range(cand_item_ids.shape[1])]
         return torch.cat(outs, 1)
 
 
