@@ -48,9 +48,12 @@ SPEC = ServingSpec.from_config(CFG)
 
 def hold_and_bound(config_path: Path) -> None:
     """``user_encoder`` of a copy: requests wait :data:`HOLD_US` in the queue, at most one queued, a request's
-    own timeout overriding the queue's 60 s (Triton applies an override only below a non-zero default)."""
+    own timeout overriding the queue's 60 s (Triton applies an override only below a non-zero default). The
+    export's preferred batch of one request is cleared: a batch reaching a preferred size runs at once, and
+    one request would then never wait out the hold."""
     config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
     batching = config.dynamic_batching
+    del batching.preferred_batch_size[:]
     batching.max_queue_delay_microseconds = HOLD_US
     policy = batching.default_queue_policy
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
