@@ -1,14 +1,20 @@
-"""The paper's ablations on our model: full ASTRO, -BGF and -ATL, with popularity, over several seeds.
+"""ASTRO against its ablations and its peers, over several seeds, by one training protocol.
 
     python -m model.ablations --data synthetic --seeds 0
     python -m model.ablations --data movielens --seeds 0,1,2 --out docs/ablations/movielens.json
+    python -m model.ablations --data movielens --table-from docs/ablations/movielens.json --readme README.md
 
-Each variant is trained with the same budget (preset, epochs, batch size, learning rate,
-rows) on the same data per seed: ``-BGF`` concatenates the block outputs straight into
-the MLP, ``-ATL`` uses the fixed sqrt(dh) temperature and no relative position/time bias.
-Popularity is each item's smoothed positive rate in the training rows. Prints a Markdown
-table of held-out AUC, LogLoss and GAUC per task, mean ± std over seeds, and writes every
-run's metrics to ``--out`` (JSON), from which the table is rebuilt.
+Variants: the full model; the paper's ablations ``no-bgf`` (block outputs concatenated
+straight into the MLP) and ``no-atl`` (fixed sqrt(dh) temperature, no relative
+position/time bias); the peers of :mod:`model.peers` (``pooled``: a mean-pooled-history
+deep model, ``transformer``: one stack over the whole merged history); and popularity
+(each item's smoothed positive rate in the training rows). Every trained variant goes
+through :mod:`model.train`'s protocol with the same parameters: the same training,
+validation and evaluation rows per seed, early stopping and the best epoch chosen by
+validation LogLoss. Prints a Markdown table of the evaluation rows' AUC, LogLoss, GAUC and
+ECE per task, mean ± std over seeds, and the goals ASTRO is held to; ``--out`` keeps every
+run's metrics (JSON), from which ``--table-from`` rebuilds the table and ``--readme``
+rewrites the README's section between ``<!-- ablations:DATA -->`` markers.
 """
 
 from __future__ import annotations
@@ -22,61 +28,117 @@ from typing import Any
 import torch
 
 from contract.config import PRESETS, AstroConfig
-from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, train
+from model.peers import PEERS, train_peer
+from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, TrainParams, load_data, train
 
-METRICS = ("auc", "logloss", "gauc")
-LABELS = {"full": "ASTRO (ours)", "no-bgf": "−BGF", "no-atl": "−ATL", "popularity": "popularity"}
+METRICS = ("auc", "logloss", "gauc", "ece")
+VARIANTS = (*ABLATIONS, *PEERS)
+LABELS = {
+    "full": "ASTRO (ours)",
+    "no-bgf": "−BGF",
+    "no-atl": "−ATL",
+    "pooled": "mean-pooled history + MLP (DLRM / YouTube-DNN style)",
+    "transformer": "single-stack transformer, target attention (HSTU / SASRec style)",
+    "popularity": "popularity",
+}
+# the issue's goals on MovieLens-100k (mean of the seeds): figures of peers measured outside the project
+GOALS = {
+    "movielens": {
+        "auc": {"play_complete": 0.876, "like": 0.870},  # a mean-pooled model, higher is better
+        "logloss": {"play_complete": 0.391, "like": 0.338},  # a gradient-boosted model, lower is better
+    }
+}
 
 
 def run(
-    cfg: AstroConfig,
-    data: str,
-    seeds: list[int],
-    variants: list[str],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    device: torch.device,
+    cfg: AstroConfig, data: str, seeds: list[int], variants: list[str], params: TrainParams, device: torch.device
 ) -> dict[str, Any]:
-    """{variant: [metrics of each seed]}, popularity included (from the full runs' data)."""
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {v: [] for v in [*variants, "popularity"]}
+    """{variant: [metrics of each seed]}, popularity included (from the first variant's training rows)."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in [*variants, "popularity"]}
+    selection: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     for seed in seeds:
+        p = TrainParams(**{**params.__dict__, "seed": seed})
+        reference = load_data(data, cfg, TRAIN_USERS, TEST_USERS, seed)
         for variant in variants:
-            _, metrics = train(
-                cfg, epochs, TRAIN_USERS, TEST_USERS, batch_size, lr, seed, data=data, ablation=variant, device=device
-            )
-            runs[variant].append(metrics["model"])
-            seconds[variant].append(metrics["train_seconds"])
+            if variant in PEERS:
+                result = train_peer(variant, cfg, p, data, TRAIN_USERS, TEST_USERS, device, reference)
+            else:
+                result = train(cfg, p, data, variant, TRAIN_USERS, TEST_USERS, device)
+            runs[variant].append(result.metrics["model"])
+            v = result.metrics["validation"]
+            chosen = {"chosen_epoch": v["chosen_epoch"], "epochs_run": v["epochs_run"]}
+            selection[variant].append({**chosen, "parameters": result.metrics["parameters"]})
+            seconds[variant].append(result.metrics["train_seconds"])
             if variant == variants[0]:
-                runs["popularity"].append(metrics["popularity"])
+                runs["popularity"].append(result.metrics["popularity"])
     return {
         "preset": cfg.name,
+        "config": cfg.model_dump(mode="json"),
         "data": data,
         "seeds": seeds,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
+        "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__,
         "runs": runs,
+        "selection": selection,
         "train_seconds": seconds,
     }
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def table(result: dict[str, Any], tasks: tuple[str, ...]) -> str:
-    """Markdown: one row per variant, mean ± std over seeds of each metric and task."""
-    cols = [f"{m.upper() if m != 'logloss' else 'LogLoss'} {t}" for m in METRICS for t in tasks]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    """Markdown: one row per variant, mean ± std over seeds of each metric and task; then the goals."""
+    names = {"auc": "AUC", "logloss": "LogLoss", "gauc": "GAUC", "ece": "ECE"}
+    cols = [f"{names[m]} {t}" for m in METRICS for t in tasks]
+    lines = ["| model | " + " | ".join(cols) + " | chosen epoch |", "|---|" + "---|" * (len(cols) + 1)]
     for variant, seeds in result["runs"].items():
         cells = []
         for m in METRICS:
             for t in tasks:
-                values = [s[m][t] for s in seeds]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.fmean(values):.4f} ± {std:.4f}")
-        lines.append(f"| {LABELS.get(variant, variant)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                mean, std = mean_std([s[m][t] for s in seeds])
+                cells.append(f"{mean:.4f} ± {std:.4f}")
+        chosen = result.get("selection", {}).get(variant)
+        epochs = ", ".join(str(c["chosen_epoch"]) for c in chosen) if chosen else "–"
+        lines.append(f"| {LABELS.get(variant, variant)} | " + " | ".join(cells) + f" | {epochs} |")
+    return "\n".join([*lines, "", *goal_lines(result, tasks)])
+
+
+def goal_lines(result: dict[str, Any], tasks: tuple[str, ...]) -> list[str]:
+    """One line per goal: ASTRO's mean against every other variant's and against the fixed targets."""
+    runs = result["runs"]
+    if "full" not in runs:
+        return []
+    n = len(result["seeds"])
+    out = [f"Goals (mean of {n} seed{'s' * (n > 1)}; ASTRO = the full model):", ""]
+    for t in tasks:
+        ours = mean_std([s["auc"][t] for s in runs["full"]])[0]
+        for variant, seeds in runs.items():
+            if variant == "full":
+                continue
+            theirs = mean_std([s["auc"][t] for s in seeds])[0]
+            verdict = "met" if ours >= theirs else "**missed**"
+            out.append(f"* AUC {t} ≥ {LABELS.get(variant, variant)}: {ours:.4f} vs {theirs:.4f}, {verdict}")
+        for metric, targets in GOALS.get(result["data"], {}).items():
+            ours_m = mean_std([s[metric][t] for s in runs["full"]])[0]
+            ok = ours_m >= targets[t] if metric == "auc" else ours_m <= targets[t]
+            sign = "≥" if metric == "auc" else "≤"
+            name = "AUC" if metric == "auc" else "LogLoss"
+            out.append(f"* {name} {t} {sign} {targets[t]}: {ours_m:.4f}, {'met' if ok else '**missed**'}")
+    return out
+
+
+def write_readme_section(readme: Path, data: str, text: str) -> None:
+    """Replace what lies between ``<!-- ablations:DATA -->`` and ``<!-- /ablations:DATA -->`` with ``text``."""
+    start, end = f"<!-- ablations:{data} -->", f"<!-- /ablations:{data} -->"
+    body = readme.read_text()
+    if start not in body or end not in body:
+        raise SystemExit(f"{readme} has no {start} ... {end} section to rewrite")
+    head, rest = body.split(start, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
@@ -84,31 +146,42 @@ def main() -> None:
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data split, negatives and init)")
-    p.add_argument("--variants", default=",".join(ABLATIONS), help=f"comma-separated subset of {list(ABLATIONS)}")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows, every variant")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per step, every variant")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate, every variant")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    d = TrainParams()
+    p.add_argument("--epochs", type=int, default=d.max_epochs, help="passes over the training rows at most")
+    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation LogLoss")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step, every variant")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate, every variant")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay, every variant")
+    p.add_argument("--dropout", type=float, default=None, help="dropout, every variant (default: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="torch device, e.g. cuda")
     p.add_argument("--out", type=Path, default=None, help="write every run's metrics here (JSON)")
     p.add_argument("--table-from", type=Path, default=None, help="print the table of a JSON written by --out; no runs")
+    p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's section for --data")
     a = p.parse_args()
     cfg = AstroConfig.from_name(a.preset)
+    if a.dropout is not None:
+        cfg = cfg.replace(dropout=a.dropout)
     if a.table_from:
-        print(table(json.loads(a.table_from.read_text()), cfg.tasks))
-        return
-    variants = [v for v in a.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(ABLATIONS))
-    if unknown:
-        p.error(f"--variants: unknown {unknown}; choose from {list(ABLATIONS)}")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    seeds = [int(s) for s in a.seeds.split(",") if s]
-    result = run(cfg, a.data, seeds, variants, a.epochs, a.batch_size, a.lr, a.device)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(table(result, cfg.tasks))
+        text = table(json.loads(a.table_from.read_text()), cfg.tasks)
+    else:
+        variants = [v for v in a.variants.split(",") if v]
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        seeds = [int(s) for s in a.seeds.split(",") if s]
+        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay)
+        result = run(cfg, a.data, seeds, variants, params, a.device)
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        text = table(result, cfg.tasks)
+    if a.readme:
+        write_readme_section(a.readme, a.data, text)
+    print(text)
 
 
 if __name__ == "__main__":
