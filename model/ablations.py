@@ -154,6 +154,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate, every variant")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay, every variant")
     p.add_argument("--dropout", type=float, default=None, help="dropout, every variant (default: the preset's)")
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help="after choosing the epoch, re-train on training + validation rows (every variant)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="torch device, e.g. cuda")
     p.add_argument("--out", type=Path, default=None, help="write every run's metrics here (JSON)")
@@ -173,7 +179,7 @@ def main() -> None:
         if a.threads:
             torch.set_num_threads(a.threads)
         seeds = [int(s) for s in a.seeds.split(",") if s]
-        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay)
+        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, refit=a.refit)
         result = run(cfg, a.data, seeds, variants, params, a.device)
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)

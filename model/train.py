@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,7 @@ class TrainParams:
     lr: float = 3e-3  # peak AdamW learning rate (one-cycle schedule over max_epochs)
     weight_decay: float = 0.01  # AdamW's decoupled weight decay
     seed: int = 0  # data, split, negatives and init
+    refit: bool = False  # after selection, re-train from the same init on training + validation rows
 
     def __post_init__(self) -> None:
         bad = [
@@ -169,52 +170,68 @@ def mean_logloss(model: nn.Module, ds: Dataset, tasks: tuple[str, ...]) -> tuple
     return float(np.mean(list(per_task.values()))), per_task
 
 
+def _optimiser(
+    model: nn.Module, params: TrainParams, n_rows: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
+    """AdamW with a one-cycle schedule spanning ``params.max_epochs`` passes over ``n_rows``; steps per epoch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    per_epoch = (n_rows + params.batch_size - 1) // params.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=params.lr, total_steps=params.max_epochs * per_epoch, pct_start=0.1
+    )
+    return opt, sched, per_epoch
+
+
+def _train_epoch(
+    model: nn.Module,
+    ds: Dataset,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    rng: np.random.Generator,
+    batch_size: int,
+    bar: tqdm[Any],
+) -> float:
+    """One pass over ``ds`` in a fresh random order; the mean training loss per row."""
+    device = next(model.parameters()).device
+    model.train()
+    perm = rng.permutation(len(ds))
+    total = 0.0
+    for start in range(0, len(ds), batch_size):
+        idx = perm[start : start + batch_size]
+        h, req, cand = batch_tensors(ds, idx, device)
+        labels = torch.from_numpy(ds.labels[idx]).to(device)
+        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total / len(ds)
+
+
 def fit(model: nn.Module, splits: Splits, tasks: tuple[str, ...], params: TrainParams, desc: str) -> dict[str, Any]:
     """Train ``model`` in place on ``splits.train``; keep the epoch of lowest validation LogLoss.
 
     After each epoch the validation rows are scored; training stops ``params.patience`` epochs
     after the best one, and the best epoch's weights are loaded back into ``model``.
     Returns the record of the run: the validation curve, the chosen epoch, the time."""
-    device = next(model.parameters()).device
     torch.manual_seed(params.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    n_rows = len(splits.train)
-    per_epoch = (n_rows + params.batch_size - 1) // params.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=params.lr, total_steps=params.max_epochs * per_epoch, pct_start=0.1
-    )
+    opt, sched, per_epoch = _optimiser(model, params, len(splits.train))
     rng = np.random.default_rng(params.seed)
     curve: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     t0 = time.perf_counter()
     with tqdm(total=params.max_epochs * per_epoch, desc=desc, unit="step") as bar:
         for epoch in range(1, params.max_epochs + 1):
-            model.train()
-            perm = rng.permutation(n_rows)
-            total = 0.0
-            for start in range(0, n_rows, params.batch_size):
-                idx = perm[start : start + params.batch_size]
-                h, req, cand = batch_tensors(splits.train, idx, device)
-                labels = torch.from_numpy(splits.train.labels[idx]).to(device)
-                loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            train_loss = _train_epoch(model, splits.train, opt, sched, rng, params.batch_size, bar)
             valid_loss, valid_per_task = mean_logloss(model, splits.valid, tasks)
             curve.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": total / n_rows,
-                    "valid_logloss": valid_per_task,
-                    "valid_mean": valid_loss,
-                }
+                {"epoch": epoch, "train_loss": train_loss, "valid_logloss": valid_per_task, "valid_mean": valid_loss}
             )
-            bar.write(f"epoch {epoch}: train loss {total / n_rows:.4f}, validation LogLoss {valid_loss:.4f}")
+            bar.write(f"epoch {epoch}: train loss {train_loss:.4f}, validation LogLoss {valid_loss:.4f}")
             if best is None or valid_loss < best[0]:
                 best = (valid_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
             elif epoch - best[1] >= params.patience:
@@ -230,6 +247,26 @@ def fit(model: nn.Module, splits: Splits, tasks: tuple[str, ...], params: TrainP
         "valid_rows": len(splits.valid),
         "train_seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def refit(model: nn.Module, initial: dict[str, torch.Tensor], ds: Dataset, params: TrainParams, epochs: int) -> float:
+    """Re-train ``model`` from its ``initial`` weights on ``ds`` for ``epochs`` epochs, the schedule and
+    order of :func:`fit` (the selection already made: nothing is scored). Returns the seconds taken."""
+    model.load_state_dict(initial)
+    torch.manual_seed(params.seed)
+    opt, sched, per_epoch = _optimiser(model, params, len(ds))
+    rng = np.random.default_rng(params.seed)
+    t0 = time.perf_counter()
+    with tqdm(total=epochs * per_epoch, desc=f"refit on {len(ds)} rows, {epochs} epochs", unit="step") as bar:
+        for _ in range(epochs):
+            _train_epoch(model, ds, opt, sched, rng, params.batch_size, bar)
+    model.eval()
+    return round(time.perf_counter() - t0, 1)
+
+
+def concat(a: Dataset, b: Dataset) -> Dataset:
+    """The rows of ``a`` then those of ``b`` (cut for the same blocks)."""
+    return Dataset(*(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Dataset)))
 
 
 def make_deterministic(seed: int) -> None:
@@ -261,21 +298,27 @@ def train_model(
 ) -> Run:
     """Fit ``model`` by the protocol (see the module docstring) and score it and popularity on the evaluation rows."""
     model.to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     record = fit(model, splits, cfg.tasks, params, desc=f"train {name}")
+    fitted = splits.train
+    if params.refit:
+        fitted = concat(splits.train, splits.valid)
+        record["refit_seconds"] = refit(model, initial, fitted, params, record["chosen_epoch"])
     probs = predict(model, splits.test)
-    pop = popularity_scores(splits.train, splits.test)
+    pop = popularity_scores(fitted, splits.test)
     metrics = {
         "model": evaluate(probs, splits.test.labels, cfg.tasks),
         "popularity": evaluate(pop, splits.test.labels, cfg.tasks),
         "validation": record,
         "train_rows": len(splits.train),
+        "fitted_rows": len(fitted),  # with refit, the training and validation rows
         "test_rows": len(splits.test),
         "candidates_per_row": int(splits.train.cand_item_ids.shape[1]),
         "params": asdict(params),
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "torch": torch.__version__,
-        "train_seconds": record["train_seconds"],
+        "train_seconds": record["train_seconds"] + record.get("refit_seconds", 0.0),
     }
     return Run(model.cpu(), metrics, probs, pop, splits.test.labels)
 
@@ -322,6 +365,12 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=None, help="dropout of the model (default: the preset's)")
     p.add_argument("--d-model", type=int, default=None, help="embedding and model width (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help="after choosing the epoch, re-train from the same init on training + validation rows for that many",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", type=torch.device, default=CPU, help="torch device to train on, e.g. cuda")
     a = p.parse_args()
@@ -331,7 +380,7 @@ def main() -> None:
     overrides = {k: v for k, v in (("dropout", a.dropout), ("d_model", a.d_model)) if v is not None}
     cfg = cfg.replace(**overrides) if overrides else cfg
     try:
-        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, a.seed)
+        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, a.seed, a.refit)
     except ValueError as e:
         p.error(str(e))
     out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)

@@ -17,7 +17,18 @@ import torch
 from contract.config import AstroConfig
 from model.astro import AstroModel, History, Request
 from model.peers import PEERS, PooledModel, build_peer, peer_config, same_rows, train_peer
-from model.train import Splits, TrainParams, batch_tensors, fit, load_data, make_deterministic, mean_logloss
+from model.train import (
+    Splits,
+    TrainParams,
+    batch_tensors,
+    concat,
+    fit,
+    load_data,
+    make_deterministic,
+    mean_logloss,
+    refit,
+    train_model,
+)
 
 TINY = AstroConfig.from_name("tiny")
 N_TRAIN, N_TEST = 48, 16  # synthetic users; validation: N_TRAIN // 8
@@ -66,6 +77,26 @@ def test_patience_stops_early(splits: Splits) -> None:
     record = fit(AstroModel(TINY), splits, TINY.tasks, params, desc="patience 1")
     assert record["epochs_run"] == min(record["chosen_epoch"] + 1, params.max_epochs)
     assert record["epochs_run"] < params.max_epochs
+
+
+def test_refit_replays_the_chosen_epochs_from_the_same_init(splits: Splits) -> None:
+    """Refit re-runs fit's schedule and order from the same initial weights: on the training rows alone it
+    lands on exactly the weights fit chose; train_model's refit then adds the validation rows."""
+    make_deterministic(0)
+    model = AstroModel(TINY)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    params = TrainParams(max_epochs=4, patience=1, batch_size=8, lr=3e-2, weight_decay=0.0)
+    record = fit(model, splits, TINY.tasks, params, desc="select")
+    chosen = {k: v.clone() for k, v in model.state_dict().items()}
+    refit(model, initial, splits.train, params, record["chosen_epoch"])
+    assert all(torch.equal(chosen[k], v) for k, v in model.state_dict().items())
+    both = concat(splits.train, splits.valid)
+    assert len(both) == N_TRAIN + N_TRAIN // 8
+    assert np.array_equal(both.cand_item_ids[N_TRAIN:], splits.valid.cand_item_ids)
+    make_deterministic(0)
+    run = train_model(AstroModel(TINY), TINY, splits, TrainParams(max_epochs=2, batch_size=8, refit=True), "refit")
+    assert run.metrics["fitted_rows"] == len(both) and run.metrics["train_rows"] == N_TRAIN
+    assert not all(torch.equal(chosen[k], v) for k, v in run.model.state_dict().items())
 
 
 def test_training_parameters_out_of_range_are_refused() -> None:
