@@ -186,18 +186,6 @@ PRESETS: dict[str, AstroConfig] = {
     # small: the embedded, trained default; equal blocks of 48 (the paper's equal-length MSE);
     # trains in minutes and serves fast on 2 CPU cores.
     "small": AstroConfig(name="small"),
-    # movielens: small's width and depth, blocks cut for MovieLens-100k's behaviours (model/movielens.py:
-    # every rating a play, >= 4 also a like, <= 2 also a skip): a longer play block (a median user rated
-    # ~65 movies), a feedback block of the likes and skips (the explicit verdicts, told apart by their
-    # behaviour embedding), and no "recent" block (on MovieLens it only repeats the newest plays with
-    # their like/skip events). Chosen on validation rows (docs/ablations/).
-    "movielens": AstroConfig(
-        name="movielens",
-        blocks=(
-            BlockSpec(name="play", behaviors=("play",), max_len=64),
-            BlockSpec(name="feedback", behaviors=("like", "skip"), max_len=64),
-        ),
-    ),
     # climber: the paper's Climber configuration, 2 layers and 200 retained events (4 blocks of 50).
     # d_model and heads are ours (the paper does not give them).
     "climber": AstroConfig(

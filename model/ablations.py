@@ -29,7 +29,8 @@ import torch
 
 from contract.config import PRESETS, AstroConfig
 from model.peers import PEERS, train_peer
-from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, TrainParams, load_data, train
+from model.readme import write_section
+from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, TrainParams, load_data, save_run, train
 
 METRICS = ("auc", "logloss", "gauc", "ece")
 VARIANTS = (*ABLATIONS, *PEERS)
@@ -51,9 +52,16 @@ GOALS = {
 
 
 def run(
-    cfg: AstroConfig, data: str, seeds: list[int], variants: list[str], params: TrainParams, device: torch.device
+    cfg: AstroConfig,
+    data: str,
+    seeds: list[int],
+    variants: list[str],
+    params: TrainParams,
+    device: torch.device,
+    save_first: Path | None = None,
 ) -> dict[str, Any]:
-    """{variant: [metrics of each seed]}, popularity included (from the first variant's training rows)."""
+    """{variant: [metrics of each seed]}, popularity included (from the first variant's training rows).
+    With ``save_first``, the first seed's full model is saved there as a checkpoint (metrics, reliability plot)."""
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in [*variants, "popularity"]}
     selection: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     seconds: dict[str, list[float]] = {v: [] for v in variants}
@@ -65,6 +73,8 @@ def run(
                 result = train_peer(variant, cfg, p, data, TRAIN_USERS, TEST_USERS, device, reference)
             else:
                 result = train(cfg, p, data, variant, TRAIN_USERS, TEST_USERS, device)
+                if save_first is not None and variant == "full" and seed == seeds[0]:
+                    save_run(result, save_first, f"{cfg.name} on {data}")
             runs[variant].append(result.metrics["model"])
             v = result.metrics["validation"]
             chosen = {"chosen_epoch": v["chosen_epoch"], "epochs_run": v["epochs_run"]}
@@ -84,6 +94,23 @@ def run(
         "selection": selection,
         "train_seconds": seconds,
     }
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Results of several runs (the same variants and parameters, other seeds) as one, seeds in order."""
+    out = {**results[0], "runs": {}, "selection": {}, "train_seconds": {}, "seeds": []}
+    for r in results:
+        if (
+            r["params"] != results[0]["params"]
+            or r["config"] != results[0]["config"]
+            or r["data"] != results[0]["data"]
+        ):
+            raise SystemExit("--table-from: these results were run with other data, config or parameters")
+        out["seeds"] += r["seeds"]
+        for key in ("runs", "selection", "train_seconds"):
+            for variant, values in r.get(key, {}).items():
+                out[key].setdefault(variant, []).extend(values)
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -131,16 +158,6 @@ def goal_lines(result: dict[str, Any], tasks: tuple[str, ...]) -> list[str]:
     return out
 
 
-def write_readme_section(readme: Path, data: str, text: str) -> None:
-    """Replace what lies between ``<!-- ablations:DATA -->`` and ``<!-- /ablations:DATA -->`` with ``text``."""
-    start, end = f"<!-- ablations:{data} -->", f"<!-- /ablations:{data} -->"
-    body = readme.read_text()
-    if start not in body or end not in body:
-        raise SystemExit(f"{readme} has no {start} ... {end} section to rewrite")
-    head, rest = body.split(start, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
@@ -163,14 +180,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="torch device, e.g. cuda")
     p.add_argument("--out", type=Path, default=None, help="write every run's metrics here (JSON)")
-    p.add_argument("--table-from", type=Path, default=None, help="print the table of a JSON written by --out; no runs")
+    p.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the table of JSONs written by --out (several: their seeds pooled, then written to --out); no runs",
+    )
+    p.add_argument(
+        "--save-first", type=Path, default=None, help="save the first seed's full model as a checkpoint here"
+    )
     p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's section for --data")
     a = p.parse_args()
     cfg = AstroConfig.from_name(a.preset)
     if a.dropout is not None:
         cfg = cfg.replace(dropout=a.dropout)
     if a.table_from:
-        text = table(json.loads(a.table_from.read_text()), cfg.tasks)
+        result = merge([json.loads(f.read_text()) for f in a.table_from])
+        if a.out and len(a.table_from) > 1:
+            a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        text = table(result, cfg.tasks)
     else:
         variants = [v for v in a.variants.split(",") if v]
         unknown = sorted(set(variants) - set(VARIANTS))
@@ -180,13 +209,13 @@ def main() -> None:
             torch.set_num_threads(a.threads)
         seeds = [int(s) for s in a.seeds.split(",") if s]
         params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, refit=a.refit)
-        result = run(cfg, a.data, seeds, variants, params, a.device)
+        result = run(cfg, a.data, seeds, variants, params, a.device, a.save_first)
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         text = table(result, cfg.tasks)
     if a.readme:
-        write_readme_section(a.readme, a.data, text)
+        write_section(a.readme, f"ablations:{a.data}", text)
     print(text)
 
 

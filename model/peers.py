@@ -7,7 +7,8 @@
   ``[user, candidate, user * candidate]`` gives one logit per task.
 * ``transformer``: a single-stack transformer over the whole merged history with target
   attention to the candidates (HSTU / SASRec style): ASTRO's own layers, width and depth
-  over *one* block of every behaviour (the newest ``TRANSFORMER_HISTORY`` events) instead
+  over *one* block of every behaviour (the newest ``TRANSFORMER_HISTORY`` events, as many
+  tokens as ASTRO small's blocks together: the whole history of most MovieLens users) instead
   of several behaviour-filtered blocks, and no fusion (one block has nothing to fuse).
   Events attend to each other; each candidate attends to the history and to itself, with
   the relative position/time bias and the learned temperature (HSTU's relative attention
@@ -31,7 +32,9 @@ from model.train import CPU, Run, Splits, TrainParams, load_data, make_determini
 
 PEERS = ("pooled", "transformer")
 POOLED_HISTORY = 1024  # events the pooled model averages: the whole history of every ml-100k user but ~10
-TRANSFORMER_HISTORY = 256  # events the single stack attends over: the whole history of ~85% of ml-100k users
+# events the single stack attends over: as many history tokens as ASTRO small's three blocks of 48 (its
+# attention and relative-bias cost grow with the square of the length; 256 cost ~9x ASTRO's on a CPU)
+TRANSFORMER_HISTORY = 144
 
 
 class PooledModel(nn.Module):

@@ -43,6 +43,7 @@ from torch import nn
 from contract.config import PRESETS, AstroConfig, BlockSpec
 from model.astro import AstroModel
 from model.peers import build_peer, peer_config
+from model.readme import write_section
 from model.synthetic import Dataset
 from model.train import DATASETS, TrainParams, batch_tensors, load_data, make_deterministic, train_model
 
@@ -63,9 +64,9 @@ class Size:
 SIZES = (
     Size("xs", 1, 16, 8),
     Size("s", 1, 32, 16),
-    Size("m", 2, 32, 32),
-    Size("l", 2, 64, 48),
-    Size("xl", 3, 64, 64),
+    Size("m", 2, 32, 24),
+    Size("l", 2, 48, 32),
+    Size("xl", 2, 64, 48),  # ASTRO small's width, depth and blocks
 )
 QUICK_SIZES = (Size("q1", 1, 8, 4), Size("q2", 1, 16, 8))
 
@@ -252,6 +253,13 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([*out, "", "What it shows:", "", *statement(rows, fits), ""])
 
 
+def summary(result: dict[str, Any]) -> str:
+    """The README's part: how the run was reduced, the slopes and what they show."""
+    md = markdown(result)
+    slopes_part = md.split("Fitted slopes", 1)[1]
+    return f"Run: {result['note']}\n\nFitted slopes{slopes_part}"
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -311,6 +319,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="max epochs per point (full run: 4)")
     p.add_argument("--jobs", type=int, default=None, help="trainings at once, one thread each (2; --quick: 1)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {OUT}; --quick: none unless given)")
+    p.add_argument("--table-from", type=Path, default=None, help="rebuild the outputs from a scaling.json; no runs")
+    p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's <!-- scaling --> section")
     a = p.parse_args()
     plan = QUICK if a.quick else FULL
     sizes = {s.name: s for s in plan.sizes}
@@ -329,6 +339,13 @@ def main() -> None:
     if unknown:
         p.error(f"--data: unknown {unknown}; choose from {list(DATASETS)}")
     jobs = a.jobs or (1 if a.quick else 2)
+    if a.table_from:
+        result = json.loads(a.table_from.read_text())
+        write(result, a.out or a.table_from.parent)
+        if a.readme:
+            write_section(a.readme, "scaling", summary(result))
+        print(markdown(result))
+        return
     t0 = time.perf_counter()
     points = run_plan(plan, jobs)
     rows = aggregate(points)
@@ -343,6 +360,8 @@ def main() -> None:
     out = a.out or (None if a.quick else OUT)
     if out is not None:
         write(result, out)
+    if a.readme:
+        write_section(a.readme, "scaling", summary(result))
     print(markdown(result))
 
 

@@ -341,6 +341,16 @@ def train(
     return run
 
 
+def save_run(run: Run, out: Path, title: str) -> None:
+    """An ASTRO run as a checkpoint: weights, config, ``metrics.json`` and the reliability plot."""
+    if not isinstance(run.model, AstroModel):
+        raise TypeError(f"only ASTRO models are saved as checkpoints, not {type(run.model).__name__}")
+    save_checkpoint(run.model, out, run.metrics)
+    curves = {"ASTRO": (run.test_probs, run.test_labels), "popularity": (run.popularity_probs, run.test_labels)}
+    chosen = run.metrics["validation"]["chosen_epoch"]
+    reliability_plot(curves, run.model.cfg.tasks, out / RELIABILITY_PLOT, f"{title}, evaluation rows (epoch {chosen})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="config preset (default: small)")
@@ -386,11 +396,7 @@ def main() -> None:
     out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)
     run = train(cfg, params, a.data, a.ablation, a.train_users, a.test_users, a.device)
     metrics = run.metrics
-    assert isinstance(run.model, AstroModel)
-    save_checkpoint(run.model, out, metrics)
-    curves = {"ASTRO": (run.test_probs, run.test_labels), "popularity": (run.popularity_probs, run.test_labels)}
-    title = f"{a.preset} on {a.data}, evaluation rows (epoch {metrics['validation']['chosen_epoch']})"
-    reliability_plot(curves, cfg.tasks, out / RELIABILITY_PLOT, title)
+    save_run(run, out, f"{a.preset} on {a.data}")
     for t in cfg.tasks:
         m, pop = metrics["model"], metrics["popularity"]
         print(
