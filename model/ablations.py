@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,57 +60,105 @@ def run(
     params: TrainParams,
     device: torch.device,
     save_first: Path | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     """{variant: [metrics of each seed]}, popularity included (from the first variant's training rows).
-    With ``save_first``, the first seed's full model is saved there as a checkpoint (metrics, reliability plot)."""
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in [*variants, "popularity"]}
-    selection: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    seconds: dict[str, list[float]] = {v: [] for v in variants}
-    for seed in seeds:
-        p = TrainParams(**{**params.__dict__, "seed": seed})
-        reference = load_data(data, cfg, TRAIN_USERS, TEST_USERS, seed)
-        for variant in variants:
-            if variant in PEERS:
-                result = train_peer(variant, cfg, p, data, TRAIN_USERS, TEST_USERS, device, reference)
-            else:
-                result = train(cfg, p, data, variant, TRAIN_USERS, TEST_USERS, device)
-                if save_first is not None and variant == "full" and seed == seeds[0]:
-                    save_run(result, save_first, f"{cfg.name} on {data}")
-            runs[variant].append(result.metrics["model"])
-            v = result.metrics["validation"]
-            chosen = {"chosen_epoch": v["chosen_epoch"], "epochs_run": v["epochs_run"]}
-            selection[variant].append({**chosen, "parameters": result.metrics["parameters"]})
-            seconds[variant].append(result.metrics["train_seconds"])
-            if variant == variants[0]:
-                runs["popularity"].append(result.metrics["popularity"])
-    return {
+    With ``save_first``, the first seed's full model is saved there as a checkpoint (metrics, reliability
+    plot); with ``out``, the results so far are written there after every training (JSON)."""
+    result: dict[str, Any] = {
         "preset": cfg.name,
         "config": cfg.model_dump(mode="json"),
         "data": data,
         "seeds": seeds,
-        "params": {k: v for k, v in params.__dict__.items() if k != "seed"},
+        "params": {k: v for k, v in asdict(params).items() if k != "seed"},
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "torch": torch.__version__,
-        "runs": runs,
-        "selection": selection,
-        "train_seconds": seconds,
+        "runs": {},
+        "selection": {},
+        "train_seconds": {},
+    }
+    for seed in seeds:
+        p = replace(params, seed=seed)
+        reference = load_data(data, cfg, TRAIN_USERS, TEST_USERS, seed)
+        for variant in variants:
+            if variant in PEERS:
+                trained = train_peer(variant, cfg, p, data, TRAIN_USERS, TEST_USERS, device, reference)
+            else:
+                trained = train(cfg, p, data, variant, TRAIN_USERS, TEST_USERS, device)
+                if save_first is not None and variant == "full" and seed == seeds[0]:
+                    save_run(trained, save_first, f"{cfg.name} on {data}")
+            m, v = trained.metrics, trained.metrics["validation"]
+            result["runs"].setdefault(variant, []).append(m["model"])
+            result["selection"].setdefault(variant, []).append(
+                {
+                    "seed": seed,
+                    "chosen_epoch": v["chosen_epoch"],
+                    "epochs_run": v["epochs_run"],
+                    "parameters": m["parameters"],
+                }
+            )
+            result["train_seconds"].setdefault(variant, []).append(m["train_seconds"])
+            if variant == variants[0]:
+                result["runs"].setdefault("popularity", []).append(m["popularity"])
+                result["selection"].setdefault("popularity", []).append({"seed": seed})
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def from_checkpoint(m: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``metrics.json`` (``python -m model.train``: one ASTRO run) as a result of :func:`run`."""
+    variant, seed = m["ablation"], m["seed"]
+    v = m["validation"]
+    return {
+        "preset": m["config"]["name"],
+        "config": m["config"],
+        "data": m["data"],
+        "seeds": [seed],
+        "params": m["params"],
+        "device": m["device"],
+        "torch": m["torch"],
+        "runs": {variant: [m["model"]], "popularity": [m["popularity"]]},
+        "selection": {
+            variant: [
+                {
+                    "seed": seed,
+                    "chosen_epoch": v["chosen_epoch"],
+                    "epochs_run": v["epochs_run"],
+                    "parameters": m["parameters"],
+                }
+            ],
+            "popularity": [{"seed": seed}],
+        },
+        "train_seconds": {variant: [m["train_seconds"]]},
     }
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Results of several runs (the same variants and parameters, other seeds) as one, seeds in order."""
+    """Results of several runs (the same data, config and parameters; other seeds or variants) as one;
+    a checkpoint's ``metrics.json`` counts as one run. A (variant, seed) met twice is kept once."""
+    results = [from_checkpoint(r) if "runs" not in r else r for r in results]
+    # parameters as TrainParams spells them today (a field added since defaults to its value), seed aside
+    results = [
+        {**r, "params": {k: x for k, x in asdict(TrainParams(**r["params"])).items() if k != "seed"}} for r in results
+    ]
     out = {**results[0], "runs": {}, "selection": {}, "train_seconds": {}, "seeds": []}
+    seen: set[tuple[str, int]] = set()
     for r in results:
-        if (
-            r["params"] != results[0]["params"]
-            or r["config"] != results[0]["config"]
-            or r["data"] != results[0]["data"]
-        ):
+        if any(r[k] != results[0][k] for k in ("params", "config", "data")):
             raise SystemExit("--table-from: these results were run with other data, config or parameters")
-        out["seeds"] += r["seeds"]
-        for key in ("runs", "selection", "train_seconds"):
-            for variant, values in r.get(key, {}).items():
-                out[key].setdefault(variant, []).extend(values)
+        out["seeds"] = sorted(set(out["seeds"]) | set(r["seeds"]))
+        for variant, runs in r["runs"].items():
+            seconds = r["train_seconds"].get(variant, [None] * len(runs))
+            for metrics, sel, sec in zip(runs, r["selection"][variant], seconds, strict=True):
+                if (variant, sel["seed"]) in seen:
+                    continue
+                seen.add((variant, sel["seed"]))
+                out["runs"].setdefault(variant, []).append(metrics)
+                out["selection"].setdefault(variant, []).append(sel)
+                if sec is not None:
+                    out["train_seconds"].setdefault(variant, []).append(sec)
     return out
 
 
@@ -121,16 +170,19 @@ def table(result: dict[str, Any], tasks: tuple[str, ...]) -> str:
     """Markdown: one row per variant, mean ± std over seeds of each metric and task; then the goals."""
     names = {"auc": "AUC", "logloss": "LogLoss", "gauc": "GAUC", "ece": "ECE"}
     cols = [f"{names[m]} {t}" for m in METRICS for t in tasks]
-    lines = ["| model | " + " | ".join(cols) + " | chosen epoch |", "|---|" + "---|" * (len(cols) + 1)]
+    lines = ["| model | seeds | " + " | ".join(cols) + " | chosen epochs |", "|---|" + "---|" * (len(cols) + 2)]
     for variant, seeds in result["runs"].items():
         cells = []
         for m in METRICS:
             for t in tasks:
+                if any(m not in s for s in seeds):  # results written before this metric was recorded
+                    cells.append("–")
+                    continue
                 mean, std = mean_std([s[m][t] for s in seeds])
                 cells.append(f"{mean:.4f} ± {std:.4f}")
-        chosen = result.get("selection", {}).get(variant)
+        chosen = [c for c in result.get("selection", {}).get(variant, []) if "chosen_epoch" in c]
         epochs = ", ".join(str(c["chosen_epoch"]) for c in chosen) if chosen else "–"
-        lines.append(f"| {LABELS.get(variant, variant)} | " + " | ".join(cells) + f" | {epochs} |")
+        lines.append(f"| {LABELS.get(variant, variant)} | {len(seeds)} | " + " | ".join(cells) + f" | {epochs} |")
     return "\n".join([*lines, "", *goal_lines(result, tasks)])
 
 
@@ -139,8 +191,11 @@ def goal_lines(result: dict[str, Any], tasks: tuple[str, ...]) -> list[str]:
     runs = result["runs"]
     if "full" not in runs:
         return []
-    n = len(result["seeds"])
-    out = [f"Goals (mean of {n} seed{'s' * (n > 1)}; ASTRO = the full model):", ""]
+    n = len(runs["full"])
+    out = [
+        f"Goals (ASTRO = the full model, mean of its {n} seed{'s' * (n > 1)}; each peer: the mean of its own seeds):",
+        "",
+    ]
     for t in tasks:
         ours = mean_std([s["auc"][t] for s in runs["full"]])[0]
         for variant, seeds in runs.items():
@@ -185,7 +240,8 @@ def main() -> None:
         type=Path,
         nargs="+",
         default=None,
-        help="print the table of JSONs written by --out (several: their seeds pooled, then written to --out); no runs",
+        help="print the table of JSONs written by --out or checkpoints' metrics.json (several: pooled, then written "
+        "to --out); no runs",
     )
     p.add_argument(
         "--save-first", type=Path, default=None, help="save the first seed's full model as a checkpoint here"
@@ -197,7 +253,7 @@ def main() -> None:
         cfg = cfg.replace(dropout=a.dropout)
     if a.table_from:
         result = merge([json.loads(f.read_text()) for f in a.table_from])
-        if a.out and len(a.table_from) > 1:
+        if a.out:
             a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         text = table(result, cfg.tasks)
     else:
@@ -209,10 +265,7 @@ def main() -> None:
             torch.set_num_threads(a.threads)
         seeds = [int(s) for s in a.seeds.split(",") if s]
         params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, refit=a.refit)
-        result = run(cfg, a.data, seeds, variants, params, a.device, a.save_first)
-        if a.out:
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        result = run(cfg, a.data, seeds, variants, params, a.device, a.save_first, a.out)
         text = table(result, cfg.tasks)
     if a.readme:
         write_section(a.readme, f"ablations:{a.data}", text)

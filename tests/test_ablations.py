@@ -1,0 +1,72 @@
+"""The ablation/peer table: results pooled across files, goals judged from the numbers, README sections
+rewritten from the results (and the committed README matching its committed results)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.ablations import goal_lines, merge, table
+from model.readme import section, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("play_complete", "like")
+
+
+def metrics(auc: float, logloss: float) -> dict[str, dict[str, float]]:
+    return {m: {t: v for t in TASKS} for m, v in (("auc", auc), ("logloss", logloss), ("gauc", auc), ("ece", 0.01))}
+
+
+def result(seeds: list[int], variants: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    runs = {v: [metrics(a, ll) for a, ll in values] for v, values in variants.items()}
+    selection = {v: [{"seed": s, "chosen_epoch": 3} for s in seeds] for v in variants}
+    return {
+        "data": "movielens",
+        "params": {"lr": 0.003},
+        "config": {"name": "small"},
+        "seeds": seeds,
+        "runs": runs,
+        "selection": selection,
+        "train_seconds": {v: [1.0] * len(seeds) for v in variants},
+    }
+
+
+def test_merge_pools_seeds_and_keeps_popularity_once() -> None:
+    a = result([0, 2], {"full": [(0.86, 0.40), (0.88, 0.38)], "popularity": [(0.80, 0.46), (0.80, 0.46)]})
+    b = result([0, 1, 2], {"pooled": [(0.87, 0.39)] * 3, "popularity": [(0.80, 0.46)] * 3})
+    merged = merge([a, b])
+    assert merged["seeds"] == [0, 1, 2]
+    assert len(merged["runs"]["full"]) == 2 and len(merged["runs"]["pooled"]) == 3
+    assert [s["seed"] for s in merged["selection"]["popularity"]] == [0, 2, 1]
+    with pytest.raises(SystemExit, match="other data, config or parameters"):
+        merge([a, {**b, "params": {"lr": 0.001}}])
+
+
+def test_goals_are_judged_from_the_means() -> None:
+    r = result([0, 1], {"full": [(0.87, 0.40), (0.89, 0.38)], "pooled": [(0.90, 0.37), (0.90, 0.37)]})
+    lines = goal_lines(r, TASKS)
+    assert "* AUC like ≥ mean-pooled history + MLP (DLRM / YouTube-DNN style): 0.8800 vs 0.9000, **missed**" in lines
+    assert "* AUC like ≥ 0.87: 0.8800, met" in lines
+    assert "* LogLoss like ≤ 0.338: 0.3900, **missed**" in lines
+    text = table(r, TASKS)
+    assert "| ASTRO (ours) | 2 | 0.8800 ± 0.0141 |" in text and "3, 3" in text
+
+
+def test_readme_section_is_rewritten_between_its_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- x -->\nold\n<!-- /x -->\nb\n")
+    write_section(readme, "x", "new\ntable")
+    assert readme.read_text() == "a\n<!-- x -->\nnew\ntable\n<!-- /x -->\nb\n" and section(readme, "x") == "new\ntable"
+    with pytest.raises(ValueError, match="needs exactly one <!-- y -->"):
+        write_section(readme, "y", "z")
+
+
+def test_committed_readme_tables_are_the_committed_results() -> None:
+    """The README's MovieLens table is what the code prints from docs/ablations/movielens.json."""
+    path = ROOT / "docs" / "ablations" / "movielens.json"
+    if not path.is_file() or "<!-- ablations:movielens -->" not in (ROOT / "README.md").read_text():
+        pytest.skip("no committed MovieLens results")
+    assert section(ROOT / "README.md", "ablations:movielens") == table(json.loads(path.read_text()), TASKS).strip()
