@@ -29,6 +29,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -149,16 +150,25 @@ def run_point(job: tuple[str, str, str, Size, int, TrainParams, tuple[int, int]]
     }
 
 
-def run_plan(plan: Plan, jobs: int) -> list[dict[str, Any]]:
+def run_plan(
+    plan: Plan, jobs: int, on_point: Callable[[list[dict[str, Any]]], object] | None = None
+) -> list[dict[str, Any]]:
+    """Every point of ``plan``, smallest sizes first (a run cut short still spans both models and datasets).
+    With one job, ``on_point`` sees the points so far after each one."""
     work = [
         (plan.preset, data, model, size, seed, plan.params, plan.synthetic_users)
+        for size in plan.sizes
         for data in plan.datasets
         for seed in plan.seeds
-        for size in plan.sizes
         for model in MODELS
     ]
     if jobs <= 1:
-        return [run_point(w) for w in work]
+        points: list[dict[str, Any]] = []
+        for w in work:
+            points.append(run_point(w))
+            if on_point is not None:
+                on_point(points)
+        return points
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         return list(pool.map(run_point, work))
 
@@ -347,21 +357,26 @@ def main() -> None:
         print(markdown(result))
         return
     t0 = time.perf_counter()
-    points = run_plan(plan, jobs)
-    rows = aggregate(points)
-    reduced = plan != FULL and not a.quick
-    note = (
-        f"{'quick' if a.quick else 'reduced' if reduced else 'full'} run: data {list(plan.datasets)}, sizes "
-        f"{[s.name for s in plan.sizes]}, seeds {list(plan.seeds)}, at most {plan.params.max_epochs} epochs "
-        f"(patience {plan.params.patience}), synthetic users {plan.synthetic_users[0]} train / "
-        f"{plan.synthetic_users[1]} evaluation, {jobs} jobs x 1 thread, {time.perf_counter() - t0:.0f} s"
-    )
-    result = {"note": note, "plan": asdict(plan), "points": points, "rows": rows, "slopes": slopes(rows)}
     out = a.out or (None if a.quick else OUT)
-    if out is not None:
-        write(result, out)
-    if a.readme:
-        write_section(a.readme, "scaling", summary(result))
+    kind = "quick" if a.quick else "reduced" if plan != FULL else "full"
+
+    def report(points: list[dict[str, Any]], done: bool) -> dict[str, Any]:
+        rows = aggregate(points)
+        note = (
+            f"{kind} run{'' if done else ' (partial: ' + str(len(points)) + ' points so far)'}: data "
+            f"{list(plan.datasets)}, sizes {[s.name for s in plan.sizes]}, seeds {list(plan.seeds)}, at most "
+            f"{plan.params.max_epochs} epochs (patience {plan.params.patience}), synthetic users "
+            f"{plan.synthetic_users[0]} train / {plan.synthetic_users[1]} evaluation, {jobs} jobs x 1 thread, "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
+        result = {"note": note, "plan": asdict(plan), "points": points, "rows": rows, "slopes": slopes(rows)}
+        if out is not None:
+            write(result, out)
+            if a.readme:
+                write_section(a.readme, "scaling", summary(result))
+        return result
+
+    result = report(run_plan(plan, jobs, lambda points: report(points, done=False)), done=True)
     print(markdown(result))
 
 
