@@ -61,10 +61,12 @@ def run(
     device: torch.device,
     save_first: Path | None = None,
     out: Path | None = None,
+    users: tuple[int, int] = (TRAIN_USERS, TEST_USERS),
 ) -> dict[str, Any]:
     """{variant: [metrics of each seed]}, popularity included (from the first variant's training rows).
     With ``save_first``, the first seed's full model is saved there as a checkpoint (metrics, reliability
-    plot); with ``out``, the results so far are written there after every training (JSON)."""
+    plot); with ``out``, the results so far are written there after every training (JSON). ``users``:
+    synthetic training and evaluation users."""
     result: dict[str, Any] = {
         "preset": cfg.name,
         "config": cfg.model_dump(mode="json"),
@@ -79,12 +81,12 @@ def run(
     }
     for seed in seeds:
         p = replace(params, seed=seed)
-        reference = load_data(data, cfg, TRAIN_USERS, TEST_USERS, seed)
+        reference = load_data(data, cfg, *users, seed)
         for variant in variants:
             if variant in PEERS:
-                trained = train_peer(variant, cfg, p, data, TRAIN_USERS, TEST_USERS, device, reference)
+                trained = train_peer(variant, cfg, p, data, *users, device, reference)
             else:
-                trained = train(cfg, p, data, variant, TRAIN_USERS, TEST_USERS, device)
+                trained = train(cfg, p, data, variant, *users, device)
                 if save_first is not None and variant == "full" and seed == seeds[0]:
                     save_run(trained, save_first, f"{cfg.name} on {data}")
             m, v = trained.metrics, trained.metrics["validation"]

@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from model.ablations import goal_lines, merge, table
+from contract.config import AstroConfig
+from model.ablations import goal_lines, merge, run, table
+from model.checkpoint import load_checkpoint, load_metrics
 from model.readme import section, write_section
+from model.train import CPU, RELIABILITY_PLOT, TrainParams
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("play_complete", "like")
@@ -70,3 +74,20 @@ def test_committed_readme_tables_are_the_committed_results() -> None:
     if not path.is_file() or "<!-- ablations:movielens -->" not in (ROOT / "README.md").read_text():
         pytest.skip("no committed MovieLens results")
     assert section(ROOT / "README.md", "ablations:movielens") == table(json.loads(path.read_text()), TASKS).strip()
+
+
+def test_a_tiny_run_saves_its_first_model_and_writes_results(tmp_path: Path) -> None:
+    """run(): every variant trained on the same rows, results written after each, seed 0's ASTRO saved."""
+    torch.set_num_threads(1)
+    out, ckpt = tmp_path / "results.json", tmp_path / "ckpt"
+    tiny = AstroConfig.from_name("tiny")
+    r = run(
+        tiny, "synthetic", [0], ["full", "pooled"], TrainParams(max_epochs=1, batch_size=16), CPU, ckpt, out, (48, 16)
+    )
+    torch.use_deterministic_algorithms(False)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    assert set(r["runs"]) == {"full", "pooled", "popularity"} and [s["seed"] for s in r["selection"]["pooled"]] == [0]
+    model = load_checkpoint(ckpt)
+    assert model.cfg == tiny and load_metrics(ckpt)["model"] == r["runs"]["full"][0]
+    assert (ckpt / RELIABILITY_PLOT).read_bytes()[:4] == b"\x89PNG"
+    assert "| ASTRO (ours) | 1 |" in table(r, tiny.tasks)
