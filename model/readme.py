@@ -30,7 +30,7 @@ def section(readme: Path, name: str) -> str:
 
 def checkpoint_table(metrics: dict[str, Any]) -> str:
     """A checkpoint's ``metrics.json`` as Markdown: the model and popularity on the evaluation rows."""
-    tasks = list(metrics["model"]["auc"])
+    tasks = list(metrics["config"]["tasks"])
     names = {"auc": "AUC", "logloss": "LogLoss", "gauc": "GAUC", "ece": "ECE"}
     cols = [f"{names[m]} {t}" for m in names for t in tasks]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
