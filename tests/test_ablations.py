@@ -13,7 +13,7 @@ import torch
 from contract.config import AstroConfig
 from model.ablations import goal_lines, merge, run, table
 from model.checkpoint import load_checkpoint, load_metrics
-from model.readme import section, write_section
+from model.readme import TUNING, checkpoint_table, section, tuning_table, write_section
 from model.train import CPU, RELIABILITY_PLOT, TrainParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +91,14 @@ def test_a_tiny_run_saves_its_first_model_and_writes_results(tmp_path: Path) -> 
     assert model.cfg == tiny and load_metrics(ckpt)["model"] == r["runs"]["full"][0]
     assert (ckpt / RELIABILITY_PLOT).read_bytes()[:4] == b"\x89PNG"
     assert "| ASTRO (ours) | 1 |" in table(r, tiny.tasks)
+
+
+def test_committed_readme_checkpoint_and_tuning_sections_are_their_files() -> None:
+    """The README's checkpoint and tuning tables are what `python -m model.readme` writes from the files."""
+    readme = ROOT / "README.md"
+    metrics_path = ROOT / "checkpoints" / "small-movielens" / "metrics.json"
+    if "<!-- checkpoint:small-movielens -->" not in readme.read_text() or not metrics_path.is_file():
+        pytest.skip("no generated checkpoint section")
+    assert section(readme, "checkpoint:small-movielens") == checkpoint_table(json.loads(metrics_path.read_text()))
+    runs = {f.stem: json.loads(f.read_text()) for f in sorted((ROOT / TUNING).glob("*.json"))}
+    assert section(readme, "tuning") == tuning_table(runs)
