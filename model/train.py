@@ -18,7 +18,10 @@ The protocol, the same for ASTRO and for every peer (:mod:`model.peers`):
   LogLoss (mean over tasks) is kept: training stops ``patience`` epochs after the best one
   (or at ``max_epochs``) and the best epoch's weights are restored;
 * hyper-parameters (learning rate, weight decay, dropout, width) are options, chosen by
-  comparing validation LogLoss (``python -m model.tune``), never on the evaluation rows.
+  comparing the runs' validation LogLoss (``metrics.json`` keeps the curve), never on the
+  evaluation rows;
+* optionally (``--refit``), once the epoch is chosen, the model is re-trained from the same
+  initial weights on training + validation rows for that many epochs.
 
 Writes a safetensors checkpoint with ``metrics.json`` (AUC, LogLoss, GAUC and calibration
 per task of the model and of popularity on the evaluation rows, the validation curve and
