@@ -21,7 +21,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from contract.config import AstroConfig
-from model import metrics, movielens
+from model import diagnostics, metrics, movielens
 from model.movielens import INSTALL, MovieLensNotFound, MovieLensSplit, build_split, find_leaks, read_ratings
 from model.synthetic import Dataset
 
@@ -370,3 +370,18 @@ def test_metrics_refuse_bad_input() -> None:
         metrics.gauc(PROBS * 3, LABELS, TASKS)
     with pytest.raises(ValueError, match="one id per row"):
         metrics.gauc(PROBS, LABELS, TASKS, np.array([1, 2]))
+
+
+def test_diagnostic_cuts_on_the_toy_split(toy: MovieLensSplit) -> None:
+    """rated_mask marks exactly the held-out movies among the evaluation candidates; the rated-only AUC
+    reads those pairs alone; heavy/light GAUC split the rows by user."""
+    ratings = toy_ratings()
+    rated = diagnostics.rated_mask(toy, ratings.item_ids, ratings.user_ids)
+    for row, expected in enumerate(({7, 8}, {13, 14})):
+        assert set(toy.test.cand_item_ids[row][rated[row]].tolist()) == expected
+    # a model that ranks by the movie id: among user 1's rated movies 7 (rating 3) < 8 (rating 4)
+    probs = np.repeat((toy.test.cand_item_ids / 20.0)[..., None], 2, -1)
+    cut = diagnostics.cuts(probs, toy, rated, np.array([True, False]), TINY.tasks)
+    y = toy.test.labels[rated]
+    assert cut["rated_only_auc"]["like"] == pytest.approx(roc_auc_score(y[:, 1], probs[rated][:, 1]))
+    assert cut["heavy_gauc"] == metrics.gauc(probs[:1], toy.test.labels[:1], TINY.tasks)
