@@ -1,6 +1,6 @@
 """Scaling: quality against training compute and parameters, ASTRO against one stack over the whole history.
 
-    python -m model.scaling                 # the full grid: 5 sizes x 2 models x 3 seeds x 2 datasets -> docs/scaling/
+    python -m model.scaling                 # the full grid: 4 sizes x 2 models x 3 seeds x 2 datasets -> docs/scaling/
     python -m model.scaling --quick         # 2 tiny sizes, 1 seed, small synthetic data: a minute (the test runs it)
     python -m model.scaling --data movielens --seeds 0 --sizes xs,s,m,l   # a reduced run
 
@@ -84,7 +84,8 @@ class Plan:
     synthetic_users: tuple[int, int]  # (training, evaluation) users of the synthetic world
 
 
-FULL = Plan("small", DATASETS, SIZES, (0, 1, 2), TrainParams(max_epochs=4, patience=1), (1000, 300))
+# the default run: 4 sizes x 2 models x 3 seeds x 2 datasets, at most 3 epochs each (xl on request: --sizes)
+FULL = Plan("small", DATASETS, SIZES[:4], (0, 1, 2), TrainParams(max_epochs=3, patience=1), (1000, 300))
 QUICK = Plan("small", ("synthetic",), QUICK_SIZES, (0,), TrainParams(max_epochs=1, batch_size=32), (96, 48))
 
 
@@ -326,7 +327,7 @@ def main() -> None:
     p.add_argument("--data", default=None, help=f"comma-separated subset of {list(DATASETS)}")
     p.add_argument("--sizes", default=None, help=f"comma-separated subset of {[s.name for s in SIZES]}")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (full run: 0,1,2)")
-    p.add_argument("--epochs", type=int, default=None, help="max epochs per point (full run: 4)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs per point (full run: 3)")
     p.add_argument("--jobs", type=int, default=None, help="trainings at once, one thread each (2; --quick: 1)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {OUT}; --quick: none unless given)")
     p.add_argument("--table-from", type=Path, default=None, help="rebuild the outputs from a scaling.json; no runs")

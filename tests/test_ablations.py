@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from contract.config import AstroConfig
+from model import diagnostics, scaling
 from model.ablations import goal_lines, merge, run, table
 from model.checkpoint import load_checkpoint, load_metrics
 from model.readme import TUNING, checkpoint_table, section, tuning_table, write_section
@@ -102,3 +103,19 @@ def test_committed_readme_checkpoint_and_tuning_sections_are_their_files() -> No
     assert section(readme, "checkpoint:small-movielens") == checkpoint_table(json.loads(metrics_path.read_text()))
     runs = {f.stem: json.loads(f.read_text()) for f in sorted((ROOT / TUNING).glob("*.json"))}
     assert section(readme, "tuning") == tuning_table(runs)
+
+
+def test_committed_readme_diagnostics_are_the_committed_figures() -> None:
+    path = ROOT / "docs" / "ablations" / "diagnostics-movielens.json"
+    if not path.is_file():
+        pytest.skip("no committed diagnostics")
+    assert section(ROOT / "README.md", "diagnostics:movielens") == diagnostics.table(json.loads(path.read_text()))
+
+
+def test_committed_readme_scaling_section_is_the_committed_run() -> None:
+    path = ROOT / "docs" / "scaling" / "scaling.json"
+    if not path.is_file():
+        pytest.skip("no committed scaling run")
+    result = json.loads(path.read_text())
+    assert section(ROOT / "README.md", "scaling") == scaling.summary(result).strip()
+    assert (ROOT / "docs" / "scaling" / "scaling.md").read_text() == scaling.markdown(result)
