@@ -173,7 +173,10 @@ def table(result: dict[str, Any], tasks: tuple[str, ...]) -> str:
     names = {"auc": "AUC", "logloss": "LogLoss", "gauc": "GAUC", "ece": "ECE"}
     cols = [f"{names[m]} {t}" for m in METRICS for t in tasks]
     lines = ["| model | seeds | " + " | ".join(cols) + " | chosen epochs |", "|---|" + "---|" * (len(cols) + 2)]
-    for variant, seeds in result["runs"].items():
+    runs = result["runs"]
+    order = [v for v in (*VARIANTS, "popularity") if v in runs] + sorted(set(runs) - {*VARIANTS, "popularity"})
+    for variant in order:  # a fixed order: a JSON written with sorted keys gives the same table
+        seeds = runs[variant]
         cells = []
         for m in METRICS:
             for t in tasks:
@@ -200,9 +203,8 @@ def goal_lines(result: dict[str, Any], tasks: tuple[str, ...]) -> list[str]:
     ]
     for t in tasks:
         ours = mean_std([s["auc"][t] for s in runs["full"]])[0]
-        for variant, seeds in runs.items():
-            if variant == "full":
-                continue
+        for variant in [v for v in (*VARIANTS, "popularity") if v in runs and v != "full"]:
+            seeds = runs[variant]
             theirs = mean_std([s["auc"][t] for s in seeds])[0]
             verdict = "met" if ours >= theirs else "**missed**"
             out.append(f"* AUC {t} ≥ {LABELS.get(variant, variant)}: {ours:.4f} vs {theirs:.4f}, {verdict}")
