@@ -50,6 +50,7 @@ from model.train import DATASETS, TrainParams, batch_tensors, load_data, make_de
 
 MODELS = ("astro", "transformer")
 LABELS = {"astro": "ASTRO (multi-scale blocks)", "transformer": "single stack over the whole history"}
+CHANCE_AUC = 0.55  # below this best AUC a dataset's points are read as "nothing learned"
 FLOP_ROWS = 64  # training rows whose forward + backward FLOPs are counted per point
 OUT = Path(__file__).resolve().parent.parent / "docs" / "scaling"
 
@@ -220,6 +221,13 @@ def statement(rows: list[dict[str, Any]], fits: dict[str, dict[str, dict[str, fl
         key = "logloss_per_decade_train_flops_per_row"
         steeper = "ASTRO" if a[key] < t[key] else "the single stack"
         best = {m: min(r["logloss"] for r in rows if r["data"] == data and r["model"] == m) for m in MODELS}
+        top_auc = max(r["auc"] for r in rows if r["data"] == data)
+        if top_auc < CHANCE_AUC:
+            lines.append(
+                f"* {data}: no point beats chance (best AUC {top_auc:.4f} < {CHANCE_AUC}): at this data size and "
+                "epoch budget neither model learned, so its slopes are noise and show nothing about scaling."
+            )
+            continue
         lines.append(
             f"* {data}: per decade of training FLOPs, LogLoss changes by {a[key]:+.4f} for ASTRO and "
             f"{t[key]:+.4f} for the single stack: {steeper} has the steeper (better) curve over these sizes. "
