@@ -16,8 +16,9 @@ EXPORT_ARGS ?=
 SERVE_ARGS ?=
 PARITY_ARGS ?=
 BENCH_ARGS ?=
+SCALING_ARGS ?=
 
-.PHONY: help venv train ablations export serve parity test lint bench clean
+.PHONY: help venv train ablations scaling export serve parity test lint bench clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets (this text); variables go after them: make train PRESET=tiny
@@ -38,8 +39,11 @@ venv: $(STAMP)  ## only bootstrap .venv (Python 3.11, the project with its dev e
 train: $(STAMP)  ## train PRESET (small) on DATA (synthetic|movielens) into CHECKPOINT (checkpoints/<preset>[-<data>]); more: TRAIN_ARGS
 	$(PY) -m model.train --preset $(PRESET) --data $(DATA) --ablation $(ABLATION) $(if $(CHECKPOINT),--out $(CHECKPOINT)) $(TRAIN_ARGS)
 
-ablations: $(STAMP)  ## the paper's ablations (-BGF, -ATL) and popularity on DATA over SEEDS: a Markdown table
-	$(PY) -m model.ablations --preset $(PRESET) --data $(DATA) --seeds $(SEEDS) --out docs/ablations/$(DATA).json
+ablations: $(STAMP)  ## ASTRO, its ablations (-BGF, -ATL), its peers and popularity on DATA over SEEDS: a Markdown table
+	$(PY) -m model.ablations --preset $(PRESET) --data $(DATA) --seeds $(SEEDS) --out docs/ablations/$(DATA).json --readme README.md
+
+scaling: $(STAMP)  ## quality vs training FLOPs and parameters, ASTRO vs one stack -> docs/scaling/ (SCALING_ARGS=--quick: a minute)
+	$(PY) -m model.scaling $(SCALING_ARGS)
 
 export: $(STAMP)  ## checkpoint -> ONNX -> (TensorRT) -> model_repository/, checked
 	$(PY) -m export --out $(REPOSITORY) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(EXPORT_ARGS)

@@ -42,8 +42,16 @@ training rows may postdate another user's held-out ratings):
   history = training ratings with timestamp strictly before rating ``i``'s, request time =
   that timestamp, candidates = training ratings ``i .. i+k-1`` plus ``negatives`` sampled ones.
   Each training rating is a candidate in at most one row.
+* validation rows (model selection: early stopping, hyper-parameters): the newest
+  ``valid_rows`` of those rolling rows of each user who keeps at least one row for
+  training. They come from the training side only (the evaluation rows never reach
+  them), and they are chronological per user: every training row's history stops before
+  the user's validation candidates (a training row's history ends before its own
+  candidates, which are older than any newer row's), so no validation rating is in a
+  training history or candidate list; the validation rows' histories do hold the user's
+  training ratings, as the evaluation rows' do.
 
-Hence no test rating is ever in a training history or a training candidate list, and
+Hence no test rating is ever in a training or validation history or candidate list, and
 every history is strictly older than its request. Candidates are shuffled within a row.
 Negatives are sampled uniformly, without replacement, from the movies the user never
 rated, with a numpy generator seeded from ``seed`` (separate streams for train and test,
@@ -103,11 +111,14 @@ class MovieLensSplit:
     """Both datasets plus what a leakage check needs: the user of each row and which ratings are held out."""
 
     train: Dataset
+    valid: Dataset
     test: Dataset
     train_users: I64  # [rows] user id of each training row
+    valid_users: I64  # [rows] user id of each validation row
     test_users: I64  # [rows] user id of each evaluation row
     is_test: Mask  # [len(ratings)] held-out ratings (candidates of the evaluation rows)
-    is_train: Mask  # [len(ratings)] ratings training rows may use; neither mask: dropped boundary ties
+    is_train: Mask  # [len(ratings)] ratings training and validation rows may use; neither: dropped boundary ties
+    is_valid: Mask  # [len(ratings)] candidates of the validation rows (a subset of is_train)
 
 
 def inter_path() -> Path:
@@ -146,13 +157,19 @@ def load_movielens(
     held_out: int = 10,
     negatives: int = 20,
     min_history: int = 1,
+    valid_rows: int = 1,
     path: Path | None = None,
-) -> tuple[Dataset, Dataset]:
-    """(training rows, evaluation rows) of ml-100k for ``cfg``; see the module docstring."""
-    split = build_split(
-        read_ratings(path), cfg, seed=seed, held_out=held_out, negatives=negatives, min_history=min_history
+) -> MovieLensSplit:
+    """Training, validation and evaluation rows of ml-100k for ``cfg``; see the module docstring."""
+    return build_split(
+        read_ratings(path),
+        cfg,
+        seed=seed,
+        held_out=held_out,
+        negatives=negatives,
+        min_history=min_history,
+        valid_rows=valid_rows,
     )
-    return split.train, split.test
 
 
 def build_split(
@@ -163,12 +180,14 @@ def build_split(
     held_out: int = 10,
     negatives: int = 20,
     min_history: int = 1,
+    valid_rows: int = 1,
 ) -> MovieLensSplit:
-    """Split ``ratings`` per user chronologically into training and evaluation rows of ``held_out + negatives``
-    candidates each, histories cut into ``cfg``'s blocks at Tb = ``cfg.max_block_len``."""
-    if held_out < 1 or negatives < 0 or min_history < 0:
+    """Split ``ratings`` per user chronologically into training, validation and evaluation rows of
+    ``held_out + negatives`` candidates each, histories cut into ``cfg``'s blocks at Tb = ``cfg.max_block_len``."""
+    if held_out < 1 or negatives < 0 or min_history < 0 or valid_rows < 0:
         raise ValueError(
-            f"need held_out >= 1, negatives >= 0, min_history >= 0; got {held_out}, {negatives}, {min_history}"
+            "need held_out >= 1, negatives >= 0, min_history >= 0, valid_rows >= 0; "
+            f"got {held_out}, {negatives}, {min_history}, {valid_rows}"
         )
     unknown = [t for t in cfg.tasks if t not in TASK_MIN_RATING]
     if unknown:
@@ -177,6 +196,7 @@ def build_split(
     rng_train, rng_test = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
     is_test = np.zeros(len(ratings), dtype=bool)
     is_train = np.zeros(len(ratings), dtype=bool)
+    is_valid = np.zeros(len(ratings), dtype=bool)
     order = np.lexsort((ratings.item_ids, ratings.timestamps, ratings.user_ids))  # by user, then time, then item
     users, starts = np.unique(ratings.user_ids[order], return_index=True)
     for user, idx in zip(users.tolist(), np.split(order, starts[1:]), strict=True):
@@ -192,17 +212,55 @@ def build_split(
             raise ValueError(f"user {user} left {pool.shape[0]} unrated items, fewer than negatives={negatives}")
         history = builder.events(train)
         builder.add("test", user, history, cut, test, pool, rng_test)
-        for i in range(train.shape[0] - held_out, min_history - 1, -held_out):
+        cuts = list(range(train.shape[0] - held_out, min_history - 1, -held_out))  # newest row first
+        n_valid = valid_rows if len(cuts) > valid_rows else 0  # the user keeps a training row
+        for j, i in enumerate(cuts):
             at = int(ratings.timestamps[train[i]])
-            builder.add("train", user, history, at, train[i : i + held_out], pool, rng_train)
+            part = "valid" if j < n_valid else "train"
+            is_valid[train[i : i + held_out]] = part == "valid"
+            builder.add(part, user, history, at, train[i : i + held_out], pool, rng_train)
     return MovieLensSplit(
         builder.dataset("train"),
+        builder.dataset("valid"),
         builder.dataset("test"),
         builder.users("train"),
+        builder.users("valid"),
         builder.users("test"),
         is_test,
         is_train,
+        is_valid,
     )
+
+
+def find_leaks(ratings: Ratings, split: MovieLensSplit, limit: int = 5) -> list[str]:
+    """Every way a row could see what it must not (empty when the split is clean), up to ``limit`` each:
+
+    * a held-out movie of the user (a user rates a movie once) in a training or validation history
+      or among a training or validation row's candidates (never a training-side label, not even a negative);
+    * a validation movie of the user in a training history or among a training row's candidates;
+    * a history event at or after its row's request time.
+
+    Checks the rows themselves, not how they were built, so a leak planted in any row shows."""
+    held: dict[str, dict[int, set[int]]] = {"test": {}, "valid": {}}  # part -> user -> movies
+    for part, mask in (("test", split.is_test), ("valid", split.is_valid)):
+        for u, i in zip(ratings.user_ids[mask].tolist(), ratings.item_ids[mask].tolist(), strict=True):
+            held[part].setdefault(u, set()).add(i)
+    problems: list[str] = []
+    rows = (("train", split.train, split.train_users), ("valid", split.valid, split.valid_users))
+    for part, ds, users in rows:
+        for row, user in enumerate(users.tolist()):
+            where = f"{part} row {row} (user {user})"
+            valid = ds.hist_item_ids[row] != 0
+            events, cand = set(ds.hist_item_ids[row][valid].tolist()), set(ds.cand_item_ids[row].tolist())
+            for source in ("test", "valid") if part == "train" else ("test",):
+                mine = held[source].get(user, set())
+                if events & mine:
+                    problems.append(f"{where}: {source} movies {sorted(events & mine)[:3]} in its history")
+                if cand & mine:
+                    problems.append(f"{where}: {source} movies {sorted(cand & mine)[:3]} among its candidates")
+            if (ds.hist_timestamps[row][valid] >= ds.request_timestamp[row, 0]).any():
+                problems.append(f"{where}: a history event at or after the request time")
+    return problems[:limit] if limit else problems
 
 
 class _RowBuilder:
@@ -221,7 +279,9 @@ class _RowBuilder:
         self.scenario = vocab_id(cfg.scenarios, SCENARIO, "scenarios")
         self.catalogue = np.unique(ratings.item_ids)
         self.thresholds = np.array([TASK_MIN_RATING[t] for t in cfg.tasks])
-        self.rows: dict[str, list[tuple[int, tuple[I64, I64, I64, I64], int, I64, F32]]] = {"train": [], "test": []}
+        self.rows: dict[str, list[tuple[int, tuple[I64, I64, I64, I64], int, I64, F32]]] = {
+            part: [] for part in ("train", "valid", "test")
+        }
 
     def events(self, idx: I64) -> EventHistory:
         """The behaviour events of ratings ``idx`` (chronological), in the same order."""
@@ -308,6 +368,7 @@ def main() -> None:
         f"{int(split.is_train.sum())} for training, {dropped} boundary ties dropped"
     )
     print(f"train ({np.unique(split.train_users).size} users): {summary(split.train, cfg.tasks)}")
+    print(f"valid ({np.unique(split.valid_users).size} users): {summary(split.valid, cfg.tasks)}")
     print(f"test  ({np.unique(split.test_users).size} users): {summary(split.test, cfg.tasks)}")
     print(f"built for preset {cfg.name!r} (Nb={cfg.n_blocks}, Tb={cfg.max_block_len}) in {took:.2f} s")
 

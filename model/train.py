@@ -1,4 +1,4 @@
-"""Train an ASTRO checkpoint and compare it with popularity on held-out rows.
+"""Train an ASTRO checkpoint with a validation split, and compare it with popularity on held-out rows.
 
     python -m model.train --preset small                      # -> checkpoints/small (the embedded default)
     python -m model.train --preset small --data movielens     # -> checkpoints/small-movielens
@@ -6,9 +6,26 @@
 
 Rows are in the paper's SUMI format: one row per user holding many candidates, each
 candidate seeing the whole history and only itself. Trains through the split path
-(encoder once, scorer on all candidates: the same graphs that are served), shows
-progress, and writes a safetensors checkpoint with ``metrics.json``: AUC, LogLoss and
-GAUC per task of the model and of a popularity baseline.
+(encoder once, scorer on all candidates: the same graphs that are served).
+
+The protocol, the same for ASTRO and for every peer (:mod:`model.peers`):
+
+* three disjoint sets of rows: training, validation and evaluation. On MovieLens the
+  validation rows are each user's newest training-side rows (chronological, per user; see
+  :mod:`model.movielens`); on the synthetic world, users of their own draw. Evaluation rows
+  never reach training or model selection;
+* after every epoch the validation rows are scored; the epoch with the lowest validation
+  LogLoss (mean over tasks) is kept: training stops ``patience`` epochs after the best one
+  (or at ``max_epochs``) and the best epoch's weights are restored;
+* hyper-parameters (learning rate, weight decay, dropout, width) are options, chosen by
+  comparing the runs' validation LogLoss (``metrics.json`` keeps the curve), never on the
+  evaluation rows;
+* optionally (``--refit``), once the epoch is chosen, the model is re-trained from the same
+  initial weights on training + validation rows for that many epochs.
+
+Writes a safetensors checkpoint with ``metrics.json`` (AUC, LogLoss, GAUC and calibration
+per task of the model and of popularity on the evaluation rows, the validation curve and
+the chosen epoch) and ``reliability.png`` (the calibration of both, per task).
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +41,18 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from contract.config import PRESETS, AstroConfig
 from contract.program import program_name
 from model.astro import AstroModel, History, Request
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from model.metrics import evaluate
+from model.metrics import evaluate, logloss, reliability_plot
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
 CPU = torch.device("cpu")
+RELIABILITY_PLOT = "reliability.png"
 
 
 def batch_tensors(
@@ -54,14 +74,14 @@ def batch_tensors(
 
 
 @torch.no_grad()
-def predict(model: AstroModel, ds: Dataset, batch_size: int = 256) -> npt.NDArray[np.float32]:
-    """Probabilities [U, N, T] through the split path, on the model's device."""
+def predict(model: nn.Module, ds: Dataset, batch_size: int = 256) -> npt.NDArray[np.float32]:
+    """Probabilities [U, N, T] of ``model(history, request, candidates)`` (ASTRO: the split path)."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(ds), batch_size):
         h, req, cand = batch_tensors(ds, np.arange(start, min(start + batch_size, len(ds))), device)
-        out.append(torch.sigmoid(model.split(h, req, cand)).cpu().numpy())
+        out.append(torch.sigmoid(model(h, req, cand)).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -87,82 +107,252 @@ ABLATIONS: dict[str, dict[str, bool]] = {
 }
 DATASETS = ("synthetic", "movielens")
 TRAIN_USERS, TEST_USERS = 4000, 1000  # synthetic users (one row each) for training and the held-out metrics
+VALID_FRACTION = 8  # synthetic validation users: one per this many training users
+# synthetic draws: training users seed + 1, evaluation seed + 2, validation seed + 4 (seed + 3 is the
+# fresh users tests/test_checkpoint.py re-evaluates the embedded checkpoint on: no run ever sees them)
+TRAIN_SEED_OFFSET, TEST_SEED_OFFSET, VALID_SEED_OFFSET = 1, 2, 4
 
 
-def load_data(data: str, cfg: AstroConfig, n_train: int, n_test: int, seed: int) -> tuple[Dataset, Dataset]:
-    """(training rows, held-out rows) in the SUMI row format: one row per user with many candidates."""
+@dataclass(frozen=True)
+class Splits:
+    """Three disjoint sets of rows: the model fits ``train``, selection reads ``valid``, metrics ``test``."""
+
+    train: Dataset
+    valid: Dataset
+    test: Dataset
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The optimisation side of a run (the model side is the :class:`AstroConfig`)."""
+
+    max_epochs: int = 10  # passes over the training rows at most
+    patience: int = 2  # epochs without a better validation LogLoss before stopping
+    batch_size: int = 64  # rows per step (each a user with all its candidates)
+    lr: float = 3e-3  # peak AdamW learning rate (one-cycle schedule over max_epochs)
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
+    seed: int = 0  # data, split, negatives and init
+    refit: bool = False  # after selection, re-train from the same init on training + validation rows
+
+    def __post_init__(self) -> None:
+        bad = [
+            f"{name}={getattr(self, name)} (need {need})"
+            for name, ok, need in (
+                ("max_epochs", self.max_epochs >= 1, ">= 1"),
+                ("patience", self.patience >= 1, ">= 1"),
+                ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("lr", self.lr > 0, "> 0"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            )
+            if not ok
+        ]
+        if bad:
+            raise ValueError("training parameters out of range: " + ", ".join(bad))
+
+
+def load_data(data: str, cfg: AstroConfig, n_train: int, n_test: int, seed: int) -> Splits:
+    """Training, validation and evaluation rows in the SUMI row format: one row per user, many candidates."""
     if data == "movielens":
         from model.movielens import load_movielens  # reads a file of the recbole wheel; only this data needs it
 
         print(f"loading MovieLens-100k for preset {cfg.name!r} (seed {seed})", flush=True)
-        return load_movielens(cfg, seed=seed)
+        split = load_movielens(cfg, seed=seed)
+        return Splits(split.train, split.valid, split.test)
     world = SyntheticWorld(WorldSpec(seed=seed))
-    print(f"generating synthetic data: {n_train} train / {n_test} held-out users", flush=True)
-    return world.dataset(cfg, n_train, seed + 1), world.dataset(cfg, n_test, seed + 2)
+    n_valid = max(1, n_train // VALID_FRACTION)
+    print(f"generating synthetic data: {n_train} train / {n_valid} validation / {n_test} held-out users", flush=True)
+    return Splits(
+        world.dataset(cfg, n_train, seed + TRAIN_SEED_OFFSET),
+        world.dataset(cfg, n_valid, seed + VALID_SEED_OFFSET),
+        world.dataset(cfg, n_test, seed + TEST_SEED_OFFSET),
+    )
+
+
+def mean_logloss(model: nn.Module, ds: Dataset, tasks: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+    """Validation criterion: the LogLoss per task of ``model`` on ``ds`` and its mean over tasks."""
+    per_task = logloss(predict(model, ds), ds.labels, tasks)
+    return float(np.mean(list(per_task.values()))), per_task
+
+
+def _optimiser(
+    model: nn.Module, params: TrainParams, n_rows: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
+    """AdamW with a one-cycle schedule spanning ``params.max_epochs`` passes over ``n_rows``; steps per epoch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    per_epoch = (n_rows + params.batch_size - 1) // params.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=params.lr, total_steps=params.max_epochs * per_epoch, pct_start=0.1
+    )
+    return opt, sched, per_epoch
+
+
+def _train_epoch(
+    model: nn.Module,
+    ds: Dataset,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    rng: np.random.Generator,
+    batch_size: int,
+    bar: tqdm[Any],
+) -> float:
+    """One pass over ``ds`` in a fresh random order; the mean training loss per row."""
+    device = next(model.parameters()).device
+    model.train()
+    perm = rng.permutation(len(ds))
+    total = 0.0
+    for start in range(0, len(ds), batch_size):
+        idx = perm[start : start + batch_size]
+        h, req, cand = batch_tensors(ds, idx, device)
+        labels = torch.from_numpy(ds.labels[idx]).to(device)
+        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total / len(ds)
+
+
+def fit(model: nn.Module, splits: Splits, tasks: tuple[str, ...], params: TrainParams, desc: str) -> dict[str, Any]:
+    """Train ``model`` in place on ``splits.train``; keep the epoch of lowest validation LogLoss.
+
+    After each epoch the validation rows are scored; training stops ``params.patience`` epochs
+    after the best one, and the best epoch's weights are loaded back into ``model``.
+    Returns the record of the run: the validation curve, the chosen epoch, the time."""
+    torch.manual_seed(params.seed)
+    opt, sched, per_epoch = _optimiser(model, params, len(splits.train))
+    rng = np.random.default_rng(params.seed)
+    curve: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    t0 = time.perf_counter()
+    with tqdm(total=params.max_epochs * per_epoch, desc=desc, unit="step") as bar:
+        for epoch in range(1, params.max_epochs + 1):
+            train_loss = _train_epoch(model, splits.train, opt, sched, rng, params.batch_size, bar)
+            valid_loss, valid_per_task = mean_logloss(model, splits.valid, tasks)
+            curve.append(
+                {"epoch": epoch, "train_loss": train_loss, "valid_logloss": valid_per_task, "valid_mean": valid_loss}
+            )
+            bar.write(f"epoch {epoch}: train loss {train_loss:.4f}, validation LogLoss {valid_loss:.4f}")
+            if best is None or valid_loss < best[0]:
+                best = (valid_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            elif epoch - best[1] >= params.patience:
+                break
+    assert best is not None  # max_epochs >= 1: at least one epoch ran
+    model.load_state_dict(best[2])
+    model.eval()
+    return {
+        "criterion": "validation LogLoss, mean over tasks",
+        "curve": curve,
+        "chosen_epoch": best[1],
+        "epochs_run": len(curve),
+        "valid_rows": len(splits.valid),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def refit(model: nn.Module, initial: dict[str, torch.Tensor], ds: Dataset, params: TrainParams, epochs: int) -> float:
+    """Re-train ``model`` from its ``initial`` weights on ``ds`` for ``epochs`` epochs, the schedule and
+    order of :func:`fit` (the selection already made: nothing is scored). Returns the seconds taken."""
+    model.load_state_dict(initial)
+    torch.manual_seed(params.seed)
+    opt, sched, per_epoch = _optimiser(model, params, len(ds))
+    rng = np.random.default_rng(params.seed)
+    t0 = time.perf_counter()
+    with tqdm(total=epochs * per_epoch, desc=f"refit on {len(ds)} rows, {epochs} epochs", unit="step") as bar:
+        for _ in range(epochs):
+            _train_epoch(model, ds, opt, sched, rng, params.batch_size, bar)
+    model.eval()
+    return round(time.perf_counter() - t0, 1)
+
+
+def concat(a: Dataset, b: Dataset) -> Dataset:
+    """The rows of ``a`` then those of ``b`` (cut for the same blocks)."""
+    return Dataset(*(np.concatenate([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Dataset)))
+
+
+def make_deterministic(seed: int) -> None:
+    """The same command gives the same weights and metrics.json: deterministic kernels (on a GPU too,
+    where cuBLAS then needs CUBLAS_WORKSPACE_CONFIG set before the first call)."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained model with everything a report needs: the metrics and the evaluation-row predictions."""
+
+    model: nn.Module
+    metrics: dict[str, Any]
+    test_probs: npt.NDArray[np.float32]  # [U, N, T] the model's, on the evaluation rows
+    popularity_probs: npt.NDArray[np.float32]
+    test_labels: npt.NDArray[np.float32]
+
+
+def train_model(
+    model: nn.Module,
+    cfg: AstroConfig,
+    splits: Splits,
+    params: TrainParams,
+    name: str,
+    device: torch.device = CPU,
+) -> Run:
+    """Fit ``model`` by the protocol (see the module docstring) and score it and popularity on the evaluation rows."""
+    model.to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    record = fit(model, splits, cfg.tasks, params, desc=f"train {name}")
+    fitted = splits.train
+    if params.refit:
+        fitted = concat(splits.train, splits.valid)
+        record["refit_seconds"] = refit(model, initial, fitted, params, record["chosen_epoch"])
+    probs = predict(model, splits.test)
+    pop = popularity_scores(fitted, splits.test)
+    metrics = {
+        "model": evaluate(probs, splits.test.labels, cfg.tasks),
+        "popularity": evaluate(pop, splits.test.labels, cfg.tasks),
+        "validation": record,
+        "train_rows": len(splits.train),
+        "fitted_rows": len(fitted),  # with refit, the training and validation rows
+        "test_rows": len(splits.test),
+        "candidates_per_row": int(splits.train.cand_item_ids.shape[1]),
+        "params": asdict(params),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "torch": torch.__version__,
+        "train_seconds": record["train_seconds"] + record.get("refit_seconds", 0.0),
+    }
+    return Run(model.cpu(), metrics, probs, pop, splits.test.labels)
 
 
 def train(
     cfg: AstroConfig,
-    epochs: int,
-    n_train: int,
-    n_test: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
+    params: TrainParams,
     data: str = "synthetic",
     ablation: str = "full",
+    n_train: int = TRAIN_USERS,
+    n_test: int = TEST_USERS,
     device: torch.device = CPU,
-) -> tuple[AstroModel, dict[str, Any]]:
-    """Train one model; metrics (AUC, LogLoss, GAUC per task) of it and of popularity on the held-out rows."""
+) -> Run:
+    """Train one ASTRO model (``ablation`` of ``cfg``) on ``data`` by the protocol."""
     cfg = cfg.replace(**ABLATIONS[ablation])
-    train_ds, test_ds = load_data(data, cfg, n_train, n_test, seed)
-    torch.manual_seed(seed)
-    # the same command gives the same weights and metrics.json: deterministic kernels (on a GPU too,
-    # where cuBLAS then needs CUBLAS_WORKSPACE_CONFIG set before the first call)
-    torch.use_deterministic_algorithms(True)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    model = AstroModel(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    n_rows = len(train_ds)
-    steps = epochs * ((n_rows + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    with tqdm(total=steps, desc=f"train {cfg.name} {ablation} on {data}", unit="step") as bar:
-        for _ in range(epochs):
-            model.train()
-            perm = rng.permutation(n_rows)
-            for start in range(0, n_rows, batch_size):
-                idx = perm[start : start + batch_size]
-                h, req, cand = batch_tensors(train_ds, idx, device)
-                labels = torch.from_numpy(train_ds.labels[idx]).to(device)
-                loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    train_seconds = round(time.perf_counter() - t0, 1)
-    model.eval()
-    metrics = {
-        "data": data,
-        "ablation": ablation,
-        "model": evaluate(predict(model, test_ds), test_ds.labels, cfg.tasks),
-        "popularity": evaluate(popularity_scores(train_ds, test_ds), test_ds.labels, cfg.tasks),
-        "train_rows": n_rows,
-        "test_rows": len(test_ds),
-        "candidates_per_row": int(train_ds.cand_item_ids.shape[1]),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "device": str(device),
-        "torch": torch.__version__,
-        "train_seconds": train_seconds,
-    }
-    return model.cpu(), metrics
+    splits = load_data(data, cfg, n_train, n_test, params.seed)
+    make_deterministic(params.seed)
+    run = train_model(AstroModel(cfg), cfg, splits, params, f"{cfg.name} {ablation} on {data}", device)
+    run.metrics.update(data=data, ablation=ablation, seed=params.seed, config=cfg.model_dump(mode="json"))
+    return run
+
+
+def save_run(run: Run, out: Path, title: str) -> None:
+    """An ASTRO run as a checkpoint: weights, config, ``metrics.json`` and the reliability plot."""
+    if not isinstance(run.model, AstroModel):
+        raise TypeError(f"only ASTRO models are saved as checkpoints, not {type(run.model).__name__}")
+    save_checkpoint(run.model, out, run.metrics)
+    curves = {"ASTRO": (run.test_probs, run.test_labels), "popularity": (run.popularity_probs, run.test_labels)}
+    chosen = run.metrics["validation"]["chosen_epoch"]
+    reliability_plot(curves, run.model.cfg.tasks, out / RELIABILITY_PLOT, f"{title}, evaluation rows (epoch {chosen})")
 
 
 def main() -> None:
@@ -180,39 +370,52 @@ def main() -> None:
         default=None,
         help="checkpoint folder to write (default: checkpoints/<preset>, or checkpoints/<preset>-<data>[-<ablation>])",
     )
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows")
+    d = TrainParams()
+    p.add_argument("--epochs", type=int, default=d.max_epochs, help="passes over the training rows at most")
+    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation LogLoss")
     p.add_argument("--train-users", type=int, default=TRAIN_USERS, help="synthetic training users (one row each)")
     p.add_argument("--test-users", type=int, default=TEST_USERS, help="held-out synthetic users for the metrics")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per step (each a user with all its candidates)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (one-cycle schedule)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step (each a user, all candidates)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (one-cycle schedule)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--dropout", type=float, default=None, help="dropout of the model (default: the preset's)")
+    p.add_argument("--d-model", type=int, default=None, help="embedding and model width (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help="after choosing the epoch, re-train from the same init on training + validation rows for that many",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", type=torch.device, default=CPU, help="torch device to train on, e.g. cuda")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = AstroConfig.from_name(a.preset)
+    overrides = {k: v for k, v in (("dropout", a.dropout), ("d_model", a.d_model)) if v is not None}
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    try:
+        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, a.seed, a.refit)
+    except ValueError as e:
+        p.error(str(e))
     out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)
-    model, metrics = train(
-        cfg,
-        a.epochs,
-        a.train_users,
-        a.test_users,
-        a.batch_size,
-        a.lr,
-        a.seed,
-        data=a.data,
-        ablation=a.ablation,
-        device=a.device,
-    )
-    save_checkpoint(model, out, metrics)
+    run = train(cfg, params, a.data, a.ablation, a.train_users, a.test_users, a.device)
+    metrics = run.metrics
+    save_run(run, out, f"{a.preset} on {a.data}")
     for t in cfg.tasks:
         m, pop = metrics["model"], metrics["popularity"]
         print(
             f"held-out {t}: AUC {m['auc'][t]:.4f} (popularity {pop['auc'][t]:.4f}), "
-            f"LogLoss {m['logloss'][t]:.4f} ({pop['logloss'][t]:.4f}), GAUC {m['gauc'][t]:.4f} ({pop['gauc'][t]:.4f})"
+            f"LogLoss {m['logloss'][t]:.4f} ({pop['logloss'][t]:.4f}), GAUC {m['gauc'][t]:.4f} ({pop['gauc'][t]:.4f}), "
+            f"ECE {m['ece'][t]:.4f} ({pop['ece'][t]:.4f})"
         )
-    print(f"wrote {out}/ (model.safetensors, config.json, metrics.json); trained in {metrics['train_seconds']} s")
+    v = metrics["validation"]
+    print(
+        f"chose epoch {v['chosen_epoch']} of {v['epochs_run']} by validation LogLoss; "
+        f"wrote {out}/ (model.safetensors, config.json, metrics.json, {RELIABILITY_PLOT}); "
+        f"trained in {metrics['train_seconds']} s"
+    )
 
 
 def default_name(preset: str, data: str, ablation: str) -> str:

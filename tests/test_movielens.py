@@ -10,6 +10,7 @@ and right-padded. The metrics are checked against values computed by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -20,8 +21,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from contract.config import AstroConfig
-from model import metrics, movielens
-from model.movielens import INSTALL, MovieLensNotFound, MovieLensSplit, build_split, read_ratings
+from model import diagnostics, metrics, movielens
+from model.movielens import INSTALL, MovieLensNotFound, MovieLensSplit, build_split, find_leaks, read_ratings
+from model.synthetic import Dataset
 
 TINY = AstroConfig.from_name("tiny")  # blocks play(12), like+share(12), recent(12)
 PLAY, LIKE, SHARE, SKIP = (TINY.behaviors.index(b) for b in ("play", "like", "share", "skip"))
@@ -32,6 +34,11 @@ TOY = [  # (user, item, rating, timestamp)
     *((1, i, r, 100 * i) for i, r in zip(range(1, 9), (5, 1, 3, 4, 2, 5, 3, 4), strict=True)),
     *((2, i, r, t) for i, r, t in zip(range(9, 15), (4, 4, 3, 2, 5, 1), (100, 200, 300, 300, 300, 400), strict=True)),
 ]
+
+
+def toy_ratings() -> movielens.Ratings:
+    users, items, stars, times = (np.array(c) for c in zip(*TOY, strict=True))
+    return movielens.Ratings(users, items, stars.astype(np.float64), times)
 
 
 @pytest.fixture
@@ -46,30 +53,42 @@ def toy(tmp_path: Path) -> MovieLensSplit:
 
 
 def test_toy_split_rows_and_masks(toy: MovieLensSplit) -> None:
-    # user 1: test = items 7, 8; training rows cut before items 5, 3, 1 (the last with an empty history)
-    # user 2: test = items 13 (t=300), 14; items 11, 12 tie the cut t=300 and are dropped; one row before item 9
+    # user 1: test = items 7, 8; rows cut before items 5, 3, 1 (the last with an empty history); the newest
+    # (before item 5) is the validation row. user 2: test = items 13 (t=300), 14; items 11, 12 tie the cut
+    # t=300 and are dropped; one row before item 9, kept for training (a user keeps a training row)
     assert toy.test_users.tolist() == [1, 2]
-    assert toy.train_users.tolist() == [1, 1, 1, 2]
+    assert toy.train_users.tolist() == [1, 1, 2]
+    assert toy.valid_users.tolist() == [1]
     assert toy.is_test.tolist() == [False] * 6 + [True] * 2 + [False] * 4 + [True] * 2
     assert toy.is_train.tolist() == [True] * 6 + [False] * 2 + [True] * 2 + [False] * 4
+    assert toy.is_valid.tolist() == [False] * 4 + [True] * 2 + [False] * 8
     assert toy.test.request_timestamp[:, 0].tolist() == [700, 300]
-    assert toy.train.request_timestamp[:, 0].tolist() == [500, 300, 100, 100]
-    assert (toy.test.request_scenario == HOME).all() and (toy.train.request_scenario == HOME).all()
-    assert toy.train.cand_item_ids.shape == (4, 4) and toy.train.labels.shape == (4, 4, 2)
+    assert toy.valid.request_timestamp[:, 0].tolist() == [500]
+    assert toy.train.request_timestamp[:, 0].tolist() == [300, 100, 100]
+    for ds in (toy.train, toy.valid, toy.test):
+        assert (ds.request_scenario == HOME).all()
+    assert toy.train.cand_item_ids.shape == (3, 4) and toy.train.labels.shape == (3, 4, 2)
     # candidates: the rated ones plus 2 negatives the user never rated
-    expected_rated = [{5, 6}, {3, 4}, {1, 2}, {9, 10}]
-    for row, rated in enumerate(expected_rated):
-        cand = set(toy.train.cand_item_ids[row].tolist())
-        assert rated <= cand and len(cand) == 4
-        never = set(range(9, 15)) if row < 3 else set(range(1, 9))
-        assert cand - rated <= never
+    for ds, expected_rated in ((toy.valid, [{5, 6}]), (toy.train, [{3, 4}, {1, 2}, {9, 10}])):
+        for row, rated in enumerate(expected_rated):
+            cand = set(ds.cand_item_ids[row].tolist())
+            assert rated <= cand and len(cand) == 4
+            never = set(range(9, 15)) if rated <= set(range(1, 9)) else set(range(1, 9))
+            assert cand - rated <= never
     assert {7, 8} <= set(toy.test.cand_item_ids[0].tolist())
     assert {13, 14} <= set(toy.test.cand_item_ids[1].tolist())
 
 
+def test_toy_split_without_validation_keeps_every_row_for_training(tmp_path: Path) -> None:
+    users, items, stars, times = (np.array(c) for c in zip(*TOY, strict=True))
+    ratings = movielens.Ratings(users, items, stars.astype(np.float64), times)
+    split = build_split(ratings, TINY, held_out=2, negatives=2, min_history=0, valid_rows=0)
+    assert split.train_users.tolist() == [1, 1, 1, 2] and len(split.valid) == 0 and not split.is_valid.any()
+
+
 def test_toy_labels_follow_the_rating_mapping(toy: MovieLensSplit) -> None:
     rating = {(u, i): r for u, i, r, _ in TOY}
-    for ds, users in ((toy.train, toy.train_users), (toy.test, toy.test_users)):
+    for ds, users in ((toy.train, toy.train_users), (toy.valid, toy.valid_users), (toy.test, toy.test_users)):
         for row, user in enumerate(users.tolist()):
             for item, lab in zip(ds.cand_item_ids[row].tolist(), ds.labels[row].tolist(), strict=True):
                 r = rating.get((user, item))
@@ -96,8 +115,9 @@ def test_toy_history_blocks(toy: MovieLensSplit) -> None:
     # user 2: history stops strictly before the cut t=300 (the tied items 11, 12 are not in it)
     assert ds.hist_item_ids[1, 0].tolist() == [10, 9] + [0] * 10
     # the earliest training row of user 1 has an empty history: all padding
-    assert not toy.train.hist_item_ids[2].any() and not toy.train.hist_timestamps[2].any()
-    assert toy.train.hist_item_ids[0, 0].tolist() == [4, 3, 2, 1] + [0] * 8  # row cut before item 5
+    assert not toy.train.hist_item_ids[1].any() and not toy.train.hist_timestamps[1].any()
+    assert toy.valid.hist_item_ids[0, 0].tolist() == [4, 3, 2, 1] + [0] * 8  # row cut before item 5
+    assert toy.train.hist_item_ids[0, 0].tolist() == [2, 1] + [0] * 10  # row cut before item 3
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,7 +172,7 @@ def test_no_held_out_rating_leaks_into_training(ml100k: tuple[movielens.Ratings,
     rated = set(pairs)
     trained = {p for p, keep in zip(pairs, split.is_train.tolist(), strict=True) if keep}
     ds = split.train
-    assert len(ds) > 8000
+    assert len(ds) > 7000
     for row, user in enumerate(split.train_users.tolist()):
         valid = ds.hist_item_ids[row] != 0
         hist = set(zip(ds.hist_item_ids[row][valid].tolist(), ds.hist_timestamps[row][valid].tolist(), strict=True))
@@ -169,6 +189,58 @@ def test_no_held_out_rating_leaks_into_training(ml100k: tuple[movielens.Ratings,
         valid = split.test.hist_item_ids[row] != 0
         assert (split.test.hist_timestamps[row][valid] < first_test_time[user]).all()
         assert split.test.request_timestamp[row, 0] == first_test_time[user]
+
+
+@needs_wheel
+def test_validation_rows_come_from_the_training_side_only(ml100k: tuple[movielens.Ratings, MovieLensSplit]) -> None:
+    """Validation rows: each user's newest training-side row; no held-out rating reaches them, and no
+    validation rating reaches a training row (find_leaks checks every row; it finds nothing here)."""
+    ratings, split = ml100k
+    assert not (split.is_valid & ~split.is_train).any() and not (split.is_valid & split.is_test).any()
+    assert 700 < len(split.valid) == np.unique(split.valid_users).size < 943  # users with two rows or more
+    assert int(split.is_valid.sum()) == 10 * len(split.valid)
+    newest_train = dict(zip(split.train_users.tolist(), split.train.request_timestamp[:, 0].tolist(), strict=True))
+    for user, at in zip(split.valid_users.tolist(), split.valid.request_timestamp[:, 0].tolist(), strict=True):
+        assert at > newest_train[user], "a user's validation row is newer than each of their training rows"
+    assert find_leaks(ratings, split) == []
+
+
+def plant(ds: Dataset, field: str, row: int, where: tuple[int, ...], value: int) -> Dataset:
+    """A copy of ``ds`` with one value of one field changed."""
+    a = getattr(ds, field).copy()
+    a[(row, *where)] = value
+    return dataclasses.replace(ds, **{field: a})
+
+
+def test_find_leaks_catches_planted_leaks(toy: MovieLensSplit) -> None:
+    """User 1: held-out items 7 (t=700) and 8; validation items 5 and 6; training row 0 (request t=300)
+    has the history [2, 1]. Each planted leak is found and named; the clean split has none."""
+    ratings = toy_ratings()
+    assert find_leaks(ratings, toy) == []
+
+    def leaks(train: Dataset = toy.train, valid: Dataset = toy.valid) -> list[str]:
+        return find_leaks(ratings, dataclasses.replace(toy, train=train, valid=valid))
+
+    # a held-out rating in a training history (at its own time: also after the request)
+    planted = plant(plant(toy.train, "hist_item_ids", 0, (0, 2), 7), "hist_timestamps", 0, (0, 2), 700)
+    assert leaks(train=planted) == [
+        "train row 0 (user 1): test movies [7] in its history",
+        "train row 0 (user 1): a history event at or after the request time",
+    ]
+    # a validation movie in a training history, at an innocent-looking time
+    planted = plant(plant(toy.train, "hist_item_ids", 0, (0, 2), 5), "hist_timestamps", 0, (0, 2), 50)
+    assert leaks(train=planted) == ["train row 0 (user 1): valid movies [5] in its history"]
+    # a held-out movie among the validation row's candidates; a validation movie among a training row's
+    assert leaks(valid=plant(toy.valid, "cand_item_ids", 0, (0,), 8)) == [
+        "valid row 0 (user 1): test movies [8] among its candidates"
+    ]
+    assert leaks(train=plant(toy.train, "cand_item_ids", 0, (0,), 6)) == [
+        "train row 0 (user 1): valid movies [6] among its candidates"
+    ]
+    # a held-out movie in the validation row's history
+    assert leaks(valid=plant(toy.valid, "hist_item_ids", 0, (2, 0), 8)) == [
+        "valid row 0 (user 1): test movies [8] in its history"
+    ]
 
 
 @needs_wheel
@@ -252,8 +324,24 @@ def test_gauc_by_hand() -> None:
     assert metrics.gauc_users(PROBS, LABELS, TASKS) == {"a": 3, "b": 0}
     assert math.isnan(metrics.gauc(PROBS, LABELS, TASKS)["b"])  # no user with both classes
     out = metrics.evaluate(PROBS, LABELS, TASKS, groups)
-    assert set(out) == {"auc", "logloss", "gauc"} and out["gauc"]["a"] == pytest.approx(5 / 6)
+    assert set(out) == {"auc", "logloss", "gauc", "ece", "mean_prediction", "label_rate"}
+    assert out["gauc"]["a"] == pytest.approx(5 / 6)
     assert all(isinstance(v, float) for d in out.values() for v in d.values())
+
+
+def test_calibration_by_hand(tmp_path: Path) -> None:
+    # task a: the 8 predictions fall in 8 different bins of width 1/15, so ECE = mean |p - y| = 3.4 / 8
+    cal = metrics.calibration(PROBS, LABELS, TASKS)
+    assert cal["ece"]["a"] == pytest.approx(3.4 / 8)
+    assert cal["mean_prediction"]["a"] == pytest.approx(0.5) and cal["label_rate"]["a"] == pytest.approx(3 / 8)
+    # task b: every prediction 0.5 in one bin, every label 0 -> ECE 0.5; pooled in a bin, errors cancel
+    assert cal["ece"]["b"] == pytest.approx(0.5) and cal["label_rate"]["b"] == 0.0
+    half = np.full((2, 2, 1), 0.55)
+    assert metrics.calibration(half, np.array([[[1], [0]], [[1], [0]]]), ("c",))["ece"]["c"] == pytest.approx(0.05)
+    assert metrics.calibration(PROBS[..., :1], LABELS[..., :1], ("a",))["ece"]["a"] == cal["ece"]["a"]
+    png = tmp_path / "reliability.png"
+    metrics.reliability_plot({"m": (PROBS, LABELS)}, TASKS, png, "by hand")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gauc_equals_sklearn_per_user() -> None:
@@ -282,3 +370,18 @@ def test_metrics_refuse_bad_input() -> None:
         metrics.gauc(PROBS * 3, LABELS, TASKS)
     with pytest.raises(ValueError, match="one id per row"):
         metrics.gauc(PROBS, LABELS, TASKS, np.array([1, 2]))
+
+
+def test_diagnostic_cuts_on_the_toy_split(toy: MovieLensSplit) -> None:
+    """rated_mask marks exactly the held-out movies among the evaluation candidates; the rated-only AUC
+    reads those pairs alone; heavy/light GAUC split the rows by user."""
+    ratings = toy_ratings()
+    rated = diagnostics.rated_mask(toy, ratings.item_ids, ratings.user_ids)
+    for row, expected in enumerate(({7, 8}, {13, 14})):
+        assert set(toy.test.cand_item_ids[row][rated[row]].tolist()) == expected
+    # a model that ranks by the movie id: among user 1's rated movies 7 (rating 3) < 8 (rating 4)
+    probs = np.repeat((toy.test.cand_item_ids / 20.0)[..., None], 2, -1)
+    cut = diagnostics.cuts(probs, toy, rated, np.array([True, False]), TINY.tasks)
+    y = toy.test.labels[rated]
+    assert cut["rated_only_auc"]["like"] == pytest.approx(roc_auc_score(y[:, 1], probs[rated][:, 1]))
+    assert cut["heavy_gauc"] == metrics.gauc(probs[:1], toy.test.labels[:1], TINY.tasks)
