@@ -46,31 +46,13 @@ from tqdm import tqdm
 
 from contract.config import PRESETS, AstroConfig
 from contract.program import program_name
-from model.astro import AstroModel, History, Request
+from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.metrics import evaluate, logloss, reliability_plot
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
 CPU = torch.device("cpu")
 RELIABILITY_PLOT = "reliability.png"
-
-
-def batch_tensors(
-    ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device = CPU
-) -> tuple[History, Request, torch.Tensor]:
-    """Users ``idx`` as tensors on ``device``, Tb trimmed to the longest block in the batch (less padding)."""
-    items = ds.hist_item_ids[idx]
-    tb = max(1, int((items != 0).sum(-1).max()))
-    h = History(
-        *(
-            torch.from_numpy(a[idx][:, :, :tb]).to(device)
-            for a in (ds.hist_item_ids, ds.hist_behaviors, ds.hist_scenarios, ds.hist_timestamps)
-        )
-    )
-    req = Request(
-        torch.from_numpy(ds.request_scenario[idx]).to(device), torch.from_numpy(ds.request_timestamp[idx]).to(device)
-    )
-    return h, req, torch.from_numpy(ds.cand_item_ids[idx]).to(device)
 
 
 @torch.no_grad()
@@ -80,7 +62,7 @@ def predict(model: nn.Module, ds: Dataset, batch_size: int = 256) -> npt.NDArray
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(ds), batch_size):
-        h, req, cand = batch_tensors(ds, np.arange(start, min(start + batch_size, len(ds))), device)
+        h, req, cand = ds.take(np.arange(start, min(start + batch_size, len(ds)))).trimmed().to_torch(device)
         out.append(torch.sigmoid(model(h, req, cand)).cpu().numpy())
     return np.concatenate(out)
 
@@ -201,16 +183,15 @@ def _train_epoch(
     perm = rng.permutation(len(ds))
     total = 0.0
     for start in range(0, len(ds), batch_size):
-        idx = perm[start : start + batch_size]
-        h, req, cand = batch_tensors(ds, idx, device)
-        labels = torch.from_numpy(ds.labels[idx]).to(device)
-        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
+        rows = ds.take(perm[start : start + batch_size])
+        h, req, cand = rows.trimmed().to_torch(device)
+        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), torch.from_numpy(rows.labels).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        total += loss.item() * len(idx)
+        total += loss.item() * len(rows)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return total / len(ds)
