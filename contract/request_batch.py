@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from contract.blocks import BlockLayout, EventHistory, stack_blocks
+from contract.blocks import I64, BlockLayout, EventHistory, stack_blocks
 from contract.tensors import CACHE_TENSORS, ENSEMBLE, GRAPH_IO, ITEM_SCORER, TENSORS, USER_ENCODER, Axis
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-I64 = npt.NDArray[np.int64]
 INPUTS = GRAPH_IO[ENSEMBLE][0]  # the seven ensemble inputs, in the ensemble's order
 _Batch = TypeVar("_Batch", bound="RequestBatch")  # typing.Self is 3.11+; the client runs on 3.10
 
