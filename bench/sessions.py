@@ -23,6 +23,7 @@ the trace's own "ideal" rate (an unbounded cache, requests in trace order) is gi
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,10 +36,11 @@ import tritonclient.grpc as grpcclient
 from bench.perf_analyzer import PaSettings, PerfAnalyzer, lanes_to_steps, run_level, write_input_data
 from bench.served import add_delta, cache_counts, server_counters
 from bench.timing import Stats
-from contract.blocks import EventHistory
+from contract.blocks import FIELDS, EventHistory
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPH_IO, ITEM_SCORER, USER_ENCODER
-from model.random_inputs import NOW, RandomRequest
+from model.random_inputs import NOW, random_history
 from serve.response_cache import cache_sizing
 from serve.triton_server import TritonServer
 
@@ -58,7 +60,7 @@ class SessionModel:
 
 @dataclass(frozen=True)
 class Trace:
-    lanes: list[list[RandomRequest]]
+    lanes: list[list[RequestBatch]]
     ideal_hit_rate: float  # unbounded cache, requests in trace order
     sessions: int
     distinct_users: int
@@ -68,26 +70,10 @@ class Trace:
         return sum(len(lane) for lane in self.lanes)
 
 
-def _history(cfg: AstroConfig, rng: np.random.Generator, n: int) -> EventHistory:
-    ages = np.sort(rng.integers(60, 10**8, size=n))[::-1]
-    return EventHistory(
-        rng.integers(1, 10**9, size=n).astype(np.int64),
-        rng.integers(0, cfg.n_behaviors, size=n).astype(np.int64),
-        rng.integers(0, cfg.n_scenarios, size=n).astype(np.int64),
-        (NOW - ages).astype(np.int64),
-    )
-
-
 def _grow(cfg: AstroConfig, rng: np.random.Generator, h: EventHistory, now: int) -> EventHistory:
-    def add(a: np.ndarray[Any, Any], v: int) -> np.ndarray[Any, Any]:
-        return np.append(a, np.int64(v))
-
-    return EventHistory(
-        add(h.item_ids, int(rng.integers(1, 10**9))),
-        add(h.behaviors, int(rng.integers(0, cfg.n_behaviors))),
-        add(h.scenarios, int(rng.integers(0, cfg.n_scenarios))),
-        add(h.timestamps, now),
-    )
+    """``h`` with one more random event, at ``now``."""
+    event = random_history(rng, 1, cfg, timestamps=(now, now + 1))
+    return EventHistory(*(np.append(getattr(h, f), getattr(event, f)) for f in FIELDS))
 
 
 def make_trace(cfg: AstroConfig, model: SessionModel, concurrency: int, per_lane: int, seed: int) -> Trace:
@@ -99,17 +85,17 @@ def make_trace(cfg: AstroConfig, model: SessionModel, concurrency: int, per_lane
     histories: dict[int, EventHistory] = {}
     seen: set[bytes] = set()
     hits = total = sessions = 0
-    lanes: list[list[RandomRequest]] = [[] for _ in range(concurrency)]
+    lanes: list[list[RequestBatch]] = [[] for _ in range(concurrency)]
     clock = NOW
     lane = 0
     while min(len(x) for x in lanes) < per_lane:
         user = int(rng.choice(model.users, p=popularity))
         if user not in histories:
-            histories[user] = _history(cfg, rng, int(rng.integers(model.min_events, model.max_events + 1)))
+            histories[user] = random_history(rng, int(rng.integers(model.min_events, model.max_events + 1)), cfg)
         elif rng.random() < model.p_new_event:
             histories[user] = _grow(cfg, rng, histories[user], clock)
         scenario = int(rng.integers(0, cfg.n_scenarios))
-        base = RandomRequest.from_history(histories[user], [1], scenario, clock, cfg)
+        base = RequestBatch.from_history(histories[user], [1], scenario, clock, cfg)
         key = b"".join(np.ascontiguousarray(getattr(base, name)).tobytes() for name in GRAPH_IO[USER_ENCODER][0])
         sessions += 1
         while len(lanes[lane]) >= per_lane:  # a full lane takes no more sessions
@@ -120,17 +106,7 @@ def make_trace(cfg: AstroConfig, model: SessionModel, concurrency: int, per_lane
             clock += 1
             cands = rng.integers(1, 10**9, size=(1, model.candidates)).astype(np.int64)
             stamp = np.array([[clock]], np.int64)
-            lanes[lane].append(
-                RandomRequest(
-                    base.hist_item_ids,
-                    base.hist_behaviors,
-                    base.hist_scenarios,
-                    base.hist_timestamps,
-                    base.request_scenario,
-                    stamp,
-                    cands,
-                )
-            )
+            lanes[lane].append(dataclasses.replace(base, request_timestamp=stamp, cand_item_ids=cands))
             hits += key in seen
             total += 1
             seen.add(key)

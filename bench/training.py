@@ -16,11 +16,13 @@ as median and spread (the paper reports 5.15x for its model and data).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,8 +30,9 @@ from bench.timing import Stats, interleaved_rounds, per_round_ratio
 from bench.turbo import device_sync
 from contract.config import PRESETS, AstroConfig
 from contract.program import program_name
-from model.astro import AstroModel, History, Request
-from model.synthetic import SyntheticWorld, WorldSpec
+from contract.request_batch import TorchBatch
+from model.astro import AstroModel
+from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
 
 @dataclass(frozen=True)
@@ -54,37 +57,26 @@ class TrainingResult:
         }
 
 
-Batch = tuple[History, Request, torch.Tensor, torch.Tensor]  # history, request, candidates [R, N], labels [R, N, T]
+Batch = tuple[TorchBatch, torch.Tensor]  # rows as the model takes them (history, request, candidates), labels
 
 
-def _rows(cfg: AstroConfig, users: int, candidates: int, device: str) -> Batch:
-    """Synthetic users as SUMI rows: history [U, Nb, Tb], request [U, 1], candidates [U, N], labels [U, N, T]."""
-    ds = SyntheticWorld(WorldSpec(candidates_per_user=candidates)).dataset(cfg, users, seed=1)
-    hist = History(
-        *(
-            torch.from_numpy(a).to(device)
-            for a in (ds.hist_item_ids, ds.hist_behaviors, ds.hist_scenarios, ds.hist_timestamps)
-        )
-    )
-    req = Request(torch.from_numpy(ds.request_scenario).to(device), torch.from_numpy(ds.request_timestamp).to(device))
-    return hist, req, torch.from_numpy(ds.cand_item_ids).to(device), torch.from_numpy(ds.labels).to(device)
-
-
-def _per_pair_rows(hist: History, req: Request, cand: torch.Tensor, labels: torch.Tensor) -> Batch:
-    """The same samples with one candidate per row: [U*N, ...], each history repeated N times."""
-    n = cand.shape[1]
-    return (
-        History(*(t.repeat_interleave(n, 0) for t in hist)),
-        Request(*(t.repeat_interleave(n, 0) for t in req)),
-        cand.reshape(-1, 1),
-        labels.reshape(-1, 1, labels.shape[-1]),
+def _per_pair_rows(rows: Dataset) -> Dataset:
+    """The same samples with one candidate per row: ``[U*N, ...]``, each history repeated N times."""
+    n = rows.cand_item_ids.shape[1]
+    repeated = rows.take(np.repeat(np.arange(len(rows)), n))
+    return dataclasses.replace(
+        repeated,
+        cand_item_ids=rows.cand_item_ids.reshape(-1, 1),
+        labels=rows.labels.reshape(-1, 1, rows.labels.shape[-1]),
     )
 
 
-def _step(
-    model: AstroModel, opt: torch.optim.Optimizer, batch: tuple[History, Request, torch.Tensor, torch.Tensor]
-) -> Callable[[], None]:
-    hist, req, cand, labels = batch
+def _on(rows: Dataset, device: str) -> Batch:
+    return rows.to_torch(device), torch.from_numpy(rows.labels).to(device)
+
+
+def _step(model: AstroModel, opt: torch.optim.Optimizer, batch: Batch) -> Callable[[], None]:
+    (hist, req, cand), labels = batch
 
     def run() -> None:
         loss = F.binary_cross_entropy_with_logits(model(hist, req, cand), labels)
@@ -107,8 +99,9 @@ def run_training(
     torch.manual_seed(0)
     model = AstroModel(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    sumi = _rows(cfg, users, candidates, device)
-    per_pair = _per_pair_rows(*sumi)
+    # synthetic users as SUMI rows: history [U, Nb, Tb], request [U, 1], candidates [U, N], labels [U, N, T]
+    rows = SyntheticWorld(WorldSpec(candidates_per_user=candidates)).dataset(cfg, users, seed=1)
+    sumi, per_pair = _on(rows, device), _on(_per_pair_rows(rows), device)
     samples = users * candidates
     say(
         f"  training step, preset {cfg.name} on {device}: {users} SUMI rows x {candidates} candidates "

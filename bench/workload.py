@@ -2,52 +2,33 @@
 
 One seed and one shape give the same request to every runtime, so the sections compare
 like with like. Requests hold ragged blocks (each block filled to a random length,
-newest first, right-padded), as ``model.random_inputs`` documents.
+newest first, right-padded), as ``model.random_inputs`` documents; ``req.to_torch(device)``
+gives the tensors the model's paths take.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
-from torch import Tensor
 
 from contract.config import AstroConfig
-from model.astro import History, Request
-from model.random_inputs import RandomRequest, random_request
+from contract.request_batch import RequestBatch, TorchBatch
+from model.random_inputs import random_request
+
+# The names bench/runtimes.py and bench/turbo.py import (outside this change); they go once those
+# call ``req.to_torch(device)`` and name ``TorchBatch`` themselves.
+TorchRequest = TorchBatch
 
 
-class TorchRequest(NamedTuple):
-    """A :class:`RandomRequest` as the tensors :class:`~model.astro.AstroModel`'s paths take, on one device."""
-
-    history: History  # each [B, Nb, Tb] int64
-    request: Request  # each [B, 1] int64
-    candidates: Tensor  # [B, N] int64
-
-    def encoder_args(self) -> tuple[Tensor, ...]:
-        """Positional inputs of :class:`~model.astro.UserEncoder` (the ONNX graph's input order)."""
-        return (*self.history, self.request.scenario)
-
-    def scorer_args(self) -> tuple[Tensor, ...]:
-        """Positional inputs of :class:`~model.astro.ItemScorer` before the cache (the ONNX graph's input order)."""
-        return (self.candidates, self.request.scenario, self.request.timestamp, self.history.timestamps)
+def to_torch(req: RequestBatch, device: torch.device) -> TorchBatch:
+    return req.to_torch(device)
 
 
-def make_request(cfg: AstroConfig, seed: int, batch: int, block_len: int, candidates: int) -> RandomRequest:
+def make_request(cfg: AstroConfig, seed: int, batch: int, block_len: int, candidates: int) -> RequestBatch:
     """The request of one benchmark cell; the same arguments always give the same arrays."""
     return random_request(cfg, np.random.default_rng(seed), batch, block_len, candidates)
 
 
-def to_torch(req: RandomRequest, device: torch.device) -> TorchRequest:
-    t = {k: torch.from_numpy(v).to(device) for k, v in req.as_dict().items()}
-    return TorchRequest(
-        History(t["hist_item_ids"], t["hist_behaviors"], t["hist_scenarios"], t["hist_timestamps"]),
-        Request(t["request_scenario"], t["request_timestamp"]),
-        t["cand_item_ids"],
-    )
-
-
-def padding_fraction(req: RandomRequest) -> float:
+def padding_fraction(req: RequestBatch) -> float:
     """Share of the ``B·Nb·Tb`` history slots that are padding (item id 0): computed, but worth nothing."""
     return float(np.mean(req.hist_item_ids == 0))

@@ -1,1 +1,1 @@
-"""The public contract of ASTRO serving: config, block layout, graph tensors and limits (numpy only)."""
+"""The public contract of ASTRO serving: config, block layout, graph tensors, limits, request batches (numpy only)."""

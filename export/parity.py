@@ -16,11 +16,12 @@ import onnxruntime as ort
 import torch
 
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import CACHE_TENSORS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_MASK, CacheDType
 from export.onnx_graphs import GraphPaths, torch_dtype
 from export.ranking import TOP_K, compare_topk
-from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder
-from model.random_inputs import RandomRequest, random_request
+from model.astro import AstroModel, ItemScorer, UserEncoder
+from model.random_inputs import random_request
 
 
 @dataclass(frozen=True)
@@ -118,45 +119,41 @@ class OrtPipeline:
         self.user = ort.InferenceSession(str(paths.user_encoder), opts, providers=["CPUExecutionProvider"])
         self.scorer = ort.InferenceSession(str(paths.item_scorer), opts, providers=["CPUExecutionProvider"])
 
-    def encode(self, req: RandomRequest) -> dict[str, npt.NDArray[np.generic]]:
+    def encode(self, req: RequestBatch) -> dict[str, npt.NDArray[np.generic]]:
         names = [o.name for o in self.user.get_outputs()]
         return dict(zip(names, self.user.run(names, req.graph_inputs(USER_ENCODER)), strict=True))
 
-    def score(self, req: RandomRequest, cache: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float32]:
+    def score(self, req: RequestBatch, cache: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float32]:
         feeds = {**req.graph_inputs(ITEM_SCORER), **cache}
         out: npt.NDArray[np.float32] = self.scorer.run([SCORES_OUTPUT], feeds)[0]
         return out
 
-    def __call__(self, req: RandomRequest) -> npt.NDArray[np.float32]:
+    def __call__(self, req: RequestBatch) -> npt.NDArray[np.float32]:
         return self.score(req, self.encode(req))
 
-    def outputs(self, req: RandomRequest) -> dict[str, npt.NDArray[np.generic]]:
+    def outputs(self, req: RequestBatch) -> dict[str, npt.NDArray[np.generic]]:
         """Every output of both graphs by name: the encoder's cache and the scorer's scores."""
         cache = self.encode(req)
         return {**cache, SCORES_OUTPUT: self.score(req, cache)}
 
 
 def torch_split(
-    model: AstroModel, req: RandomRequest, cache_dtype: CacheDType
+    model: AstroModel, req: RequestBatch, cache_dtype: CacheDType
 ) -> tuple[dict[str, npt.NDArray[np.generic]], npt.NDArray[np.float32]]:
     """PyTorch reference for both graphs: (cache outputs, scores)."""
+    t = req.to_torch()
     with torch.no_grad():
-        keys, values, mask = UserEncoder(model, torch_dtype(cache_dtype))(
-            **{k: torch.from_numpy(v) for k, v in req.graph_inputs(USER_ENCODER).items()}
-        )
-        scorer_inputs = {k: torch.from_numpy(v) for k, v in req.graph_inputs(ITEM_SCORER).items()}
-        scores = ItemScorer(model)(**scorer_inputs, user_keys=keys, user_values=values, user_mask=mask)
+        keys, values, mask = UserEncoder(model, torch_dtype(cache_dtype))(*t.encoder_args())
+        scores = ItemScorer(model)(*t.scorer_args(), user_keys=keys, user_values=values, user_mask=mask)
     cache = dict(zip(CACHE_TENSORS, (keys.numpy(), values.numpy(), mask.numpy()), strict=True))
     return cache, scores.numpy()
 
 
-def torch_per_pair(model: AstroModel, req: RandomRequest) -> npt.NDArray[np.float32]:
+def torch_per_pair(model: AstroModel, req: RequestBatch) -> npt.NDArray[np.float32]:
     """The reference QA holds served scores to: every candidate scored by its own full pass.
     -> probabilities [B, N, T]."""
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in req.as_dict().items()}
-    h = History(t["hist_item_ids"], t["hist_behaviors"], t["hist_scenarios"], t["hist_timestamps"])
     with torch.no_grad():
-        logits = model.per_pair(h, Request(t["request_scenario"], t["request_timestamp"]), t["cand_item_ids"])
+        logits = model.per_pair(*req.to_torch())
     out: npt.NDArray[np.float32] = torch.sigmoid(logits).numpy()
     return out
 

@@ -40,16 +40,16 @@ import numpy.typing as npt
 from client.astro_client import DEFAULT_URL, AstroClient, ServerError
 from client.request_lines import read_request_lines
 from client.validation import RequestError, ScoreRequest
-from contract.blocks import EventHistory
 from contract.config import AstroConfig
 from contract.program import program_name
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE
 from export.parity import TOLERANCES, Tolerance, torch_per_pair
 from export.provenance import checkpoint_digest, display_path
 from export.ranking import TOP_K, compare_topk
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-from model.random_inputs import NOW, RandomRequest
+from model.random_inputs import NOW, random_history
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 F32 = npt.NDArray[np.float32]
@@ -87,13 +87,7 @@ def random_requests(cfg: AstroConfig, rng: np.random.Generator, count: int, max_
     longest = 2 * max(b.max_len for b in cfg.blocks)
     for i in range(count):
         n_events = 0 if rng.random() < 1 / 6 else int(rng.integers(1, longest + 1))
-        ages = np.sort(rng.integers(1, 10**8, n_events))  # seconds to about three years
-        history = EventHistory(
-            item_ids=rng.integers(1, 10**9, n_events).astype(np.int64),
-            behaviors=rng.integers(0, cfg.n_behaviors, n_events).astype(np.int64),
-            scenarios=rng.integers(0, cfg.n_scenarios, n_events).astype(np.int64),
-            timestamps=(NOW - ages).astype(np.int64),
-        )
+        history = random_history(rng, n_events, cfg)
         n = max_candidates if i == 0 else int(rng.integers(1, max_candidates + 1))
         candidates = rng.integers(1, 10**9, n).astype(np.int64)
         scenario = int(rng.integers(0, cfg.n_scenarios))
@@ -103,7 +97,7 @@ def random_requests(cfg: AstroConfig, rng: np.random.Generator, count: int, max_
 
 def reference_scores(model: AstroModel, request: ScoreRequest) -> F32:
     """PyTorch per-pair probabilities ``[N, T]``, the request cut into blocks by the client's own helper."""
-    req = RandomRequest.from_history(
+    req = RequestBatch.from_history(
         request.history, np.asarray(request.candidates), int(request.scenario), int(request.timestamp), model.cfg
     )
     scores: F32 = torch_per_pair(model, req)[0]

@@ -32,7 +32,18 @@ from contract.config import PRESETS, AstroConfig
 from contract.program import program_name
 from model.peers import PEERS, train_peer
 from model.readme import write_section
-from model.train import ABLATIONS, DATASETS, TEST_USERS, TRAIN_USERS, TrainParams, load_data, save_run, train
+from model.train import (
+    ABLATIONS,
+    DATASETS,
+    TEST_USERS,
+    TRAIN_USERS,
+    TrainParams,
+    add_training_arguments,
+    load_data,
+    save_run,
+    train,
+    training_params,
+)
 
 METRICS = ("auc", "logloss", "gauc", "ece")
 VARIANTS = (*ABLATIONS, *PEERS)
@@ -226,21 +237,7 @@ def main() -> None:
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data split, negatives and init)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
-    d = TrainParams()
-    p.add_argument("--epochs", type=int, default=d.max_epochs, help="passes over the training rows at most")
-    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation LogLoss")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step, every variant")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate, every variant")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay, every variant")
-    p.add_argument("--dropout", type=float, default=None, help="dropout, every variant (default: the preset's)")
-    p.add_argument(
-        "--refit",
-        action=argparse.BooleanOptionalAction,
-        default=d.refit,
-        help="after choosing the epoch, re-train on training + validation rows (every variant)",
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="torch device, e.g. cuda")
+    add_training_arguments(p, ", every variant")
     p.add_argument("--out", type=Path, default=None, help="write every run's metrics here (JSON)")
     p.add_argument(
         "--table-from",
@@ -271,7 +268,7 @@ def main() -> None:
         if a.threads:
             torch.set_num_threads(a.threads)
         seeds = [int(s) for s in a.seeds.split(",") if s]
-        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, refit=a.refit)
+        params = training_params(p, a)
         result = run(cfg, a.data, seeds, variants, params, a.device, a.save_first, a.out)
         text = table(result, cfg.tasks)
     if a.readme:

@@ -32,28 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.config import AstroConfig
+from contract.request_batch import History as History  # the model's inputs, re-exported: the torch view
+from contract.request_batch import Request as Request  # of a RequestBatch, declared beside it
 
 TIME_LIMIT = 2**62 - 1  # timestamps are clamped to ±TIME_LIMIT s so that their difference fits in int64
 # Additive logit of a padding key: exp(-3e4 - max) is 0 in fp32, and it is finite in fp16 (range
 # +-65504), so a fully masked row (an empty block) softmaxes to finite weights on every precision.
 MASK_LOGIT = -3e4
 CANDIDATE_POSITION = -1  # a candidate sits just before the newest event (slot 0) of every block
-
-
-class History(NamedTuple):
-    """One batch of block tensors, each ``[B, Nb, Tb]`` int64, newest first."""
-
-    item_ids: Tensor
-    behaviors: Tensor
-    scenarios: Tensor
-    timestamps: Tensor  # unix seconds
-
-
-class Request(NamedTuple):
-    """Per-user request context, each ``[B, 1]`` int64."""
-
-    scenario: Tensor
-    timestamp: Tensor
 
 
 class UserCache(NamedTuple):

@@ -150,26 +150,10 @@ def read_ratings(path: Path | None = None) -> Ratings:
     )
 
 
-def load_movielens(
-    cfg: AstroConfig,
-    *,
-    seed: int = 0,
-    held_out: int = 10,
-    negatives: int = 20,
-    min_history: int = 1,
-    valid_rows: int = 1,
-    path: Path | None = None,
-) -> MovieLensSplit:
-    """Training, validation and evaluation rows of ml-100k for ``cfg``; see the module docstring."""
-    return build_split(
-        read_ratings(path),
-        cfg,
-        seed=seed,
-        held_out=held_out,
-        negatives=negatives,
-        min_history=min_history,
-        valid_rows=valid_rows,
-    )
+def load_movielens(cfg: AstroConfig, *, seed: int = 0, path: Path | None = None) -> MovieLensSplit:
+    """Training, validation and evaluation rows of ml-100k for ``cfg``, split as :func:`build_split`'s
+    defaults do; see the module docstring."""
+    return build_split(read_ratings(path), cfg, seed=seed)
 
 
 def build_split(

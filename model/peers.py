@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from contract.config import AstroConfig, BlockSpec
-from model.astro import AstroModel, History, Request
+from contract.request_batch import History, Request
+from model.astro import AstroModel
 from model.train import CPU, Run, Splits, TrainParams, load_data, make_deterministic, train_model
 
 PEERS = ("pooled", "transformer")

@@ -1,60 +1,52 @@
-"""Fresh random requests in the graphs' tensor layout, for parity tests and benchmarks.
+"""Fresh random inputs for parity checks, benchmarks and tests: flat histories and request batches.
 
-Covers what real traffic holds: ragged blocks (each user fills each block to a random
-length, newest first, right-padded), empty blocks, users with no history at all,
-ids of any size (hashing makes them all legal) and timestamps before the request.
+Two forms, as traffic comes: :func:`random_history`, one user's flat event log (what a caller
+sends the client), and :func:`random_request`, a batch already in the graphs' block layout
+(a :class:`~contract.request_batch.RequestBatch`). Both cover what real traffic holds: ragged
+blocks or histories, empty blocks, users with no history at all, ids of any size (hashing makes
+them all legal) and timestamps before the request. numpy only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import numpy.typing as npt
 
-from contract.blocks import EventHistory, stack_blocks
+from contract.blocks import EventHistory
 from contract.config import AstroConfig
-from contract.tensors import CACHE_TENSORS, GRAPH_IO
+from contract.request_batch import RequestBatch
 
-I64 = npt.NDArray[np.int64]
 NOW = 1_700_000_000  # a fixed "request time" (unix seconds) so runs are reproducible
+ITEM_IDS = (1, 10**9)  # [low, high) of a random item id: large and sparse, as in production, never the padding 0
+HISTORY_SPAN = 10**8  # seconds (about three years) a random history reaches back from the request
+
+# The name of RequestBatch in the modules this change does not own (bench/, export/precision.py,
+# export/tensorrt_parity.py, server tests); it goes once they import RequestBatch from contract.
+RandomRequest = RequestBatch
 
 
-@dataclass(frozen=True)
-class RandomRequest:
-    """Named like the ensemble inputs; arrays carry the batch axis."""
-
-    hist_item_ids: I64  # [B, Nb, Tb]
-    hist_behaviors: I64
-    hist_scenarios: I64
-    hist_timestamps: I64
-    request_scenario: I64  # [B, 1]
-    request_timestamp: I64
-    cand_item_ids: I64  # [B, N]
-
-    @classmethod
-    def from_history(
-        cls, history: EventHistory, candidates: npt.ArrayLike, scenario: int, timestamp: int, cfg: AstroConfig
-    ) -> RandomRequest:
-        """One user's flat history as a batch-1 request, cut into blocks by the client's own helper."""
-        b = stack_blocks([history], cfg)
-        return cls(
-            b.item_ids,
-            b.behaviors,
-            b.scenarios,
-            b.timestamps,
-            np.array([[scenario]], np.int64),
-            np.array([[timestamp]], np.int64),
-            np.asarray(candidates, np.int64).reshape(1, -1),
-        )
-
-    def as_dict(self) -> dict[str, I64]:
-        return dict(self.__dict__)
-
-    def graph_inputs(self, graph: str) -> dict[str, I64]:
-        """The request inputs ``graph`` takes (a composing model's cache inputs excluded), by the contract."""
-        names = set(GRAPH_IO[graph][0]) - set(CACHE_TENSORS)
-        return {k: v for k, v in self.as_dict().items() if k in names}
+def random_history(
+    rng: np.random.Generator,
+    n_events: int,
+    cfg: AstroConfig,
+    *,
+    item_ids: tuple[int, int] = ITEM_IDS,
+    behaviors: tuple[int, int] | None = None,
+    scenarios: tuple[int, int] | None = None,
+    timestamps: tuple[int, int] = (NOW - HISTORY_SPAN + 1, NOW),
+    chronological: bool = True,
+) -> EventHistory:
+    """``n_events`` events, each field uniform in its ``[low, high)`` range: behaviour and scenario ids
+    inside ``cfg``'s vocabularies unless given, times in the ``HISTORY_SPAN`` seconds before ``NOW``.
+    Oldest first, as an event log is kept; ``chronological=False`` leaves them in draw order."""
+    behaviors = behaviors or (0, cfg.n_behaviors)
+    scenarios = scenarios or (0, cfg.n_scenarios)
+    times = rng.integers(*timestamps, size=n_events)
+    return EventHistory(
+        item_ids=rng.integers(*item_ids, size=n_events).astype(np.int64),
+        behaviors=rng.integers(*behaviors, size=n_events).astype(np.int64),
+        scenarios=rng.integers(*scenarios, size=n_events).astype(np.int64),
+        timestamps=(np.sort(times) if chronological else times).astype(np.int64),
+    )
 
 
 def random_request(
@@ -65,8 +57,8 @@ def random_request(
     n_candidates: int,
     empty_users: int = 0,
     id_high: int = 10**12,
-) -> RandomRequest:
-    """A batch whose first ``empty_users`` users have no history at all."""
+) -> RequestBatch:
+    """A batch ``[batch, Nb, block_len]`` whose first ``empty_users`` users have no history at all."""
     nb, tb = cfg.n_blocks, block_len
     lengths = rng.integers(0, tb + 1, size=(batch, nb))  # ragged, 0 = empty block
     lengths[:empty_users] = 0
@@ -77,9 +69,9 @@ def random_request(
     behaviors = np.where(valid, rng.integers(0, cfg.n_behaviors, size=(batch, nb, tb)), 0)
     scenarios = np.where(valid, rng.integers(0, cfg.n_scenarios, size=(batch, nb, tb)), 0)
     # newest first: ages grow along the block, from seconds to years
-    ages = np.sort(rng.integers(0, 10**8, size=(batch, nb, tb)), axis=-1)
+    ages = np.sort(rng.integers(0, HISTORY_SPAN, size=(batch, nb, tb)), axis=-1)
     timestamps = np.where(valid, NOW - ages, 0)
-    return RandomRequest(
+    return RequestBatch(
         hist_item_ids=items.astype(np.int64),
         hist_behaviors=behaviors.astype(np.int64),
         hist_scenarios=scenarios.astype(np.int64),

@@ -47,7 +47,7 @@ from model.astro import AstroModel
 from model.peers import build_peer, peer_config
 from model.readme import write_section
 from model.synthetic import Dataset
-from model.train import DATASETS, TrainParams, batch_tensors, load_data, make_deterministic, train_model
+from model.train import DATASETS, TrainParams, load_data, make_deterministic, train_model
 
 MODELS = ("astro", "transformer")
 LABELS = {"astro": "ASTRO (multi-scale blocks)", "transformer": "single stack over the whole history"}
@@ -113,10 +113,11 @@ def train_flops_per_row(model: nn.Module, ds: Dataset, seed: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     idx = np.random.default_rng(seed).choice(len(ds), size=min(FLOP_ROWS, len(ds)), replace=False)
-    h, req, cand = batch_tensors(ds, np.sort(idx))
+    rows = ds.take(np.sort(idx))
+    h, req, cand = rows.trimmed().to_torch()
     model.train()
     with FlopCounterMode(display=False) as counter:
-        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), torch.from_numpy(ds.labels[np.sort(idx)]))
+        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), torch.from_numpy(rows.labels))
         loss.backward()  # type: ignore[no-untyped-call]
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops()) / len(idx)

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from contract.blocks import EventHistory, build_blocks
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -40,20 +41,20 @@ class WorldSpec:
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Users as block tensors plus candidates and labels, ready to batch."""
+class Dataset(RequestBatch):
+    """Rows ready to batch: U users' requests (history blocks ``[U, Nb, Tb_max]``, request ``[U, 1]``,
+    candidates ``[U, N]``) with a label per candidate and task."""
 
-    hist_item_ids: I64  # [U, Nb, Tb_max]
-    hist_behaviors: I64
-    hist_scenarios: I64
-    hist_timestamps: I64
-    request_scenario: I64  # [U, 1]
-    request_timestamp: I64  # [U, 1]
-    cand_item_ids: I64  # [U, N]
     labels: F32  # [U, N, T]
 
-    def __len__(self) -> int:
-        return int(self.hist_item_ids.shape[0])
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        u, n = self.cand_item_ids.shape
+        if self.labels.dtype != np.float32 or self.labels.ndim != 3 or self.labels.shape[:2] != (u, n):
+            raise ValueError(
+                f"Dataset.labels: {self.labels.dtype} shape {self.labels.shape}, expected float32 [U, N, T] "
+                f"with U, N = {u}, {n} from cand_item_ids"
+            )
 
 
 class SyntheticWorld:

@@ -46,31 +46,13 @@ from tqdm import tqdm
 
 from contract.config import PRESETS, AstroConfig
 from contract.program import program_name
-from model.astro import AstroModel, History, Request
+from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from model.metrics import evaluate, logloss, reliability_plot
 from model.synthetic import Dataset, SyntheticWorld, WorldSpec
 
 CPU = torch.device("cpu")
 RELIABILITY_PLOT = "reliability.png"
-
-
-def batch_tensors(
-    ds: Dataset, idx: npt.NDArray[np.int64], device: torch.device = CPU
-) -> tuple[History, Request, torch.Tensor]:
-    """Users ``idx`` as tensors on ``device``, Tb trimmed to the longest block in the batch (less padding)."""
-    items = ds.hist_item_ids[idx]
-    tb = max(1, int((items != 0).sum(-1).max()))
-    h = History(
-        *(
-            torch.from_numpy(a[idx][:, :, :tb]).to(device)
-            for a in (ds.hist_item_ids, ds.hist_behaviors, ds.hist_scenarios, ds.hist_timestamps)
-        )
-    )
-    req = Request(
-        torch.from_numpy(ds.request_scenario[idx]).to(device), torch.from_numpy(ds.request_timestamp[idx]).to(device)
-    )
-    return h, req, torch.from_numpy(ds.cand_item_ids[idx]).to(device)
 
 
 @torch.no_grad()
@@ -80,7 +62,7 @@ def predict(model: nn.Module, ds: Dataset, batch_size: int = 256) -> npt.NDArray
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(ds), batch_size):
-        h, req, cand = batch_tensors(ds, np.arange(start, min(start + batch_size, len(ds))), device)
+        h, req, cand = ds.take(np.arange(start, min(start + batch_size, len(ds)))).trimmed().to_torch(device)
         out.append(torch.sigmoid(model(h, req, cand)).cpu().numpy())
     return np.concatenate(out)
 
@@ -201,16 +183,15 @@ def _train_epoch(
     perm = rng.permutation(len(ds))
     total = 0.0
     for start in range(0, len(ds), batch_size):
-        idx = perm[start : start + batch_size]
-        h, req, cand = batch_tensors(ds, idx, device)
-        labels = torch.from_numpy(ds.labels[idx]).to(device)
-        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), labels)
+        rows = ds.take(perm[start : start + batch_size])
+        h, req, cand = rows.trimmed().to_torch(device)
+        loss = F.binary_cross_entropy_with_logits(model(h, req, cand), torch.from_numpy(rows.labels).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        total += loss.item() * len(idx)
+        total += loss.item() * len(rows)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return total / len(ds)
@@ -355,6 +336,36 @@ def save_run(run: Run, out: Path, title: str) -> None:
     reliability_plot(curves, run.model.cfg.tasks, out / RELIABILITY_PLOT, f"{title}, evaluation rows (epoch {chosen})")
 
 
+def add_training_arguments(p: argparse.ArgumentParser, scope: str = "") -> None:
+    """The flags of :class:`TrainParams` but the seed, and ``--dropout``, ``--threads``, ``--device``;
+    ``scope`` ends each optimisation flag's help (``", every variant"``)."""
+    d = TrainParams()
+    p.add_argument("--epochs", type=int, default=d.max_epochs, help="passes over the training rows at most")
+    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation LogLoss")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"rows per step (each a user, all candidates){scope}"
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (one-cycle schedule){scope}")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay{scope}")
+    p.add_argument("--dropout", type=float, default=None, help=f"dropout of the model{scope} (default: the preset's)")
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help=f"after choosing the epoch, re-train from the same init on training + validation rows{scope}",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--device", type=torch.device, default=CPU, help="torch device to train on, e.g. cuda")
+
+
+def training_params(p: argparse.ArgumentParser, a: argparse.Namespace, seed: int = 0) -> TrainParams:
+    """The :class:`TrainParams` of :func:`add_training_arguments`' flags; out of range: ``p.error`` naming each."""
+    try:
+        return TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, seed, a.refit)
+    except ValueError as e:
+        p.error(str(e))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         prog=program_name("model.train"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -370,35 +381,18 @@ def main() -> None:
         default=None,
         help="checkpoint folder to write (default: checkpoints/<preset>, or checkpoints/<preset>-<data>[-<ablation>])",
     )
-    d = TrainParams()
-    p.add_argument("--epochs", type=int, default=d.max_epochs, help="passes over the training rows at most")
-    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation LogLoss")
     p.add_argument("--train-users", type=int, default=TRAIN_USERS, help="synthetic training users (one row each)")
     p.add_argument("--test-users", type=int, default=TEST_USERS, help="held-out synthetic users for the metrics")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per step (each a user, all candidates)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (one-cycle schedule)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--dropout", type=float, default=None, help="dropout of the model (default: the preset's)")
     p.add_argument("--d-model", type=int, default=None, help="embedding and model width (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")
-    p.add_argument(
-        "--refit",
-        action=argparse.BooleanOptionalAction,
-        default=d.refit,
-        help="after choosing the epoch, re-train from the same init on training + validation rows for that many",
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--device", type=torch.device, default=CPU, help="torch device to train on, e.g. cuda")
+    add_training_arguments(p)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = AstroConfig.from_name(a.preset)
     overrides = {k: v for k, v in (("dropout", a.dropout), ("d_model", a.d_model)) if v is not None}
     cfg = cfg.replace(**overrides) if overrides else cfg
-    try:
-        params = TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, a.seed, a.refit)
-    except ValueError as e:
-        p.error(str(e))
+    params = training_params(p, a, a.seed)
     out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)
     run = train(cfg, params, a.data, a.ablation, a.train_users, a.test_users, a.device)
     metrics = run.metrics

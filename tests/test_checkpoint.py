@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from model_helpers import SEED, case_rng, perturbed_model, torch_threads
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from contract.config import AstroConfig
-from model.astro import AstroModel, History, Request
+from model.astro import AstroModel
 from model.checkpoint import (
     CONFIG,
     DEFAULT_CHECKPOINT,
@@ -38,7 +39,6 @@ from model.synthetic import SyntheticWorld, WorldSpec
 from model.train import popularity_scores, predict
 
 CFG = AstroConfig.from_name("tiny")
-SEED = 20250214
 MIN_AUC_MARGIN = 0.05  # model AUC over popularity AUC, per task, that the embedded checkpoint must keep
 FRESH_USERS = 300  # fresh held-out users: ~9,600 (user, candidate) pairs, AUC standard error ~0.006
 FRESH_SEED_OFFSET = 3  # model.train draws train users with seed + 1 and held-out users with seed + 2
@@ -46,31 +46,18 @@ FRESH_SEED_OFFSET = 3  # model.train draws train users with seed + 1 and held-ou
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> Iterator[None]:
-    torch.manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))  # CI has 2 cores
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(min(2, torch.get_num_threads())):  # CI has 2 cores
+        yield
 
 
 def trained_like_model() -> AstroModel:
     """A tiny model whose weights are not at their init values (so a load that re-inits shows)."""
-    torch.manual_seed(SEED)
-    model = AstroModel(CFG)
-    gen = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
+    return perturbed_model(CFG, scale=0.1, attention=False)
 
 
 def scores(model: AstroModel, seed: int = 0) -> dict[str, torch.Tensor]:
-    r = random_request(model.cfg, np.random.default_rng([SEED, seed]), 4, model.cfg.max_block_len, 32, empty_users=1)
-    h = History(
-        *(torch.from_numpy(a) for a in (r.hist_item_ids, r.hist_behaviors, r.hist_scenarios, r.hist_timestamps))
-    )
-    req = Request(torch.from_numpy(r.request_scenario), torch.from_numpy(r.request_timestamp))
-    cand = torch.from_numpy(r.cand_item_ids)
+    r = random_request(model.cfg, case_rng(seed), 4, model.cfg.max_block_len, 32, empty_users=1)
+    h, req, cand = r.to_torch()
     with torch.no_grad():
         return {"split": model.split(h, req, cand), "sumi": model.sumi(h, req, cand)}
 

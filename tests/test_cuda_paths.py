@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from contract.config import AstroConfig
-from model.astro import History, Request
+from contract.request_batch import RequestBatch
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from model.random_inputs import random_request
 
@@ -35,22 +35,15 @@ def device() -> torch.device:
     return torch.device("cuda")
 
 
-def tensors(
-    cfg: AstroConfig, seed: int, batch: int, tb: int, n: int, dev: torch.device
-) -> tuple[History, Request, torch.Tensor]:
+def request(cfg: AstroConfig, seed: int, batch: int, tb: int, n: int) -> RequestBatch:
     print(f"seed {SEED}/{seed}")
-    r = random_request(cfg, np.random.default_rng([SEED, seed]), batch, tb, n, empty_users=1)
-    h = History(
-        *(torch.from_numpy(a).to(dev) for a in (r.hist_item_ids, r.hist_behaviors, r.hist_scenarios, r.hist_timestamps))
-    )
-    req = Request(torch.from_numpy(r.request_scenario).to(dev), torch.from_numpy(r.request_timestamp).to(dev))
-    return h, req, torch.from_numpy(r.cand_item_ids).to(dev)
+    return random_request(cfg, np.random.default_rng([SEED, seed]), batch, tb, n, empty_users=1)
 
 
 @pytest.mark.parametrize(("batch", "tb", "n"), list(itertools.product((1, 4), (1, 9, 48), (1, 33, 300))))
 def test_paths_agree_on_cuda(device: torch.device, batch: int, tb: int, n: int) -> None:
     model = load_checkpoint(DEFAULT_CHECKPOINT).to(device)
-    h, req, cand = tensors(model.cfg, batch * 1000 + tb * 10 + n, batch, tb, n, device)
+    h, req, cand = request(model.cfg, batch * 1000 + tb * 10 + n, batch, tb, n).to_torch(device)
     with torch.no_grad():
         split, sumi = model.split(h, req, cand), model.sumi(h, req, cand)
         ref = model.per_pair(h, req, cand[:, :16])
@@ -63,11 +56,9 @@ def test_paths_agree_on_cuda(device: torch.device, batch: int, tb: int, n: int) 
 def test_cuda_split_matches_cpu(device: torch.device, batch: int, tb: int, n: int) -> None:
     cpu_model = load_checkpoint(DEFAULT_CHECKPOINT)
     gpu_model = load_checkpoint(DEFAULT_CHECKPOINT).to(device)
-    h, req, cand = tensors(cpu_model.cfg, batch + tb + n, batch, tb, n, torch.device("cpu"))
+    r = request(cpu_model.cfg, batch + tb + n, batch, tb, n)
     with torch.no_grad():
-        on_cpu = cpu_model.split(h, req, cand)
-        on_gpu = gpu_model.split(
-            History(*(t.to(device) for t in h)), Request(*(t.to(device) for t in req)), cand.to(device)
-        ).cpu()
+        on_cpu = cpu_model.split(*r.to_torch())
+        on_gpu = gpu_model.split(*r.to_torch(device)).cpu()
     diff = float((on_cpu - on_gpu).abs().max())
     assert diff <= CUDA_VS_CPU_ATOL, f"CUDA vs CPU split logits differ by {diff:.3g}"

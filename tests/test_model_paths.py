@@ -20,13 +20,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from model_helpers import SEED, case_rng, perturbed_model, torch_threads
 
 from contract.config import AstroConfig
 from model.astro import AstroModel, History, ItemScorer, Request, UserEncoder, signed_log_bucket
-from model.random_inputs import RandomRequest, random_request
+from model.random_inputs import random_request
 
 CFG = AstroConfig.from_name("tiny")
-SEED = 20250214
 
 # fp32 path parity. The paths compute the same maths in different orders: dense masked
 # attention per block over Tb+N keys (per_pair, sumi) vs Nb attentions of size Tb in the
@@ -46,56 +46,14 @@ FP16_CACHE_ATOL = 1e-2
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> Iterator[None]:
-    torch.manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread buys nothing and spin-waits when cores are busy
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_model(seed: int = SEED) -> AstroModel:
-    """Seeded tiny model, perturbed so that the parity checks are not trivial.
-
-    At init the relative biases are zero, the temperatures sit near sqrt(dh) and the embeddings
-    are small, so every path would agree even with a bias or temperature misapplied. Spread tau,
-    give the bias tables and the weights some size, so that a wrong block, mask, bias bucket or
-    temperature shows up in the logits.
-    """
-    torch.manual_seed(seed)
-    model = AstroModel(CFG).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.15 * torch.randn(p.shape, generator=gen))
-        for raw in (model.temperature_raw, model.fusion_temperature_raw):
-            assert raw is not None  # around its init (tau ~ sqrt(dh) = 4): tau spread over ~[1.3, 7]
-            raw.add_(torch.randn(raw.shape, generator=gen))
-        for layer in model.layers():
-            assert layer.position_bias is not None and layer.time_bias is not None
-            layer.position_bias.normal_(0.0, 1.0, generator=gen)
-            layer.time_bias.normal_(0.0, 1.0, generator=gen)
-    return model
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def model() -> AstroModel:
-    return make_model()
-
-
-def tensors(r: RandomRequest) -> tuple[History, Request, torch.Tensor]:
-    h = History(
-        *(torch.from_numpy(a) for a in (r.hist_item_ids, r.hist_behaviors, r.hist_scenarios, r.hist_timestamps))
-    )
-    return (
-        h,
-        Request(torch.from_numpy(r.request_scenario), torch.from_numpy(r.request_timestamp)),
-        torch.from_numpy(r.cand_item_ids),
-    )
-
-
-def case_rng(*key: int) -> np.random.Generator:
-    """A fresh, reproducible stream per test case."""
-    return np.random.default_rng([SEED, *key])
+    """Seeded tiny model, perturbed (attention tables too) so that the parity checks are not trivial."""
+    return perturbed_model(CFG)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -115,7 +73,7 @@ PER_PAIR_SAMPLE = 16
 def test_paths_agree(model: AstroModel, batch: int, tb: int, n: int) -> None:
     rng = case_rng(batch, tb, n)
     empty = 1 if batch > 1 else int(tb == 1)  # brand-new users in the mix (the whole batch once)
-    h, req, cand = tensors(random_request(CFG, rng, batch, tb, n, empty_users=empty))
+    h, req, cand = random_request(CFG, rng, batch, tb, n, empty_users=empty).to_torch()
     with torch.no_grad():
         split = model.split(h, req, cand)
         sumi = model.sumi(h, req, cand)
@@ -141,7 +99,7 @@ def test_brand_new_users(model: AstroModel, tb: int) -> None:
     batch, n = 4, 9
     r = random_request(CFG, case_rng(tb, 1), batch, tb, n, empty_users=batch)
     assert (r.hist_item_ids == 0).all()
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     # padding slots (item id 0) carry arbitrary behaviours/scenarios/timestamps: they must not count
     noisy = History(
         h.item_ids,
@@ -162,7 +120,7 @@ def test_brand_new_users(model: AstroModel, tb: int) -> None:
 def test_padding_content_is_ignored(model: AstroModel) -> None:
     """Ragged users: rewriting what sits in padding slots leaves every path's scores unchanged."""
     r = random_request(CFG, case_rng(7), 6, CFG.max_block_len, 20, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     pad = h.item_ids == 0
     assert pad.any() and (~pad).any()
     g = torch.Generator().manual_seed(SEED)
@@ -185,7 +143,7 @@ def test_candidate_independence(model: AstroModel, path: str) -> None:
     batch, n = 4, 48
     rng = case_rng(11, len(path))
     r = random_request(CFG, rng, batch, CFG.max_block_len, n, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     run = getattr(model, path)
     with torch.no_grad():
         base = run(h, req, cand)
@@ -208,7 +166,7 @@ def test_candidate_independence(model: AstroModel, path: str) -> None:
 
 def test_duplicate_candidates_score_equal(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(12), 3, 6, 10)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     dup = torch.cat([cand, cand.flip(1)], 1)
     with torch.no_grad():
         out = model.split(h, req, dup)
@@ -222,7 +180,7 @@ def test_cache_is_independent_of_request_time(model: AstroModel) -> None:
     """The encoder graph takes no request time; the split path's cache is bit-identical for two
     request times while the scores move: what lets Triton's response cache reuse a user's K/V."""
     r = random_request(CFG, case_rng(20), 4, CFG.max_block_len, 16, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     later = Request(req.scenario, req.timestamp + 7 * 86_400)
     assert "request_timestamp" not in UserEncoder.forward.__code__.co_varnames
     with torch.no_grad():
@@ -237,7 +195,7 @@ def test_cache_is_independent_of_request_time(model: AstroModel) -> None:
 def test_shifting_every_time_changes_nothing(model: AstroModel) -> None:
     """Time enters only as differences: moving history and request by the same offset is a no-op."""
     r = random_request(CFG, case_rng(24), 3, CFG.max_block_len, 12, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     shift = 123_456_789
     h2 = History(*h[:3], h.timestamps + shift)
     req2 = Request(req.scenario, req.timestamp + shift)
@@ -252,7 +210,7 @@ def test_shifting_every_time_changes_nothing(model: AstroModel) -> None:
 def test_request_scenario_changes_user_keys(model: AstroModel) -> None:
     """Layer >= 1 keys depend on the scenario through the temperature of the layers before."""
     r = random_request(CFG, case_rng(21), 2, CFG.max_block_len, 5)
-    h, _, _ = tensors(r)
+    h, _, _ = r.to_torch()
     with torch.no_grad():
         caches = [model.encode_user(h, torch.full((2, 1), s)) for s in range(4)]
     valid = caches[0].mask
@@ -266,9 +224,9 @@ def test_request_scenario_changes_user_keys(model: AstroModel) -> None:
 @pytest.mark.parametrize("part", ["temperature", "fusion_temperature", "position_bias", "time_bias"])
 def test_each_part_of_the_attention_is_live(part: str) -> None:
     """Changing one table changes the scores on every path (so a path that skipped it would fail parity)."""
-    model = make_model(SEED + 3)
+    model = perturbed_model(CFG, SEED + 3)
     r = random_request(CFG, case_rng(25, len(part)), 3, CFG.max_block_len, 8, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     with torch.no_grad():
         before = {p: getattr(model, p)(h, req, cand) for p in ("split", "sumi")}
         if part == "temperature":
@@ -297,9 +255,9 @@ def test_signed_log_buckets(x: int, bucket: int) -> None:
 
 @pytest.mark.parametrize("path", ["split", "sumi"])
 def test_gradient_reaches_every_table(path: str) -> None:
-    model = make_model(SEED + 2).train()
+    model = perturbed_model(CFG, SEED + 2).train()
     r = random_request(CFG, case_rng(23, len(path)), 4, 6, 8, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     # user 0 has no history: with no user keys its candidates attend to themselves alone (softmax
     # weight 1 whatever tau), so its scenario row 1 gets no block-temperature gradient. -7: unknown.
     req = Request(torch.tensor([[1], [0], [2], [-7]]), req.timestamp)
@@ -326,7 +284,7 @@ def test_gradient_reaches_every_table(path: str) -> None:
 
 def test_extreme_inputs_are_finite(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(31), 4, CFG.max_block_len, 16, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     valid = h.item_ids != 0
     big = torch.tensor([-(2**62), -1, 2**62, 2**63 - 1, -(2**63) + 1, 10**18])
     pick = torch.randint(0, len(big), h.item_ids.shape)
@@ -349,7 +307,7 @@ def test_extreme_inputs_are_finite(model: AstroModel) -> None:
 def test_equivalent_ids_score_equal(model: AstroModel) -> None:
     """Ids equal modulo item_buckets hash alike; every out-of-range category is one 'unknown' slot."""
     r = random_request(CFG, case_rng(32), 5, CFG.max_block_len, 24, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     valid = h.item_ids != 0
     m = CFG.item_buckets
     g = torch.Generator().manual_seed(SEED)
@@ -386,7 +344,7 @@ def test_equivalent_ids_score_equal(model: AstroModel) -> None:
 @pytest.mark.parametrize(("batch", "tb", "n"), [(1, 1, 1), (3, 7, 40), (8, CFG.max_block_len, 200)])
 def test_wrappers_equal_split(model: AstroModel, batch: int, tb: int, n: int) -> None:
     r = random_request(CFG, case_rng(41, batch, tb, n), batch, tb, n, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     encoder, scorer = UserEncoder(model).eval(), ItemScorer(model).eval()
     with torch.no_grad():
         keys, values, mask = encoder(*h, req.scenario)
@@ -402,7 +360,7 @@ def test_wrappers_equal_split(model: AstroModel, batch: int, tb: int, n: int) ->
 
 def test_fp16_cache(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(42), 4, CFG.max_block_len, 64, empty_users=1)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     with torch.no_grad():
         k32, v32, m32 = UserEncoder(model, torch.float32)(*h, req.scenario)
         k16, v16, m16 = UserEncoder(model, torch.float16)(*h, req.scenario)
@@ -420,7 +378,7 @@ def test_fp16_cache(model: AstroModel) -> None:
 
 def test_time_difference_of_extreme_timestamps_does_not_wrap(model: AstroModel) -> None:
     r = random_request(CFG, case_rng(51), 2, 4, 8)
-    h, req, cand = tensors(r)
+    h, req, cand = r.to_torch()
     valid = h.item_ids != 0
     req = Request(req.scenario, torch.full_like(req.timestamp, 2**62))
     ancient = History(*h[:3], torch.where(valid, -(2**62), 0))  # difference 2^63 s: overflows int64
@@ -430,8 +388,8 @@ def test_time_difference_of_extreme_timestamps_does_not_wrap(model: AstroModel) 
 
 
 def test_split_runs_in_float64() -> None:
-    model = make_model().double()
-    h, req, cand = tensors(random_request(CFG, case_rng(52), 2, 5, 6))
+    model = perturbed_model(CFG).double()
+    h, req, cand = random_request(CFG, case_rng(52), 2, 5, 6).to_torch()
     with torch.no_grad():
         torch.testing.assert_close(model.split(h, req, cand), model.sumi(h, req, cand), atol=1e-12, rtol=0)
 
@@ -439,8 +397,8 @@ def test_split_runs_in_float64() -> None:
 def test_block_length_above_the_limit_stays_total() -> None:
     """Only the python target and TensorRT profiles refuse Tb > max_block_len; the graph itself has no
     position table to overrun (positions enter as bucketed distances) and stays total."""
-    model = make_model()
-    h, req, cand = tensors(random_request(CFG, case_rng(53), 2, CFG.max_block_len + 5, 4))
+    model = perturbed_model(CFG)
+    h, req, cand = random_request(CFG, case_rng(53), 2, CFG.max_block_len + 5, 4).to_torch()
     with torch.no_grad():
         out = model.split(h, req, cand)
         assert max_diff(out, model.sumi(h, req, cand)) <= PATH_ATOL
@@ -452,7 +410,7 @@ def test_ablations_keep_the_paths_together(ablation: dict[str, bool]) -> None:
     """-BGF and -ATL (the paper's ablations) are configs of the same model: the three paths still agree."""
     torch.manual_seed(SEED)
     model = AstroModel(CFG.replace(**ablation)).eval()
-    h, req, cand = tensors(random_request(CFG, case_rng(54), 3, 7, 9, empty_users=1))
+    h, req, cand = random_request(CFG, case_rng(54), 3, 7, 9, empty_users=1).to_torch()
     with torch.no_grad():
         split, ref = model.split(h, req, cand), model.per_pair(h, req, cand)
     assert max_diff(split, ref) <= PATH_ATOL

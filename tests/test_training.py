@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from model_helpers import torch_threads
 
 from contract.config import AstroConfig
 from model.astro import AstroModel, History, Request
@@ -20,7 +21,6 @@ from model.peers import PEERS, PooledModel, build_peer, peer_config, same_rows, 
 from model.train import (
     Splits,
     TrainParams,
-    batch_tensors,
     concat,
     fit,
     load_data,
@@ -36,10 +36,8 @@ N_TRAIN, N_TEST = 48, 16  # synthetic users; validation: N_TRAIN // 8
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1, seed=None):
+        yield
     torch.use_deterministic_algorithms(False)
 
 
@@ -166,7 +164,7 @@ def test_batches_feed_every_peer(splits: Splits) -> None:
     for kind in PEERS:
         pcfg = peer_config(kind, TINY)
         ds = load_data("synthetic", pcfg, 8, 4, seed=0).train
-        h, req, cand = batch_tensors(ds, np.arange(4))
+        h, req, cand = ds.take(np.arange(4)).trimmed().to_torch()
         with torch.no_grad():
             out = build_peer(kind, pcfg)(h, req, cand)
         assert out.shape == (4, ds.cand_item_ids.shape[1], TINY.n_tasks) and torch.isfinite(out).all()
