@@ -42,16 +42,7 @@ class RuntimeCell:
     block_len: int
     candidates: int
     seconds: dict[str, dict[str, Stats]]  # runtime -> stage -> per-request time
-    vs_eager: dict[str, Stats]  # eager total / runtime total, per round (> 1: faster than eager)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "block_len": self.block_len,
-            "candidates": self.candidates,
-            "seconds": {r: {s: v.to_dict() for s, v in st.items()} for r, st in self.seconds.items()},
-            "speedup_vs_eager": {r: v.to_dict() for r, v in self.vs_eager.items()},
-        }
+    speedup_vs_eager: dict[str, Stats]  # eager total / runtime total, per round (> 1: faster than eager)
 
 
 def _time_rounds(
@@ -121,12 +112,12 @@ def run_runtimes(
                 block_len=tb,
                 candidates=n,
                 seconds={r: {s: Stats.of(v) for s, v in st.items()} for r, st in times.items()},
-                vs_eager={r: per_round_ratio(times[EAGER]["total"], times[r]["total"]) for r in ort_pipelines},
+                speedup_vs_eager={r: per_round_ratio(times[EAGER]["total"], times[r]["total"]) for r in ort_pipelines},
             )
             cells.append(cell)
             parts = ", ".join(
                 f"{r} {1e3 * st['encoder'].median:.2f}+{1e3 * st['scorer'].median:.2f} ms"
-                + (f" (x{cell.vs_eager[r].median:.2f})" if r in cell.vs_eager else "")
+                + (f" (x{cell.speedup_vs_eager[r].median:.2f})" if r in cell.speedup_vs_eager else "")
                 for r, st in cell.seconds.items()
             )
             progress(f"  [{len(cells)}/{total}] {cell.device} Tb={tb} N={n}: {parts}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 
@@ -40,31 +39,11 @@ class TurboCell:
     candidates: int
     padding: float  # share of history slots that are padding
     per_pair_timed_candidates: int  # N when measured in full, else the subset it was scaled from
+    per_pair_method: str  # "measured", or how it was extrapolated
     latency_s: dict[str, Stats]  # per request (B = 1), per path
     candidates_per_s: dict[str, Stats]
-    speedup: dict[str, Stats]  # per-pair time / path time, per round
-    scaling_check: Stats | None  # measured per-pair / subset-scaled per-pair, per round (full cells only)
-
-    @property
-    def per_pair_method(self) -> str:
-        if self.per_pair_timed_candidates == self.candidates:
-            return "measured"
-        k = self.per_pair_timed_candidates
-        return f"extrapolated: {k} candidates timed, x{self.candidates / k:g}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "block_len": self.block_len,
-            "candidates": self.candidates,
-            "padding": self.padding,
-            "per_pair_timed_candidates": self.per_pair_timed_candidates,
-            "per_pair_method": self.per_pair_method,
-            "latency_s": {k: v.to_dict() for k, v in self.latency_s.items()},
-            "candidates_per_s": {k: v.to_dict() for k, v in self.candidates_per_s.items()},
-            "speedup_vs_per_pair": {k: v.to_dict() for k, v in self.speedup.items()},
-            "per_pair_scaling_check": None if self.scaling_check is None else self.scaling_check.to_dict(),
-        }
+    speedup_vs_per_pair: dict[str, Stats]  # per-pair time / path time, per round
+    per_pair_scaling_check: Stats | None  # measured per-pair / subset-scaled per-pair, per round (full cells only)
 
 
 def device_sync(device: torch.device) -> Callable[[], None]:
@@ -115,24 +94,23 @@ def run_turbo(
             times["per_pair"] = [s * n / timed for s in times["per_pair"]]
             scaled = [s * n / subset for s in times.get(SUBSET, [])]
             latency = {p: Stats.of(times[p]) for p in PATHS}
-            cells.append(
-                TurboCell(
-                    device=device_label(device),
-                    block_len=tb,
-                    candidates=n,
-                    padding=padding_fraction(req),
-                    per_pair_timed_candidates=timed,
-                    latency_s=latency,
-                    candidates_per_s={p: Stats.of([n / s for s in times[p]]) for p in PATHS},
-                    speedup={p: per_round_ratio(times["per_pair"], times[p]) for p in PATHS if p != "per_pair"},
-                    scaling_check=per_round_ratio(times["per_pair"], scaled) if check else None,
-                )
+            c = TurboCell(
+                device=device_label(device),
+                block_len=tb,
+                candidates=n,
+                padding=padding_fraction(req),
+                per_pair_timed_candidates=timed,
+                per_pair_method="measured" if timed == n else f"extrapolated: {timed} candidates timed, x{n / timed:g}",
+                latency_s=latency,
+                candidates_per_s={p: Stats.of([n / s for s in times[p]]) for p in PATHS},
+                speedup_vs_per_pair={p: per_round_ratio(times["per_pair"], times[p]) for p in PATHS[1:]},
+                per_pair_scaling_check=per_round_ratio(times["per_pair"], scaled) if check else None,
             )
-            c = cells[-1]
+            cells.append(c)
+            sp = c.speedup_vs_per_pair
             progress(
                 f"  [{len(cells)}/{total}] {c.device} Tb={tb} N={n}: per-pair {1e3 * latency['per_pair'].median:.1f} ms"
-                f" ({c.per_pair_method}), SUMI {1e3 * latency['sumi'].median:.2f} ms"
-                f" (x{c.speedup['sumi'].median:.1f}), split {1e3 * latency['split'].median:.2f} ms"
-                f" (x{c.speedup['split'].median:.1f})"
+                f" ({c.per_pair_method}), SUMI {1e3 * latency['sumi'].median:.2f} ms (x{sp['sumi'].median:.1f}),"
+                f" split {1e3 * latency['split'].median:.2f} ms (x{sp['split'].median:.1f})"
             )
     return cells
