@@ -41,10 +41,10 @@ from bench.presets import PRESETS, Preset
 from bench.results import Gpu, Results, Sessions, as_type, dump, load
 from bench.roofline import efficiency_rows, matmul_rate
 from bench.runtimes import run_runtimes
-from bench.served import PaInfo, Served, ServedVariant, handoff_bytes, run_served, wire_bytes
+from bench.served import PaInfo, Served, ServedLevel, ServedVariant, handoff_bytes, run_served, wire_bytes
 from bench.sessions import SessionModel, run_sessions
 from bench.training import run_training
-from bench.turbo import device_sync, run_turbo
+from bench.turbo import Grid, device_sync, run_turbo
 from bench.variants import AS_EXPORTED, ENCODER_MERGING, SCORER1, encoder_merging, export_python, scorer_instances
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
@@ -157,12 +157,11 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
         pipes[BASELINE] = OrtPipeline(load_graph_paths(a.baseline_onnx), a.threads)
 
     say("[2/8] (a) TURBO: per-pair vs SUMI vs split, PyTorch on CPU")
-    shapes = (list(p.block_lens), list(p.candidates), p.rounds, p.warmup)
-    turbo_args = (*shapes, p.per_pair_full_max, p.per_pair_subset, p.seed, say)
-    turbo = run_turbo(model, cpu, *turbo_args)
+    grid = Grid(p.block_lens, p.candidates, p.rounds, p.warmup, p.seed)
+    turbo = run_turbo(model, cpu, grid, p.per_pair_full_max, p.per_pair_subset, say)
 
     say("[3/8] (b) runtimes: PyTorch eager vs ONNX Runtime fp32 / fp16 cache, CPU")
-    runtimes = run_runtimes(model, cpu, pipes, *shapes, p.seed, say)
+    runtimes = run_runtimes(model, cpu, pipes, grid, say)
 
     say(f"[4/8] (c) served: perf_analyzer on the ensemble vs in-process ONNX Runtime, concurrency {p.concurrency}")
     requests = [
@@ -170,7 +169,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
     ]
     settings = PaSettings(interval_ms=p.pa_interval_ms, max_trials=p.pa_max_trials)
 
-    def served_levels(repo: Path, dtype: str, levels: list[int]) -> tuple[list[Any], str]:
+    def served_levels(repo: Path, dtype: str, levels: list[int]) -> tuple[list[ServedLevel], str]:
         return run_served(repo, dtype, pipes[f"ort_{dtype}"], requests, levels, pa, settings, p.time_cap, say)
 
     levels, triton_version = [], "not run"
@@ -179,23 +178,17 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
         levels += more
     scorer1 = scorer_instances(repos["fp32"], work / "repo-fp32-scorer1", 1)
     variants = []
-    if p.served_variants:
-        say("  (c) again with item_scorer on 1 instance, as before (fp32)")
-        variants.append(
-            ServedVariant(
-                SCORER1, served_levels(scorer1, "fp32", [c for c in p.concurrency if c >= report.GOAL_CONCURRENCY])[0]
-            )
-        )
-        say("  (c) again with user_encoder merging requests, as before (fp32), where the lock-step showed")
-        merging = encoder_merging(repos["fp32"], work / "repo-fp32-encoder-merging")
-        variants.append(
-            ServedVariant(
+    if p.served_variants:  # each where it showed: one scorer instance at >= 4, the encoder's lock-step at 2 to 4
+        for config, repo, at in (
+            (SCORER1, scorer1, [c for c in p.concurrency if c >= report.GOAL_CONCURRENCY]),
+            (
                 ENCODER_MERGING,
-                served_levels(
-                    merging, "fp32", [c for c in p.concurrency if report.SERVED_GOAL_MIN_CONCURRENCY <= c <= 4]
-                )[0],
-            )
-        )
+                encoder_merging(repos["fp32"], work / "repo-fp32-encoder-merging"),
+                [c for c in p.concurrency if report.SERVED_GOAL_MIN_CONCURRENCY <= c <= 4],
+            ),
+        ):
+            say(f"  (c) again on a variant, {config} (fp32), concurrency {at}")
+            variants.append(ServedVariant(config, served_levels(repo, "fp32", at)[0]))
     served = Served(
         batch=1,
         block_len=p.served_block_len,
@@ -262,8 +255,8 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
         dev = torch.device("cuda")
         gpu = Gpu(
             gpu.device,
-            run_turbo(load_checkpoint(a.checkpoint), dev, *turbo_args),
-            run_runtimes(load_checkpoint(a.checkpoint), dev, {}, *shapes, p.seed, say),
+            run_turbo(load_checkpoint(a.checkpoint), dev, grid, p.per_pair_full_max, p.per_pair_subset, say),
+            run_runtimes(load_checkpoint(a.checkpoint), dev, {}, grid, say),
             matmul_rate(4096, repeats, dev, device_sync(dev)),
         )
     else:
