@@ -86,17 +86,15 @@ def parser(description: str | None, prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(p: argparse.ArgumentParser, argv: list[str] | None, name: str) -> argparse.Namespace:
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None, module: str) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
     if a.from_results is not None and not a.from_results.is_file():
         p.error(f"--from-results: no file {a.from_results}")
     if a.out is None:
-        a.out = Path(tempfile.gettempdir()) / f"astro-bench-{name}-quick" if a.preset == "quick" else DEFAULT_OUT
-    a.command = shlex.join(
-        ["python", "-m", f"bench{'' if name == 'report' else '.' + name}", *(sys.argv[1:] if argv is None else argv)]
-    )
+        a.out = Path(tempfile.gettempdir()) / f"astro-{module}-quick" if a.preset == "quick" else DEFAULT_OUT
+    a.command = shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
     return a
 
 
@@ -306,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         f"timed as {BASELINE!r} beside this run's graphs in (b), (d) and (d)'s per-operator profile: a change "
         "before/after in one run",
     )
-    a = parse_args(p, argv, "report")
+    a = parse_args(p, argv, "bench")
     say = Progress()
     say(f"python -m bench --preset {a.preset}: results -> {a.out}")
     if a.from_results is not None:  # the FLOP counts are code: (d)'s shares from the stored times, counted anew
@@ -318,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="astro-bench-") as tmp:
             results = run(a, Path(tmp), say)
-    dump(results, a.out / "results.json")
+        dump(results, a.out / "results.json")
+    a.out.mkdir(parents=True, exist_ok=True)
     images = plots.write_all(results, a.out)
     (a.out / "report.md").write_text(report.render(results, images))
     say(f"done in {say.elapsed:.0f} s: {a.out / 'report.md'}, results.json, {len(images)} plots")
@@ -330,7 +329,7 @@ def section_main(name: str, argv: list[str] | None = None) -> int:
     """``python -m bench.overload`` / ``python -m bench.replicas``: that section alone, into ``<name>.json`` and
     ``<name>.md`` (the same template as the report's section)."""
     module = {"overload": overload, "replicas": replicas}[name]
-    a = parse_args(parser((module.__doc__ or "").split("\n\n")[0], f"python -m bench.{name}"), argv, name)
+    a = parse_args(parser((module.__doc__ or "").split("\n\n")[0], f"python -m bench.{name}"), argv, f"bench.{name}")
     kind = {"overload": overload.Overload, "replicas": replicas.Replicas}[name]
     if a.from_results is not None:
         results: Any = load(kind, a.from_results)
@@ -345,7 +344,8 @@ def section_main(name: str, argv: list[str] | None = None) -> int:
                 counts, lanes, per_lane = preset.replica_counts, preset.replica_lanes, preset.replica_per_lane
                 results = replicas.run_replicas(repo, cfg, SessionModel(), lanes, per_lane, preset.seed, say, counts)
         results = replace(results, command=a.command)
-    dump(results, a.out / f"{name}.json")
+        dump(results, a.out / f"{name}.json")
+    a.out.mkdir(parents=True, exist_ok=True)
     text = report.render_section(name, results)
     (a.out / f"{name}.md").write_text(text)
     print(text)

@@ -25,6 +25,7 @@ client shares the cores with the server.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,9 +68,6 @@ class Settings:
     block_len: int = 48
     candidates: int = 256
     seed: int = 0
-
-
-QUICK = Settings(multiples=(1, 4), seconds=1.0, capacity_seconds=1.0, warm_seconds=0.3, requests=8)
 
 
 class PeakRss:
@@ -427,3 +425,9 @@ def causes(r: Overload) -> str:
         "slower than the sizing's measured service time on the shared cores; the bounds count requests, and the "
         "wait they bound grows with the service time."
     )
+
+
+if __name__ == "__main__":
+    from bench.__main__ import section_main
+
+    sys.exit(section_main("overload"))

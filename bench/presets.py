@@ -81,6 +81,6 @@ PRESETS = {
         replica_per_lane=4,
         train_users=2,
         train_candidates=8,
-        overload=overload.QUICK,
+        overload=overload.Settings(multiples=(1, 4), seconds=1.0, capacity_seconds=1.0, warm_seconds=0.3, requests=8),
     ),
 }
