@@ -38,6 +38,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from bench.goal import Goal
+from bench.served import server_counters
 from bench.sessions import SessionModel, Trace, make_trace
 from bench.timing import Stats, in_threads
 from client import AstroClient, ServerError
@@ -88,15 +89,10 @@ def _counters(server: TritonServer) -> tuple[int, int, int]:
     """(ensemble requests, user_encoder cache hits, misses) so far."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
-        stats = {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
+        c = server_counters(client)
     finally:
         client.close()
-    enc = stats.get(USER_ENCODER, {}).get("inference_stats", {})
-    return (
-        int(stats.get(ENSEMBLE, {}).get("inference_count", 0)),
-        int(enc.get("cache_hit", {}).get("count", 0)),
-        int(enc.get("cache_miss", {}).get("count", 0)),
-    )
+    return c[ENSEMBLE]["inference_count"], c[USER_ENCODER]["cache_hit"], c[USER_ENCODER]["cache_miss"]
 
 
 def drive(

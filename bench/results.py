@@ -22,7 +22,7 @@ from bench.replicas import Replicas
 from bench.roofline import Efficiency
 from bench.runtimes import RuntimeCell
 from bench.served import Served
-from bench.sessions import SessionModel
+from bench.sessions import SessionModel, SessionRun
 from bench.timing import Stats
 from bench.training import TrainingResult
 from bench.turbo import TurboCell
@@ -33,23 +33,10 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class SessionRunRow:
-    """One (round, N, cache side) run of (f): ``bench.sessions.SessionRun`` with its round and hit rate."""
+class SessionRunRow(SessionRun):
+    """One run of (f) (a round, a candidate count, a cache side), as ``run_sessions`` lists them."""
 
-    round: int
-    candidates: int
-    cache: str  # "off" or "on"
-    throughput_rps: float
-    pa_throughput_rps: float
-    latency_ms: dict[str, float]  # p50, p95, p99, avg (perf_analyzer)
-    requests: int
-    hits: int
-    misses: int
-    scorer_cache_activity: int
-    stable: bool
-    wrapped: bool
-    encoder_share: float | None
-    hit_rate: float
+    round: int = 0
 
 
 @dataclass(frozen=True)
