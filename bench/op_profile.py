@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from bench.timing import Stats
+from bench.timing import Stats, rate
 from contract.tensors import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import GraphPaths
 from model.random_inputs import RandomRequest
@@ -64,24 +64,10 @@ def ort_matmul_rate(size: int, repeats: int, threads: int, min_seconds: float = 
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
     model.ir_version = 9  # what ONNX Runtime >= 1.16 reads
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), _options(threads), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal((size, size), dtype=np.float32) for n in ("a", "b")}
-    session.run(None, feeds)  # warm up: allocator, packed buffers
-    t0 = time.perf_counter()
-    session.run(None, feeds)
-    calls = max(1, round(min_seconds / max(time.perf_counter() - t0, 1e-6)))
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            session.run(None, feeds)
-        rates.append(calls * 2 * size**3 / (time.perf_counter() - t0))
-    return Stats.of(rates)
+    return rate(partial(session.run, None, feeds), 2 * size**3, repeats, min_seconds=min_seconds)
 
 
 def matmul_flops(op: str, inputs: list[list[int]]) -> int:
@@ -103,13 +89,18 @@ def _input_shapes(
     return [weights[name] if name in weights else next(run_shapes, []) for name in node.input if name]
 
 
-def _session(path: Path, threads: int, prefix: Path, optimized: Path | None = None) -> ort.InferenceSession:
+def _options(threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    if optimized is not None:  # the graph as ONNX Runtime runs it: node names as the profiler reports them
-        opts.optimized_model_filepath = str(optimized)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OrtPipeline and the served model
+    return opts
+
+
+def _session(path: Path, threads: int, prefix: Path, optimized: Path | None = None) -> ort.InferenceSession:
+    opts = _options(threads)
+    if optimized is not None:  # the graph as ONNX Runtime runs it: node names as the profiler reports them
+        opts.optimized_model_filepath = str(optimized)
     opts.enable_profiling = True
     opts.profile_file_prefix = str(prefix)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -28,14 +28,14 @@ thread count: what this machine's BLAS reaches on the friendliest possible shape
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from bench.runtimes import RuntimeCell
-from bench.timing import Stats, no_sync
+from bench.timing import Stats, no_sync, rate
 from bench.turbo import PATHS, TurboCell
 from contract.config import AstroConfig
 
@@ -87,30 +87,9 @@ def path_flops(cfg: AstroConfig, path: str, batch: int, block_len: int, candidat
 def matmul_rate(
     size: int, repeats: int, device: torch.device, sync: Callable[[], None] = no_sync, min_seconds: float = 0.2
 ) -> Stats:
-    """FLOP/s of ``torch.matmul`` on two fp32 ``size x size`` matrices, at the current thread count.
-
-    Each sample times enough back-to-back products to last ``min_seconds``, so the
-    clock's resolution and one-off stalls do not set the rate.
-    """
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    flops = 2 * size**3
-    torch.matmul(a, b)  # warm up: BLAS thread pool, allocator
-    sync()
-    t0 = time.perf_counter()
-    torch.matmul(a, b)
-    sync()
-    per_call = max(time.perf_counter() - t0, 1e-6)
-    calls = max(1, round(min_seconds / per_call))
-    rates = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            torch.matmul(a, b)
-        sync()
-        rates.append(calls * flops / (time.perf_counter() - t0))
-    return Stats.of(rates)
+    """FLOP/s of ``torch.matmul`` on two fp32 ``size x size`` matrices, at the current thread count."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return rate(partial(torch.matmul, a, b), 2 * size**3, repeats, sync, min_seconds)
 
 
 @dataclass(frozen=True)

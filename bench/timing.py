@@ -94,6 +94,29 @@ def interleaved_rounds(
     return times
 
 
+def rate(
+    call: Callable[[], object], work: float, repeats: int, sync: Callable[[], None] = no_sync, min_seconds: float = 0.2
+) -> Stats:
+    """``work`` (FLOPs, items) per second of ``call``, one sample per repeat after a warm-up call. Each sample
+    times enough back-to-back calls to last ``min_seconds``, so the clock's resolution and one-off stalls do not
+    set the rate."""
+    call()
+    sync()
+    t0 = time.perf_counter()
+    call()
+    sync()
+    calls = max(1, round(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+    rates = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        sync()
+        rates.append(calls * work / (time.perf_counter() - t0))
+    return Stats.of(rates)
+
+
 def in_threads(targets: Sequence[Callable[[], object]]) -> float:
     """Run each target in a thread of its own, all started together; wall seconds until the last one ends."""
     threads = [threading.Thread(target=t, daemon=True) for t in targets]
