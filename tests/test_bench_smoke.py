@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import perf_analyzer
 from bench.__main__ import main as bench_main
 from bench.__main__ import section_main
 from bench.machine import NO_GPU
@@ -85,6 +88,33 @@ def test_committed_results_render_every_section(tmp_path: Path) -> None:
     assert again["served"]["levels"][0]["served"] == level["served"]
     split = results["turbo"][0]["speedup_vs_per_pair"]["split"]
     assert {k: again["turbo"][0]["speedup_vs_per_pair"]["split"][k] for k in split} == split
+
+
+def test_locate_names_the_make_target_and_installs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf_analyzer missing: the bench stops at once naming `make bench-tools`; it never installs anything itself."""
+    monkeypatch.delenv("ASTRO_PERF_ANALYZER", raising=False)
+    monkeypatch.setattr(perf_analyzer, "PA_TARGET", tmp_path / "opt")
+    with pytest.raises(perf_analyzer.ToolMissing, match="make bench-tools"):
+        perf_analyzer.locate()
+    assert not (tmp_path / "opt").exists()
+    tool = tmp_path / "perf_analyzer"  # a binary whose libraries the loader cannot find: named with the target
+    tool.write_bytes(Path("/bin/true").read_bytes())
+    tool.chmod(0o755)
+    monkeypatch.setenv("ASTRO_PERF_ANALYZER", str(tool))
+    monkeypatch.setattr(perf_analyzer.subprocess, "run", _ldd_missing(perf_analyzer.subprocess.run))
+    with pytest.raises(perf_analyzer.ToolMissing, match=r"libb64\.so\.0d: run `make bench-tools`"):
+        perf_analyzer.locate()
+
+
+def _ldd_missing(run: Any) -> Any:
+    """subprocess.run whose ``ldd`` reports libb64.so.0d missing (other commands run as usual)."""
+
+    def fake(cmd: list[str], **kwargs: Any) -> Any:
+        if cmd[0] == "ldd":
+            return subprocess.CompletedProcess(cmd, 0, "\tlibb64.so.0d => not found\n", "")
+        return run(cmd, **kwargs)
+
+    return fake
 
 
 @pytest.mark.parametrize("name", ["overload", "replicas"])
