@@ -6,7 +6,7 @@
 One ``python -m export --target python`` repository is served twice by the ``tritonserver`` of the
 nvidia-pytriton wheel (response cache off, so every request computes): **before**, its composing models'
 queue policy removed (Triton's default: unbounded queues, no timeout), and **after**, as exported
-(contract/admission.py). Capacity is the throughput of a closed loop of ``--capacity-concurrency``
+(contract/admission.py). Capacity is the throughput of a closed loop of ``capacity_concurrency``
 callers on the *after* server; both servers then get the same open-loop load (Poisson arrivals, seeded)
 at each multiple of it, from one asyncio ``tritonclient.grpc.aio`` client (perf_analyzer sends no
 per-request timeout and stops at the first refusal, so it cannot drive this). Each request carries the
