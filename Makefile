@@ -18,7 +18,7 @@ PARITY_ARGS ?=
 BENCH_ARGS ?=
 SCALING_ARGS ?=
 
-.PHONY: help venv train ablations scaling export serve parity test lint bench clean
+.PHONY: help venv train ablations scaling export serve parity test lint bench bench-tools clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets (this text); variables go after them: make train PRESET=tiny
@@ -65,7 +65,20 @@ lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict)
 test: lint  ## ruff, mypy, then the whole pytest suite
 	$(VENV)/bin/pytest
 
-bench: $(STAMP)  ## benchmarks: ratios from one run, reports under docs/bench/
+# perf_analyzer for make bench: the binary of the tritonclient wheel of the server's version, beside the project's
+# own tritonclient; libcudart.so.12 comes with the bench extra (nvidia-cuda-runtime-cu12), libb64.so.0d from apt-get
+PA_VERSION := 2.51.0
+PERF_ANALYZER := $(VENV)/opt/tritonclient-$(PA_VERSION)/bin/perf_analyzer
+$(PERF_ANALYZER): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/opt/tritonclient-$(PA_VERSION) tritonclient==$(PA_VERSION)
+
+bench-tools: $(PERF_ANALYZER)  ## perf_analyzer and its libraries for make bench (libb64-0d via apt-get: as root)
+	@if ! ldconfig -p | grep -q libb64.so.0d; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "perf_analyzer needs libb64.so.0d: as root, apt-get install -y libb64-0d" >&2; exit 1; fi; \
+	  apt-get install -y -qq libb64-0d || { apt-get update -qq && apt-get install -y -qq libb64-0d; }; \
+	fi
+
+bench: bench-tools  ## benchmarks: ratios from one run, reports under docs/bench/ (BENCH_ARGS=--quick: a smoke run)
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:  ## remove .venv, artifacts/, caches and the generated model repository

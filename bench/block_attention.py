@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.cli_types import int_list
 from contract.config import PRESETS, AstroConfig, BlockSpec
 from contract.program import program_name
 from model.astro import AstroModel, History, Request
@@ -142,11 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads, fixed for the whole run")
     p.add_argument(
         "--block-lens",
-        type=int_list,
+        type=int,
+        nargs="+",
         default=None,
-        help="comma-separated Tb values (default: 16,32,64 and the preset's longest block)",
+        help="Tb values (default: 16 32 64 and the preset's longest block)",
     )
-    p.add_argument("--batches", type=int_list, default=[1, 4, 16], help="comma-separated batch sizes (default: 1,4,16)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes (default: 1 4 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the inputs")
     a = p.parse_args(argv)
     if a.repeats < 1 or a.warmup < 0 or a.threads < 1:

@@ -25,12 +25,14 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # no stubs in the dev environment
+
+from bench.report import ENV
+from bench.results import Results, as_type
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "bench" / "results.json"
@@ -110,16 +112,16 @@ class Level:
     queue_ms: dict[str, float]  # model -> Triton's queue time per request
 
     @classmethod
-    def rows(cls, results: dict[str, Any], cache_dtype: str) -> list[Level]:
+    def rows(cls, results: Results, cache_dtype: str) -> list[Level]:
         out = [
             cls(
-                concurrency=lv["concurrency"],
-                rps=lv["served"]["throughput_rps"],
-                p99_ms=lv["served"]["latency_us"]["p99"] / 1e3,
-                queue_ms={m: t["queue"] for m, t in lv["server_ms_per_request"].items()},
+                lv.concurrency,
+                lv.served.throughput_rps,
+                lv.served.latency_us["p99"] / 1e3,
+                {m: t["queue"] for m, t in lv.server_ms_per_request.items()},
             )
-            for lv in results["served"]["levels"]
-            if lv["cache_dtype"] == cache_dtype
+            for lv in results.served.levels
+            if lv.cache_dtype == cache_dtype
         ]
         if not out:
             raise DocError(f"results.json has no served rows with a {cache_dtype} cache")
@@ -142,246 +144,32 @@ def distinct_replicas(requests: int, replicas: int) -> float:
     return replicas * (1 - (1 - 1 / replicas) ** requests)
 
 
-# ------------------------------------------------------------------------------------ formatting
-
-
-def _rps(x: float) -> str:
-    return f"{x:,.1f} req/s"
-
-
-def _ms(x: float) -> str:
-    return f"{x:.2f} ms"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f} %"
-
-
-def _pct_span(xs: list[float]) -> str:
-    lo, hi = _pct(min(xs)), _pct(max(xs))
-    return lo if lo == hi else f"{lo[:-2]}–{hi}"
-
-
-def _int(x: float) -> str:
-    return f"{x:,.0f}"
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:g} GiB"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _shape(results: dict[str, Any]) -> str:
-    s = results["served"]
-    return f"B = {s['batch']}, Tb = {s['block_len']}, N = {s['candidates']}"
-
-
-# ---------------------------------------------------------------------------------------- blocks
-
-
-def autoscaling(results: dict[str, Any], m: Manifests) -> str:
-    levels = Level.rows(results, CACHE_DTYPE)
-    idle, busiest = levels[0], levels[-1]
-    fit = best_within(levels, P99_TARGET_MS)
-    past = [lv for lv in levels if lv.p99_ms > P99_TARGET_MS]
-    ensemble = [lv.queue_ms.get("astro", 0.0) for lv in levels]
-    rows = [
-        [
-            str(lv.concurrency),
-            _rps(lv.rps),
-            _ms(lv.p99_ms),
-            *(_ms(lv.queue_ms[model]) for model in COMPOSING),
-        ]
-        for lv in levels
-    ]
-    text = [
-        f"From the served benchmark (`docs/bench/report.md`, (c), {CACHE_DTYPE} cache, {_shape(results)}):",
-        "",
-        _table(["concurrency", "served", "ensemble p99", "`user_encoder` queue", "`item_scorer` queue"], rows),
-        "",
-        f"The ensemble `astro` itself queues at most {max(ensemble):.3f} ms per request in these rows. "
-        f"An idle replica (concurrency {idle.concurrency}) still shows "
-        + ", ".join(f"{_ms(idle.queue_ms[model])} in `{model}`" for model in COMPOSING)
-        + ": the dynamic batcher holds a lone request for its `max_queue_delay_microseconds` window, hoping "
-        f"for company. From concurrency {idle.concurrency} to {busiest.concurrency} throughput grows "
-        f"{busiest.rps / idle.rps:.1f}× while p99 grows {busiest.p99_ms / idle.p99_ms:.1f}×.",
-    ]
-    if fit is not None and past:
-        first_past = past[0]
-        text += [
-            "",
-            f"For a p99 target of {P99_TARGET_MS:g} ms, a replica is past its useful load from concurrency "
-            f"{first_past.concurrency} on (p99 {_ms(first_past.p99_ms)}); at concurrency {fit.concurrency} it "
-            f"meets it (p99 {_ms(fit.p99_ms)}). The thresholds against those rows:",
-            "",
-            _table(
-                ["model", "threshold", "× idle queue", f"queue at concurrency {first_past.concurrency}"],
-                [
-                    [
-                        f"`{model}`",
-                        f"{m.thresholds_us[model]:,.0f} µs",
-                        f"{m.thresholds_us[model] / 1e3 / idle.queue_ms[model]:.1f}×",
-                        f"{_ms(first_past.queue_ms[model])} "
-                        f"({first_past.queue_ms[model] * 1e3 / m.thresholds_us[model]:.2f}× the threshold)",
-                    ]
-                    for model in COMPOSING
-                ],
-            ),
-        ]
-    return "\n".join(text)
-
-
-def cache_sizing(results: dict[str, Any], m: Manifests) -> str:
-    s, cfg = results["served"], results["config"]
-    slots = len(cfg["blocks"]) * s["block_len"]
-    per_user = {dtype: b["total"] for dtype, b in sorted(s["handoff_bytes"].items(), reverse=True)}
-    rows = [
-        [
-            f"{dtype} cache",
-            f"{n:,} B",
-            *(_int(m.cache_bytes[where] / n) for where in ("cpu", "gpu")),
-        ]
-        for dtype, n in per_user.items()
-    ]
-    return "\n".join(
-        [
-            f"For the benchmarked `{cfg['name']}` model (L = {cfg['n_layers']}, H = {cfg['n_heads']}, "
-            f"d = {cfg['d_model']}) at Tb = {s['block_len']} ({len(cfg['blocks'])} blocks, S = {slots} slots), "
-            "as measured by `docs/bench/report.md`, (c):",
-            "",
-            _table(
-                [
-                    "cache dtype",
-                    "bytes per user",
-                    f"users in {_gib(m.cache_bytes['cpu'])} (CPU overlays)",
-                    f"users in {_gib(m.cache_bytes['gpu'])} (GPU overlays)",
-                ],
-                rows,
-            ),
-            "",
-            "Triton's own bookkeeping per entry takes a little more; users with shorter histories "
-            "(smaller Tb) take less.",
-        ]
-    )
-
-
-def affinity(results: dict[str, Any], m: Manifests) -> str:
-    k, r = results["settings"]["session_k"], AFFINITY_REPLICAS
-    misses = distinct_replicas(k, r)
-    measured = [v["on"]["hit_rate"] for v in results["sessions"]["summary"].values()]
-    return "\n".join(
-        [
-            f"A user who sends k requests with an unchanged history reaches, under uniform routing over R "
-            f"replicas, R·(1 − (1 − 1/R)^k) distinct replicas on average, a miss on each. For k = {k} and "
-            f"R = {r} that is {misses:.2f} misses of {k}, a {_pct(1 - misses / k)} hit rate; with affinity it "
-            f"is 1 miss of {k}, {_pct(1 - 1 / k)}, whatever R is. On one replica, `make bench`'s session "
-            f"traffic (section (f): Zipf popularity, k = {k}, some sessions adding a history event) hit "
-            f"{_pct_span(measured)}: the rate perfect affinity would keep at any R.",
-        ]
-    )
-
-
-def capacity(results: dict[str, Any], m: Manifests) -> str:
-    levels = Level.rows(results, CACHE_DTYPE)
-    fit = best_within(levels, P99_TARGET_MS)
-    if fit is None:
-        return (
-            f"No measured concurrency meets a p99 of {P99_TARGET_MS:g} ms on the benchmark machine: measure "
-            "your node type (below) before sizing."
-        )
-    over = [lv for lv in levels if lv.p99_ms > P99_TARGET_MS and lv.rps > fit.rps]
-    per_replica = fit.rps * UTILISATION
-    mean = DAILY_USERS * REQUESTS_PER_USER / 86_400
-    peak, night = mean * PEAK_OVER_MEAN, mean * NIGHT_OVER_MEAN
-    n_peak, n_big, n_night = (replicas_for(x, fit.rps, UTILISATION) for x in (PEAK_RPS, peak, night))
-
-    def ceiling(n: int) -> str:
-        top = m.max_replicas
-        return f"`maxReplicaCount: {top}` covers it" if n <= top else f"above `maxReplicaCount: {top}`: raise it"
-
-    lines = [
-        f"From `make bench` (`docs/bench/report.md`, (c), {CACHE_DTYPE} cache, {_shape(results)}): for a p99 "
-        f"target of {P99_TARGET_MS:g} ms, X = {_rps(fit.rps)} (concurrency {fit.concurrency}, p99 "
-        f"{_ms(fit.p99_ms)})"
-        + (
-            "; "
-            + ", ".join(f"concurrency {lv.concurrency} serves {_rps(lv.rps)} at p99 {_ms(lv.p99_ms)}" for lv in over)
-            + (" fail" if len(over) > 1 else " fails")
-            + " the target"
-            if over
-            else ""
-        )
-        + f". With u = {UTILISATION:g}, {_rps(per_replica)} per replica:",
-        "",
-        f"* {PEAK_RPS:,} req/s at peak: ceil({PEAK_RPS:,} / {per_replica:.1f}) = **{n_peak} replicas**; "
-        f"{ceiling(n_peak)}.",
-        f"* Tens of millions of users a day, e.g. {DAILY_USERS / 1e6:g} M users × {REQUESTS_PER_USER} requests = "
-        f"{DAILY_USERS * REQUESTS_PER_USER / 1e6:g} M requests/day = {_rps(mean)} on average, {_rps(peak)} at a "
-        f"{PEAK_OVER_MEAN:g}× peak: **{n_big} replicas** at peak, {ceiling(n_big)}; at a night-time "
-        f"{_pct(NIGHT_OVER_MEAN)} of the mean, {_rps(night)}, {max(n_night, m.min_replicas)} "
-        f"(`minReplicaCount: {m.min_replicas}` is the floor).",
-    ]
-    fp16 = (
-        best_within(Level.rows(results, "fp16"), P99_TARGET_MS)
-        if "fp16" in results["served"]["handoff_bytes"]
-        else None
-    )
-    if fp16 is not None:
-        lines.append(
-            f"* The fp16 cache gives X = {_rps(fp16.rps)} (concurrency {fp16.concurrency}, p99 {_ms(fp16.p99_ms)})."
-        )
-    machine = results["machine"]
-    lines += [
-        "",
-        f"Measured {results['started']} by `{results['command']}` on {machine['logical_cpus']} logical CPUs "
-        f"({machine['cpu']}), Triton {machine['triton_server']} serving the `python` target (ONNX Runtime in "
-        f"Triton's Python backend, {machine['threads']} thread per model) with the load generator on the "
-        "same cores.",
-    ]
-    return "\n".join(lines)
-
-
-def gpu_cache(results: dict[str, Any], m: Manifests) -> str:
-    s = results["served"]
-    per_user = ", ".join(f"{b['total']:,} B ({dtype})" for dtype, b in sorted(s["handoff_bytes"].items(), reverse=True))
-    return (
-        f"For the benchmarked `{results['config']['name']}` model at Tb = {s['block_len']} that is {per_user} per "
-        "user and request, each way."
-    )
-
-
-BLOCKS: dict[str, Callable[[dict[str, Any], Manifests], str]] = {
-    "autoscaling": autoscaling,
-    "cache-sizing": cache_sizing,
-    "gpu-cache": gpu_cache,
-    "affinity": affinity,
-    "capacity": capacity,
-}
+BLOCKS = ("autoscaling", "cache-sizing", "gpu-cache", "affinity", "capacity")  # macros of templates/deploy.md.j2
 
 
 # -------------------------------------------------------------------------------------- the guide
 
 
-def render(doc: str, results: dict[str, Any], manifests: Manifests) -> str:
-    """``doc`` with every generated block rewritten; DocError when a block is missing, unknown, repeated
-    or not closed."""
+def render(doc: str, raw: dict[str, Any], manifests: Manifests) -> str:
+    """``doc`` with every generated block rewritten from ``raw`` (a parsed ``results.json``); DocError when a block
+    is missing, unknown, repeated or not closed."""
+    results: Results = as_type(Results, raw)
+    levels = Level.rows(results, CACHE_DTYPE)
+    macros = ENV.get_template("deploy.md.j2", globals={"d": sys.modules[__name__]}).module
     found = MARKER.findall(doc)
     names = found[0::2]
     if found[1::2] != names or len(found) % 2:
         raise DocError(f"generated-block markers out of order in the guide: {found}")
     if sorted(names) != sorted(BLOCKS):
         raise DocError(f"the guide's generated blocks are {sorted(names)}, this module writes {sorted(BLOCKS)}")
-    for name, write in BLOCKS.items():
+    for name in BLOCKS:
         begin, end = BEGIN.format(name=name), END.format(name=name)
         if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
             raise DocError(f"block {name!r}: expected one {begin!r} followed by one {end!r}")
         head, rest = doc.split(begin)
         _, tail = rest.split(end)
-        doc = f"{head}{begin}\n{write(results, manifests)}\n{end}{tail}"
+        text = getattr(macros, name.replace("-", "_"))(results, manifests, levels, best_within(levels, P99_TARGET_MS))
+        doc = f"{head}{begin}\n{str(text).strip()}\n{end}{tail}"
     return doc
 
 

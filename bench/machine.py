@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 import torch
@@ -40,19 +40,38 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else NO_GPU
 
 
-def describe(threads: int) -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "threads": threads,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "nvidia_pytriton": _version("nvidia-pytriton"),
-        "tritonclient": _version("tritonclient"),
-        "numpy": _version("numpy"),
-        "gpu": gpu_name(),
-        "load_average_start": load_average(),
-    }
+@dataclass(frozen=True)
+class Machine:
+    cpu: str
+    logical_cpus: int | None
+    cpus_usable: int
+    threads: int  # torch intra-op, ONNX Runtime intra-op, each served model instance
+    python: str
+    platform: str
+    torch: str
+    onnxruntime: str
+    nvidia_pytriton: str
+    tritonclient: str
+    numpy: str
+    gpu: str
+    load_average_start: list[float]
+    load_average_end: list[float] = field(default_factory=list)  # set when the run ends
+    triton_server: str = "not run"  # the served sections' server version
+
+
+def describe(threads: int) -> Machine:
+    return Machine(
+        cpu=cpu_model(),
+        logical_cpus=os.cpu_count(),
+        cpus_usable=len(os.sched_getaffinity(0)),
+        threads=threads,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        torch=torch.__version__,
+        onnxruntime=ort.__version__,
+        nvidia_pytriton=_version("nvidia-pytriton"),
+        tritonclient=_version("tritonclient"),
+        numpy=_version("numpy"),
+        gpu=gpu_name(),
+        load_average_start=load_average(),
+    )

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,7 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from bench import roofline
-from bench.timing import Stats
+from bench.timing import Stats, rate
 from contract.tensors import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import GraphPaths
 from model.random_inputs import RandomRequest
@@ -49,8 +48,9 @@ class OpTime:
     share: float  # of the graph's kernel time (sum of every node's time)
     gflop: float  # matrix products only (0 for other ops), from the recorded shapes
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def gflops_per_s(self) -> float:
+        return self.gflop / self.ms * 1e3 if self.gflop and self.ms else 0.0
 
 
 def ort_matmul_rate(size: int, repeats: int, threads: int, min_seconds: float = 0.2) -> Stats:
@@ -64,24 +64,10 @@ def ort_matmul_rate(size: int, repeats: int, threads: int, min_seconds: float = 
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
     model.ir_version = 9  # what ONNX Runtime >= 1.16 reads
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), _options(threads), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal((size, size), dtype=np.float32) for n in ("a", "b")}
-    session.run(None, feeds)  # warm up: allocator, packed buffers
-    t0 = time.perf_counter()
-    session.run(None, feeds)
-    calls = max(1, round(min_seconds / max(time.perf_counter() - t0, 1e-6)))
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            session.run(None, feeds)
-        rates.append(calls * 2 * size**3 / (time.perf_counter() - t0))
-    return Stats.of(rates)
+    return rate(partial(session.run, None, feeds), 2 * size**3, repeats, min_seconds=min_seconds)
 
 
 def matmul_flops(op: str, inputs: list[list[int]]) -> int:
@@ -103,13 +89,18 @@ def _input_shapes(
     return [weights[name] if name in weights else next(run_shapes, []) for name in node.input if name]
 
 
-def _session(path: Path, threads: int, prefix: Path, optimized: Path | None = None) -> ort.InferenceSession:
+def _options(threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    if optimized is not None:  # the graph as ONNX Runtime runs it: node names as the profiler reports them
-        opts.optimized_model_filepath = str(optimized)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OrtPipeline and the served model
+    return opts
+
+
+def _session(path: Path, threads: int, prefix: Path, optimized: Path | None = None) -> ort.InferenceSession:
+    opts = _options(threads)
+    if optimized is not None:  # the graph as ONNX Runtime runs it: node names as the profiler reports them
+        opts.optimized_model_filepath = str(optimized)
     opts.enable_profiling = True
     opts.profile_file_prefix = str(prefix)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -202,51 +193,3 @@ def run(
             feeds = {**req.graph_inputs(ITEM_SCORER), **dict(zip(names, plain.run(names, enc_inputs), strict=True))}
             rows += profile_graph(label, ITEM_SCORER, paths.item_scorer, feeds, tb, n, *args)
     return rows
-
-
-TOP_OPS = 8  # operator types listed per graph; the rest are summed in one row
-
-
-def render(r: dict[str, Any]) -> str:
-    """Per export, graph and shape of ``r["op_profile"]``: the top operator types by time, their share, matmul
-    GFLOP/s and fraction of the run's matmul limit; the graph's kernel time against (d)'s FLOP count."""
-    cfg, peak = roofline.config_of(r), r["matmul_flops"]["median"]
-    rows = r["op_profile"]
-    ort_peak = r.get("ort_matmul_flops")
-    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(row["graphs"], row["graph"], row["block_len"], row["candidates"])].append(row)
-    parts = [(__doc__ or "").split("\n\n", 1)[1].strip()]
-    if ort_peak is not None:
-        parts.append(
-            f"ONNX Runtime's MatMul on the same {r['settings']['matmul_size']}² fp32 matrices, same threads, this run: "
-            f"**{ort_peak['median'] / 1e9:.1f} GFLOP/s** ({ort_peak['median'] / peak:.2f}x the torch.matmul limit)."
-        )
-    for (label, graph, tb, n), ops in groups.items():
-        total = sum(o["ms"] for o in ops)
-        flops = roofline.encoder_flops(cfg, 1, tb) if graph == USER_ENCODER else roofline.scorer_flops(cfg, 1, tb, n)
-        shape = f"Tb={tb}" if graph == USER_ENCODER else f"Tb={tb} N={n}"
-        head = (
-            f"**{label} {graph}** ({shape}): kernels {total:.3f} ms per run; (d)'s {flops / 1e9:.3f} GFLOP over it is "
-            f"{flops / total / 1e6:.1f} GFLOP/s = {100 * flops / total * 1e3 / peak:.0f}% of the limit."
-        )
-        top, rest = ops[:TOP_OPS], ops[TOP_OPS:]
-        table = [
-            "| operator | nodes | ms | share | matmul GFLOP | GFLOP/s | of limit |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for o in top:
-            rate = o["gflop"] / o["ms"] * 1e3 if o["gflop"] else 0.0
-            cells = [f"{o['gflop']:.3f}", f"{rate:.1f}", f"{100 * rate * 1e9 / peak:.0f}%"] if rate else ["", "", ""]
-            table.append(
-                f"| {o['op']} | {o['nodes']} | {o['ms']:.3f} | {100 * o['share']:.1f}% | " + " | ".join(cells) + " |"
-            )
-        if rest:
-            ms_rest = sum(o["ms"] for o in rest)
-            names = ", ".join(o["op"] for o in rest)
-            table.append(
-                f"| other ({names}) | {sum(o['nodes'] for o in rest)} | {ms_rest:.3f} | "
-                f"{100 * ms_rest / total:.1f}% | | | |"
-            )
-        parts.append(head + "\n\n" + "\n".join(table))
-    return "\n\n".join(parts)

@@ -1,11 +1,12 @@
 """Triton's ``perf_analyzer`` against the served ensemble: finding it, its input data, one run per level.
 
-The binary is the one the ``tritonclient==2.51.0`` wheel ships (the server's version). It is installed
-beside the project's own ``tritonclient`` (``pip install --no-deps --target <venv>/opt/tritonclient-2.51.0``),
-so the client library the project imports stays whatever ``pyproject.toml`` resolves. It needs two shared
-libraries: ``libb64.so.0d`` (Debian's ``libb64-0d``) and ``libcudart.so.12`` (the
-``nvidia-cuda-runtime-cu12`` wheel, put on ``LD_LIBRARY_PATH``; no GPU is needed). :func:`locate`
-installs what it can and otherwise raises :class:`ToolMissing` naming exactly what is missing.
+The binary is the one the ``tritonclient==2.51.0`` wheel ships (the server's version), installed beside
+the project's own ``tritonclient`` by ``make bench-tools`` (which ``make bench`` runs first): ``pip install
+--no-deps --target <venv>/opt/tritonclient-2.51.0``, so the client library the project imports stays
+whatever ``pyproject.toml`` resolves. It needs two shared libraries: ``libb64.so.0d`` (Debian's
+``libb64-0d``, which the same target installs as root) and ``libcudart.so.12`` (the ``nvidia-cuda-runtime-cu12``
+wheel of the ``bench`` extra, put on ``LD_LIBRARY_PATH``; no GPU is needed). :func:`locate` installs
+nothing: it finds them, or raises :class:`ToolMissing` naming what is missing and the target that installs it.
 
 perf_analyzer replaces our Python load generator for the served side: it is a C++ client, so it
 takes little of the CPU it measures. Requests come from an ``--input-data`` JSON written from our
@@ -21,10 +22,9 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,13 @@ from model.random_inputs import RandomRequest
 
 PA_VERSION = "2.51.0"  # the nvidia-pytriton server's Triton version
 PA_TARGET = Path(sys.prefix) / "opt" / f"tritonclient-{PA_VERSION}"
-LIBB64 = "libb64.so.0d"
 LIBCUDART = "libcudart.so.12"
+INSTALL = "make bench-tools"  # the Makefile target that installs what locate() looks for
 CSV_LATENCIES = {"p50": "p50 latency", "p90": "p90 latency", "p95": "p95 latency", "p99": "p99 latency"}
 
 
 class ToolMissing(RuntimeError):
-    """perf_analyzer or a library it needs is missing and could not be installed; the message says what to do."""
+    """perf_analyzer or a library it needs is missing; the message says which and how to install it."""
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,8 @@ class PerfAnalyzer:
         )
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False)
-
-
-def _quiet(*cmd: str) -> int:
-    return subprocess.run(cmd, capture_output=True, check=False).returncode
-
-
 def _binary() -> Path | None:
-    for candidate in (
-        os.environ.get("ASTRO_PERF_ANALYZER", ""),
-        str(PA_TARGET / "bin" / "perf_analyzer"),
-        str(Path(sys.prefix) / "bin" / "perf_analyzer"),
-    ):
+    for candidate in (os.environ.get("ASTRO_PERF_ANALYZER", ""), str(PA_TARGET / "bin" / "perf_analyzer")):
         if candidate and os.access(candidate, os.X_OK):
             return Path(candidate)
     return None
@@ -75,64 +63,26 @@ def _binary() -> Path | None:
 
 def _cudart_dir() -> Path | None:
     spec = importlib.util.find_spec("nvidia.cuda_runtime")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        if (Path(root) / "lib" / LIBCUDART).is_file():
-            return Path(root) / "lib"
-    return None
+    roots = spec.submodule_search_locations if spec is not None else None
+    return next((Path(r) / "lib" for r in roots or [] if (Path(r) / "lib" / LIBCUDART).is_file()), None)
 
 
-def _unresolved(binary: Path, env: dict[str, str]) -> list[str]:
-    """Shared libraries the dynamic loader cannot find for ``binary`` (from ``ldd``)."""
-    out = subprocess.run(["ldd", str(binary)], env=env, capture_output=True, text=True, check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if "not found" in line]
-
-
-def locate(install: bool = True, say: Callable[[str], None] = print) -> PerfAnalyzer:
-    """perf_analyzer ready to run; with ``install``, first installs what is missing (pip; apt-get as root)."""
-    problems: list[str] = []
+def locate() -> PerfAnalyzer:
+    """perf_analyzer ready to run (``LD_LIBRARY_PATH`` set for libcudart); :class:`ToolMissing` naming what is
+    missing otherwise."""
     binary = _binary()
-    if binary is None and install:
-        say(f"  installing perf_analyzer: pip install --no-deps --target {PA_TARGET} tritonclient=={PA_VERSION}")
-        done = _pip("install", "--quiet", "--no-deps", "--target", str(PA_TARGET), f"tritonclient=={PA_VERSION}")
-        binary = _binary()
-        if binary is None:
-            problems.append(f"pip could not install tritonclient=={PA_VERSION}: {done.stderr.strip()[-400:]}")
     if binary is None:
-        problems.append(
-            f"perf_analyzer: run `{sys.executable} -m pip install --no-deps --target {PA_TARGET} "
-            f"tritonclient=={PA_VERSION}` (or point ASTRO_PERF_ANALYZER at a perf_analyzer {PA_VERSION} binary)"
+        raise ToolMissing(
+            f"no perf_analyzer {PA_VERSION} at {PA_TARGET}/bin: run `{INSTALL}` (or point ASTRO_PERF_ANALYZER at one)"
         )
-        raise ToolMissing("; ".join(problems))
-    cudart = _cudart_dir()
-    if cudart is None and install:
-        say("  installing libcudart.so.12: pip install nvidia-cuda-runtime-cu12")
-        _pip("install", "--quiet", "nvidia-cuda-runtime-cu12")
-        importlib.invalidate_caches()
-        cudart = _cudart_dir()
     env = dict(os.environ)
+    cudart = _cudart_dir()
     if cudart is not None:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(cudart), env.get("LD_LIBRARY_PATH", "")) if p)
-    missing = _unresolved(binary, env)
-    if LIBB64 in missing and install and shutil.which("apt-get") and os.geteuid() == 0:
-        say("  installing libb64.so.0d: apt-get install -y libb64-0d")
-        if _quiet("apt-get", "install", "-y", "-qq", "libb64-0d") != 0:  # the package lists may be stale
-            _quiet("apt-get", "update", "-qq")
-            _quiet("apt-get", "install", "-y", "-qq", "libb64-0d")
-        missing = _unresolved(binary, env)
-    for lib in missing:
-        if lib == LIBB64:
-            problems.append(f"{LIBB64}: install Debian's libb64-0d (as root: apt-get install -y libb64-0d)")
-        elif lib == LIBCUDART:
-            problems.append(
-                f"{LIBCUDART}: {sys.executable} -m pip install nvidia-cuda-runtime-cu12 "
-                "(its lib/ goes on LD_LIBRARY_PATH)"
-            )
-        else:
-            problems.append(f"{lib}: a shared library {binary} needs (see `ldd {binary}`)")
-    if problems:
-        raise ToolMissing("perf_analyzer cannot run: " + "; ".join(problems))
+    ldd = subprocess.run(["ldd", str(binary)], env=env, capture_output=True, text=True, check=False).stdout
+    missing = [line.split()[0] for line in ldd.splitlines() if "not found" in line]
+    if missing:
+        raise ToolMissing(f"{binary} cannot find {', '.join(missing)}: run `{INSTALL}` (see `ldd {binary}`)")
     probe = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True, check=False)
     found = re.search(r"Version (\S+)", probe.stdout + probe.stderr)
     if probe.returncode != 0 or found is None:
@@ -203,9 +153,6 @@ class PaLevel:
     client_us: dict[str, float]  # client send, network + server send/recv, client recv
     stable: bool
     command: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
 
 
 def run_level(

@@ -28,13 +28,15 @@ thread count: what this machine's BLAS reaches on the friendliest possible shape
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from bench.timing import Stats, no_sync
+from bench.runtimes import RuntimeCell
+from bench.timing import Stats, no_sync, rate
+from bench.turbo import PATHS, TurboCell
 from contract.config import AstroConfig
 
 
@@ -85,137 +87,40 @@ def path_flops(cfg: AstroConfig, path: str, batch: int, block_len: int, candidat
 def matmul_rate(
     size: int, repeats: int, device: torch.device, sync: Callable[[], None] = no_sync, min_seconds: float = 0.2
 ) -> Stats:
-    """FLOP/s of ``torch.matmul`` on two fp32 ``size x size`` matrices, at the current thread count.
-
-    Each sample times enough back-to-back products to last ``min_seconds``, so the
-    clock's resolution and one-off stalls do not set the rate.
-    """
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    flops = 2 * size**3
-    torch.matmul(a, b)  # warm up: BLAS thread pool, allocator
-    sync()
-    t0 = time.perf_counter()
-    torch.matmul(a, b)
-    sync()
-    per_call = max(time.perf_counter() - t0, 1e-6)
-    calls = max(1, round(min_seconds / per_call))
-    rates = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            torch.matmul(a, b)
-        sync()
-        rates.append(calls * flops / (time.perf_counter() - t0))
-    return Stats.of(rates)
+    """FLOP/s of ``torch.matmul`` on two fp32 ``size x size`` matrices, at the current thread count."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return rate(partial(torch.matmul, a, b), 2 * size**3, repeats, sync, min_seconds)
 
 
-def config_of(results: dict[str, Any]) -> AstroConfig:
-    """The model config a results dict was measured with."""
-    config = {k: v for k, v in results["config"].items() if k != "checkpoint"}
-    return AstroConfig.model_validate(config, strict=False)
+@dataclass(frozen=True)
+class Efficiency:
+    """One timed stage at one shape: its FLOPs over its median time, against the matmul limit."""
+
+    stage: str
+    block_len: int
+    candidates: int
+    gflop: float
+    median_ms: float
+    gflops_per_s: float
+    fraction_of_limit: float
 
 
 def efficiency_rows(
-    cfg: AstroConfig, turbo: list[dict[str, Any]], runtimes: list[dict[str, Any]], peak: float
-) -> list[dict[str, Any]]:
-    """Each timed stage's FLOPs / median time, as a fraction of ``peak`` FLOP/s (results-dict cells, B = 1)."""
+    cfg: AstroConfig, turbo: Sequence[TurboCell], runtimes: Sequence[RuntimeCell], peak: float
+) -> list[Efficiency]:
+    """Each timed stage's FLOPs / median time, as a fraction of ``peak`` FLOP/s (B = 1)."""
+
+    def row(stage: str, tb: int, n: int, flops: int, seconds: float) -> Efficiency:
+        return Efficiency(stage, tb, n, flops / 1e9, 1e3 * seconds, flops / seconds / 1e9, flops / seconds / peak)
+
     rows = []
-
-    def add(stage: str, tb: int, n: int, flops: int, seconds: float) -> None:
-        rate = flops / seconds
-        rows.append(
-            {
-                "stage": stage,
-                "block_len": tb,
-                "candidates": n,
-                "gflop": flops / 1e9,
-                "median_ms": 1e3 * seconds,
-                "gflops_per_s": rate / 1e9,
-                "fraction_of_limit": rate / peak,
-            }
-        )
-
     for c in runtimes:
-        tb, n = c["block_len"], c["candidates"]
-        for runtime, stages in c["seconds"].items():
-            add(f"{runtime} encoder", tb, n, encoder_flops(cfg, 1, tb), stages["encoder"]["median"])
-            add(f"{runtime} scorer", tb, n, scorer_flops(cfg, 1, tb, n), stages["scorer"]["median"])
-    for c in turbo:
-        tb, n = c["block_len"], c["candidates"]
-        for path in ("per_pair", "sumi", "split"):
-            add(f"torch {path}", tb, n, path_flops(cfg, path, 1, tb, n), c["latency_s"][path]["median"])
+        tb, n = c.block_len, c.candidates
+        for runtime, stages in c.seconds.items():
+            rows.append(row(f"{runtime} encoder", tb, n, encoder_flops(cfg, 1, tb), stages["encoder"].median))
+            rows.append(row(f"{runtime} scorer", tb, n, scorer_flops(cfg, 1, tb, n), stages["scorer"].median))
+    for t in turbo:
+        for path in PATHS:
+            flops = path_flops(cfg, path, 1, t.block_len, t.candidates)
+            rows.append(row(f"torch {path}", t.block_len, t.candidates, flops, t.latency_s[path].median))
     return rows
-
-
-# Issue 22's goals for the exported graphs and the served path, checked on one run's results.
-SCORER_GOAL, SCORER_GOAL_MIN_N = 0.60, 256  # ONNX Runtime scorer: share of the matmul limit at N >= this
-ENCODER_GOAL, ENCODER_GOAL_TB = 0.25, 48  # ONNX Runtime encoder: share of the limit at this Tb
-RUNTIME_GOAL, RUNTIME_GOAL_N = 1.5, 1024  # ONNX Runtime (fp32 cache) vs PyTorch eager, encoder + scorer, at this N
-SERVED_GOAL, SERVED_GOAL_MIN_CONCURRENCY = 0.85, 2  # served / in-process throughput, as exported
-GOAL_RUNTIME = "ort_fp32"
-
-
-def _top_ops(r: dict[str, Any], graph: str, tb: int, n: int) -> str:
-    """' Top kernels: op a%, op b%, op c%.' of this export's graph at (Tb, N) in the per-operator profile."""
-    ops = [
-        o
-        for o in r.get("op_profile", [])
-        if o["graphs"] == GOAL_RUNTIME
-        and o["graph"] == graph
-        and o["block_len"] == tb
-        and (o["candidates"] == n or graph == "user_encoder")  # the encoder never sees the candidates
-    ]
-    if not ops:
-        return ""
-    top = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in ops[:4])
-    return f" Top kernels ((d) per operator): {top}."
-
-
-def speed_goals(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
-    """(goal, met, figures) of issue 22; a missed efficiency goal names the graph's top operators."""
-    out = []
-    eff = r.get("efficiency", [])
-
-    def efficiency_goal(stage: str, graph: str, goal: float, keep: Callable[[dict[str, Any]], bool]) -> None:
-        rows = [e for e in eff if e["stage"] == f"{GOAL_RUNTIME} {stage}" and keep(e)]
-        if not rows:
-            return
-        worst = min(rows, key=lambda e: e["fraction_of_limit"])
-        met = worst["fraction_of_limit"] >= goal
-        figures = ", ".join(
-            f"Tb={e['block_len']} N={e['candidates']}: {100 * e['fraction_of_limit']:.0f}%" for e in rows
-        )
-        cause = "" if met else _top_ops(r, graph, worst["block_len"], worst["candidates"])
-        out.append((f"{GOAL_RUNTIME} {stage} >= {100 * goal:.0f}% of the matmul limit", met, figures + "." + cause))
-
-    efficiency_goal("scorer", "item_scorer", SCORER_GOAL, lambda e: e["candidates"] >= SCORER_GOAL_MIN_N)
-    efficiency_goal("encoder", "user_encoder", ENCODER_GOAL, lambda e: e["block_len"] == ENCODER_GOAL_TB)
-    cells = [
-        c for c in r.get("runtimes", []) if c["candidates"] == RUNTIME_GOAL_N and GOAL_RUNTIME in c["speedup_vs_eager"]
-    ]
-    if cells:
-        ratios = {c["block_len"]: c["speedup_vs_eager"][GOAL_RUNTIME]["median"] for c in cells}
-        out.append(
-            (
-                f"{GOAL_RUNTIME} >= {RUNTIME_GOAL}x PyTorch eager at N = {RUNTIME_GOAL_N}",
-                min(ratios.values()) >= RUNTIME_GOAL,
-                ", ".join(f"Tb={tb}: {v:.2f}x" for tb, v in ratios.items()) + " (median over rounds).",
-            )
-        )
-    levels = [lv for lv in r.get("served", {}).get("levels", []) if lv["concurrency"] >= SERVED_GOAL_MIN_CONCURRENCY]
-    if levels:
-        out.append(
-            (
-                f"as exported: served / in-process throughput >= {SERVED_GOAL} at concurrency >= "
-                f"{SERVED_GOAL_MIN_CONCURRENCY}",
-                all(lv["throughput_ratio"]["median"] >= SERVED_GOAL for lv in levels),
-                ", ".join(
-                    f"{lv['cache_dtype']} c={lv['concurrency']}: {lv['throughput_ratio']['median']:.2f}"
-                    for lv in levels
-                )
-                + ".",
-            )
-        )
-    return out

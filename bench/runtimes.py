@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from bench.timing import Stats, per_round_ratio, rotated
-from bench.turbo import device_label, device_sync
-from bench.workload import TorchRequest, make_request, to_torch
+from bench.turbo import Grid, device_label, device_sync
+from bench.workload import TorchRequest, to_torch
 from export.parity import OrtPipeline
 from model.astro import AstroModel, ItemScorer, UserEncoder
 from model.random_inputs import RandomRequest
@@ -42,16 +42,7 @@ class RuntimeCell:
     block_len: int
     candidates: int
     seconds: dict[str, dict[str, Stats]]  # runtime -> stage -> per-request time
-    vs_eager: dict[str, Stats]  # eager total / runtime total, per round (> 1: faster than eager)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "block_len": self.block_len,
-            "candidates": self.candidates,
-            "seconds": {r: {s: v.to_dict() for s, v in st.items()} for r, st in self.seconds.items()},
-            "speedup_vs_eager": {r: v.to_dict() for r, v in self.vs_eager.items()},
-        }
+    speedup_vs_eager: dict[str, Stats]  # eager total / runtime total, per round (> 1: faster than eager)
 
 
 def _time_rounds(
@@ -96,11 +87,7 @@ def run_runtimes(
     model: AstroModel,
     device: torch.device,
     ort_pipelines: dict[str, OrtPipeline],
-    block_lens: list[int],
-    candidate_counts: list[int],
-    rounds: int,
-    warmup: int,
-    seed: int,
+    grid: Grid,
     progress: Callable[[str], None],
 ) -> list[RuntimeCell]:
     """``ort_pipelines`` maps a runtime name (``ort_fp32``, ``ort_fp16``) to its graphs; pass none on a GPU."""
@@ -108,26 +95,24 @@ def run_runtimes(
     encoder, scorer = UserEncoder(model, torch.float32).eval(), ItemScorer(model).eval()
     sync = device_sync(device)
     cells = []
-    total = len(block_lens) * len(candidate_counts)
-    for tb in block_lens:
-        for n in candidate_counts:
-            req = make_request(model.cfg, seed, 1, tb, n)
-            t = to_torch(req, device)
-            runtimes: dict[str, Stage] = {EAGER: _eager(encoder, scorer, t)}
-            runtimes.update({name: _ort(pipe, req) for name, pipe in ort_pipelines.items()})
-            times = _time_rounds(runtimes, rounds, warmup, sync)
-            cell = RuntimeCell(
-                device=device_label(device),
-                block_len=tb,
-                candidates=n,
-                seconds={r: {s: Stats.of(v) for s, v in st.items()} for r, st in times.items()},
-                vs_eager={r: per_round_ratio(times[EAGER]["total"], times[r]["total"]) for r in ort_pipelines},
-            )
-            cells.append(cell)
-            parts = ", ".join(
-                f"{r} {1e3 * st['encoder'].median:.2f}+{1e3 * st['scorer'].median:.2f} ms"
-                + (f" (x{cell.vs_eager[r].median:.2f})" if r in cell.vs_eager else "")
-                for r, st in cell.seconds.items()
-            )
-            progress(f"  [{len(cells)}/{total}] {cell.device} Tb={tb} N={n}: {parts}")
+    todo = grid.cells(model.cfg)
+    for tb, n, req in todo:
+        t = to_torch(req, device)
+        runtimes: dict[str, Stage] = {EAGER: _eager(encoder, scorer, t)}
+        runtimes.update({name: _ort(pipe, req) for name, pipe in ort_pipelines.items()})
+        times = _time_rounds(runtimes, grid.rounds, grid.warmup, sync)
+        cell = RuntimeCell(
+            device=device_label(device),
+            block_len=tb,
+            candidates=n,
+            seconds={r: {s: Stats.of(v) for s, v in st.items()} for r, st in times.items()},
+            speedup_vs_eager={r: per_round_ratio(times[EAGER]["total"], times[r]["total"]) for r in ort_pipelines},
+        )
+        cells.append(cell)
+        parts = ", ".join(
+            f"{r} {1e3 * st['encoder'].median:.2f}+{1e3 * st['scorer'].median:.2f} ms"
+            + (f" (x{cell.speedup_vs_eager[r].median:.2f})" if r in cell.speedup_vs_eager else "")
+            for r, st in cell.seconds.items()
+        )
+        progress(f"  [{len(cells)}/{len(todo)}] {cell.device} Tb={tb} N={n}: {parts}")
     return cells

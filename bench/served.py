@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,13 @@ import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
 from bench.perf_analyzer import PaLevel, PaSettings, PerfAnalyzer, run_level, write_input_data
-from bench.timing import Stats
+from bench.timing import Stats, in_threads
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from export.parity import OrtPipeline
 from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer
 
-SIDES = ("in_process", "served")
-CPU_PARTS = ("in_process", "client", "tritonserver", "backend_stubs")  # whose CPU time is counted
 SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 CACHE_COUNTS = ("cache_hit", "cache_miss")
 CACHE_ITEMSIZE = {"fp32": 4, "fp16": 2}
@@ -49,20 +48,6 @@ MATCH_ATOL = 1e-5  # served and in-process run the same ONNX file in the same ON
 
 class BenchError(RuntimeError):
     """The served model does not answer like the in-process graphs: timing it would be meaningless."""
-
-
-@dataclass(frozen=True)
-class Percentiles:
-    p50: float
-    p95: float
-    p99: float
-    mean: float  # comparable with Triton's statistics, which are sums over requests
-
-    @classmethod
-    def of(cls, samples: Sequence[float]) -> Percentiles:
-        a = np.asarray(samples, dtype=np.float64)
-        p50, p95, p99 = np.percentile(a, [50, 95, 99])
-        return cls(float(p50), float(p95), float(p99), float(a.mean()))
 
 
 @dataclass(frozen=True)
@@ -80,48 +65,69 @@ class ServedLevel:
     cache_dtype: str
     concurrency: int
     served: PaLevel  # perf_analyzer's figures
-    in_process: Percentiles  # seconds, pooled over the in-process phases
+    in_process: Stats  # seconds per request, pooled over the in-process phases
     in_process_rps: Stats  # per in-process phase
     throughput_ratio: Stats  # served / in-process requests per second, one per in-process phase
     server_ms_per_request: dict[str, dict[str, float]]  # model -> phase -> ms (Triton statistics)
     requests_per_execution: dict[str, float]  # model -> inference count / execution count (dynamic batching)
     cache: dict[str, dict[str, int]]  # model -> cache_hit / cache_miss counts during the served run
-    cpu_ms_per_request: dict[str, float]  # CPU_PARTS -> CPU ms per request (empty without /proc)
+    cpu_ms_per_request: dict[
+        str, float
+    ]  # in_process, client, tritonserver, backend_stubs -> CPU ms (no /proc: the first two)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cache_dtype": self.cache_dtype,
-            "concurrency": self.concurrency,
-            "served": self.served.to_dict(),
-            "in_process": vars(self.in_process),
-            "in_process_rps": self.in_process_rps.to_dict(),
-            "throughput_ratio": self.throughput_ratio.to_dict(),
-            "server_ms_per_request": self.server_ms_per_request,
-            "requests_per_execution": self.requests_per_execution,
-            "cache": self.cache,
-            "cpu_ms_per_request": self.cpu_ms_per_request,
-        }
+
+@dataclass(frozen=True)
+class ServedVariant:
+    """(c) again on a copy of the repository changed as ``config`` says."""
+
+    config: str
+    levels: list[ServedLevel]
+
+
+@dataclass(frozen=True)
+class PaInfo:
+    version: str
+    settings: PaSettings
+
+
+@dataclass(frozen=True)
+class Served:
+    """Section (c): the workload, the bytes it moves, every level as exported and the variants."""
+
+    batch: int
+    block_len: int
+    candidates: int
+    requests: int
+    padding: float  # share of the history slots that are padding, mean over the requests
+    handoff_bytes: dict[str, dict[str, int]]  # cache dtype -> tensor -> bytes user_encoder hands item_scorer
+    wire_bytes: dict[str, int]  # request / response tensor bytes
+    levels: list[ServedLevel]
+    perf_analyzer: PaInfo
+    config: str
+    variants: list[ServedVariant]
+
+
+def group_usage(pgid: int) -> dict[str, tuple[float, float]]:
+    """(CPU seconds used so far, user + system; resident MB now) of a process group, from ``/proc``: the
+    ``tritonserver`` that leads it and its Python-backend stubs; empty where there is no ``/proc``."""
+    if not Path("/proc").is_dir():
+        return {}
+    tick, page_mb = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE") / 2**20
+    out = {"tritonserver": (0.0, 0.0), "backend_stubs": (0.0, 0.0)}
+    for entry in Path("/proc").iterdir():
+        try:  # fields after "pid (comm)": state ppid pgrp ... utime (11) stime (12) ... rss pages (21)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
+        except OSError:  # the process ended meanwhile
+            continue
+        if fields and int(fields[2]) == pgid:
+            part = "tritonserver" if int(entry.name) == pgid else "backend_stubs"
+            cpu, rss = out[part]
+            out[part] = (cpu + (int(fields[11]) + int(fields[12])) / tick, rss + int(fields[21]) * page_mb)
+    return out
 
 
 def server_cpu_seconds(pgid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the server's process group, from ``/proc``:
-    ``tritonserver`` itself and its Python-backend stubs; empty where there is no ``/proc``."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return {}
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {"tritonserver": 0.0, "backend_stubs": 0.0}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime (11) stime (12)
-            part = "tritonserver" if int(entry.name) == pgid else "backend_stubs"
-            out[part] += (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return {part: cpu for part, (cpu, _) in group_usage(pgid).items()}
 
 
 def handoff_bytes(cfg: AstroConfig, batch: int, block_len: int, cache_dtype: str) -> dict[str, int]:
@@ -145,8 +151,7 @@ def run_phase(
     next_index = 0
     latencies: list[float] = []
     errors: list[BaseException] = []
-    start = time.perf_counter()
-    deadline = start + cap
+    deadline = time.perf_counter() + cap
 
     def loop(call: Callable[[RandomRequest], object]) -> None:
         nonlocal next_index
@@ -167,14 +172,10 @@ def run_phase(
             with lock:
                 latencies.append(t1 - t0)
 
-    threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    wall = in_threads([partial(loop, w) for w in workers])
     if errors:
         raise errors[0]
-    return Phase(latencies, time.perf_counter() - start)
+    return Phase(latencies, wall)
 
 
 def infer_fn(url: str) -> Callable[[RandomRequest], npt.NDArray[np.float32]]:
@@ -314,7 +315,7 @@ def run_served(
                 cache_dtype=cache_dtype,
                 concurrency=c,
                 served=served,
-                in_process=Percentiles.of([x for p in phases for x in p.latencies]),
+                in_process=Stats.of([x for p in phases for x in p.latencies]),
                 in_process_rps=Stats.of(rps),
                 throughput_ratio=Stats.of([served.throughput_rps / x for x in rps]),
                 server_ms_per_request=per_request,
@@ -327,7 +328,7 @@ def run_served(
                 f"  concurrency {c} ({cache_dtype}): perf_analyzer {served.throughput_rps:.1f} req/s, p50 "
                 f"{served.latency_us['p50'] / 1e3:.2f} ms, p99 {served.latency_us['p99'] / 1e3:.2f} ms"
                 f"{'' if served.stable else ' (unstable)'}; in-process {np.median(rps):.1f} req/s, p50 "
-                f"{1e3 * level.in_process.p50:.2f} ms; served/in-process {level.throughput_ratio.median:.2f}"
+                f"{1e3 * level.in_process.median:.2f} ms; served/in-process {level.throughput_ratio.median:.2f}"
             )
         admin.close()
     return levels, version

@@ -18,16 +18,17 @@ time x N / subset), per round (1 = exactly linear).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 
 from bench.timing import Stats, interleaved_rounds, per_round_ratio
 from bench.workload import make_request, padding_fraction, to_torch
+from contract.config import AstroConfig
 from model.astro import AstroModel
+from model.random_inputs import RandomRequest
 
 PATHS = ("per_pair", "sumi", "split")
 SUBSET = "per_pair_subset"  # per-pair on the first candidates only, timed to check the extrapolation
@@ -40,31 +41,11 @@ class TurboCell:
     candidates: int
     padding: float  # share of history slots that are padding
     per_pair_timed_candidates: int  # N when measured in full, else the subset it was scaled from
+    per_pair_method: str  # "measured", or how it was extrapolated
     latency_s: dict[str, Stats]  # per request (B = 1), per path
     candidates_per_s: dict[str, Stats]
-    speedup: dict[str, Stats]  # per-pair time / path time, per round
-    scaling_check: Stats | None  # measured per-pair / subset-scaled per-pair, per round (full cells only)
-
-    @property
-    def per_pair_method(self) -> str:
-        if self.per_pair_timed_candidates == self.candidates:
-            return "measured"
-        k = self.per_pair_timed_candidates
-        return f"extrapolated: {k} candidates timed, x{self.candidates / k:g}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "block_len": self.block_len,
-            "candidates": self.candidates,
-            "padding": self.padding,
-            "per_pair_timed_candidates": self.per_pair_timed_candidates,
-            "per_pair_method": self.per_pair_method,
-            "latency_s": {k: v.to_dict() for k, v in self.latency_s.items()},
-            "candidates_per_s": {k: v.to_dict() for k, v in self.candidates_per_s.items()},
-            "speedup_vs_per_pair": {k: v.to_dict() for k, v in self.speedup.items()},
-            "per_pair_scaling_check": None if self.scaling_check is None else self.scaling_check.to_dict(),
-        }
+    speedup_vs_per_pair: dict[str, Stats]  # per-pair time / path time, per round
+    per_pair_scaling_check: Stats | None  # measured per-pair / subset-scaled per-pair, per round (full cells only)
 
 
 def device_sync(device: torch.device) -> Callable[[], None]:
@@ -80,59 +61,67 @@ def device_label(device: torch.device) -> str:
     return "cpu"
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The in-process cells (a) and (b) time: every history length Tb with every candidate count N, one user."""
+
+    block_lens: Sequence[int]
+    candidates: Sequence[int]
+    rounds: int  # timed rounds per cell
+    warmup: int  # untimed rounds before them
+    seed: int  # of each cell's request
+
+    def cells(self, cfg: AstroConfig) -> list[tuple[int, int, RandomRequest]]:
+        """(Tb, N, the request) of every cell, B = 1."""
+        return [(tb, n, make_request(cfg, self.seed, 1, tb, n)) for tb in self.block_lens for n in self.candidates]
+
+
 @torch.inference_mode()
 def run_turbo(
     model: AstroModel,
     device: torch.device,
-    block_lens: list[int],
-    candidate_counts: list[int],
-    rounds: int,
-    warmup: int,
+    grid: Grid,
     per_pair_full_max: int,
     per_pair_subset: int,
-    seed: int,
     progress: Callable[[str], None],
 ) -> list[TurboCell]:
     model = model.to(device).eval()
     sync = device_sync(device)
     cells = []
-    total = len(block_lens) * len(candidate_counts)
-    for tb in block_lens:
-        for n in candidate_counts:
-            req = make_request(model.cfg, seed, 1, tb, n)
-            t = to_torch(req, device)
-            subset = min(per_pair_subset, n)
-            timed = n if n <= per_pair_full_max else subset
-            contenders: dict[str, Callable[[], object]] = {
-                "per_pair": partial(model.per_pair, t.history, t.request, t.candidates[:, :timed]),
-                "sumi": partial(model.sumi, t.history, t.request, t.candidates),
-                "split": partial(model.split, t.history, t.request, t.candidates),
-            }
-            check = timed == n and subset < n
-            if check:
-                contenders[SUBSET] = partial(model.per_pair, t.history, t.request, t.candidates[:, :subset])
-            times = interleaved_rounds(contenders, rounds, warmup, sync)
-            times["per_pair"] = [s * n / timed for s in times["per_pair"]]
-            scaled = [s * n / subset for s in times.get(SUBSET, [])]
-            latency = {p: Stats.of(times[p]) for p in PATHS}
-            cells.append(
-                TurboCell(
-                    device=device_label(device),
-                    block_len=tb,
-                    candidates=n,
-                    padding=padding_fraction(req),
-                    per_pair_timed_candidates=timed,
-                    latency_s=latency,
-                    candidates_per_s={p: Stats.of([n / s for s in times[p]]) for p in PATHS},
-                    speedup={p: per_round_ratio(times["per_pair"], times[p]) for p in PATHS if p != "per_pair"},
-                    scaling_check=per_round_ratio(times["per_pair"], scaled) if check else None,
-                )
-            )
-            c = cells[-1]
-            progress(
-                f"  [{len(cells)}/{total}] {c.device} Tb={tb} N={n}: per-pair {1e3 * latency['per_pair'].median:.1f} ms"
-                f" ({c.per_pair_method}), SUMI {1e3 * latency['sumi'].median:.2f} ms"
-                f" (x{c.speedup['sumi'].median:.1f}), split {1e3 * latency['split'].median:.2f} ms"
-                f" (x{c.speedup['split'].median:.1f})"
-            )
+    todo = grid.cells(model.cfg)
+    for tb, n, req in todo:
+        t = to_torch(req, device)
+        subset = min(per_pair_subset, n)
+        timed = n if n <= per_pair_full_max else subset
+        contenders: dict[str, Callable[[], object]] = {
+            "per_pair": partial(model.per_pair, t.history, t.request, t.candidates[:, :timed]),
+            "sumi": partial(model.sumi, t.history, t.request, t.candidates),
+            "split": partial(model.split, t.history, t.request, t.candidates),
+        }
+        check = timed == n and subset < n
+        if check:
+            contenders[SUBSET] = partial(model.per_pair, t.history, t.request, t.candidates[:, :subset])
+        times = interleaved_rounds(contenders, grid.rounds, grid.warmup, sync)
+        times["per_pair"] = [s * n / timed for s in times["per_pair"]]
+        scaled = [s * n / subset for s in times.get(SUBSET, [])]
+        latency = {p: Stats.of(times[p]) for p in PATHS}
+        c = TurboCell(
+            device=device_label(device),
+            block_len=tb,
+            candidates=n,
+            padding=padding_fraction(req),
+            per_pair_timed_candidates=timed,
+            per_pair_method="measured" if timed == n else f"extrapolated: {timed} candidates timed, x{n / timed:g}",
+            latency_s=latency,
+            candidates_per_s={p: Stats.of([n / s for s in times[p]]) for p in PATHS},
+            speedup_vs_per_pair={p: per_round_ratio(times["per_pair"], times[p]) for p in PATHS[1:]},
+            per_pair_scaling_check=per_round_ratio(times["per_pair"], scaled) if check else None,
+        )
+        cells.append(c)
+        sp = c.speedup_vs_per_pair
+        progress(
+            f"  [{len(cells)}/{len(todo)}] {c.device} Tb={tb} N={n}: per-pair {1e3 * latency['per_pair'].median:.1f} ms"
+            f" ({c.per_pair_method}), SUMI {1e3 * latency['sumi'].median:.2f} ms (x{sp['sumi'].median:.1f}),"
+            f" split {1e3 * latency['split'].median:.2f} ms (x{sp['split'].median:.1f})"
+        )
     return cells

@@ -4,20 +4,35 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import perf_analyzer
 from bench.__main__ import main as bench_main
+from bench.__main__ import section_main
 from bench.machine import NO_GPU
 from bench.overload import AFTER, BEFORE
+from bench.results import Results, dump, load
 from bench.roofline import dense_flops, encoder_flops, path_flops, scorer_flops
 from bench.timing import Stats, per_round_ratio
 from bench.workload import make_request, to_torch
 from contract.config import AstroConfig
 from model.astro import AstroModel
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "bench" / "results.json"
+SECTIONS = (
+    "## Machine",
+    "## Headline",
+    *(f"## ({s})" for s in "abcdefg"),
+    "## Goals",
+    "## Findings",
+    "## Block attention",
+)
 
 
 def counted(fn: object) -> int:
@@ -49,13 +64,70 @@ def test_flop_formulas_equal_counted_matmuls(preset: str, batch: int, block_len:
 def test_per_round_ratio_pairs_rounds() -> None:
     s = per_round_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
     assert (s.median, s.min, s.max, s.n) == (2.0, 2.0, 3.0, 3)
-    assert Stats.of([1.0, 2.0, 3.0, 4.0]).scaled(1e3).median == 2500.0
+    t = Stats.of([float(x) for x in range(1, 102)])  # one type for spread and tail: 1..101
+    assert (t.median, t.q1, t.q3, t.p95, t.p99, t.mean) == (51.0, 26.0, 76.0, 96.0, 100.0, 51.0)
+    # the latency percentiles older results hold read as the same type
+    old = Stats.from_dict({"p50": 2.0, "p95": 3.0, "p99": 4.0, "mean": 2.5})
+    assert (old.median, old.p99, old.mean, old.n) == (2.0, 4.0, 2.5, 0)
+
+
+def test_committed_results_render_every_section(tmp_path: Path) -> None:
+    """The report is rendered from results.json alone (no measuring): every section of the committed run, the
+    same figures the results hold, and results.json read back into the same types."""
+    results = json.loads(RESULTS.read_text())
+    assert bench_main(["--from-results", str(RESULTS), "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    for heading in SECTIONS:
+        assert heading in report, heading
+    level = results["served"]["levels"][0]
+    assert f"{level['served']['throughput_rps']:.1f} / {level['in_process_rps']['median']:.1f}" in report
+    assert f"| {results['training'][0]['device']} | " in report
+    assert not (tmp_path / "results.json").exists()  # re-rendering never rewrites the results it reads
+    dump(load(Results, RESULTS), tmp_path / "again.json")  # the typed results write the same figures back
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["served"]["levels"][0]["served"] == level["served"]
+    split = results["turbo"][0]["speedup_vs_per_pair"]["split"]
+    assert {k: again["turbo"][0]["speedup_vs_per_pair"]["split"][k] for k in split} == split
+
+
+def test_locate_names_the_make_target_and_installs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf_analyzer missing: the bench stops at once naming `make bench-tools`; it never installs anything itself."""
+    monkeypatch.delenv("ASTRO_PERF_ANALYZER", raising=False)
+    monkeypatch.setattr(perf_analyzer, "PA_TARGET", tmp_path / "opt")
+    with pytest.raises(perf_analyzer.ToolMissing, match="make bench-tools"):
+        perf_analyzer.locate()
+    assert not (tmp_path / "opt").exists()
+    tool = tmp_path / "perf_analyzer"  # a binary whose libraries the loader cannot find: named with the target
+    tool.write_bytes(Path("/bin/true").read_bytes())
+    tool.chmod(0o755)
+    monkeypatch.setenv("ASTRO_PERF_ANALYZER", str(tool))
+    monkeypatch.setattr(perf_analyzer.subprocess, "run", _ldd_missing(perf_analyzer.subprocess.run))
+    with pytest.raises(perf_analyzer.ToolMissing, match=r"libb64\.so\.0d: run `make bench-tools`"):
+        perf_analyzer.locate()
+
+
+def _ldd_missing(run: Any) -> Any:
+    """subprocess.run whose ``ldd`` reports libb64.so.0d missing (other commands run as usual)."""
+
+    def fake(cmd: list[str], **kwargs: Any) -> Any:
+        if cmd[0] == "ldd":
+            return subprocess.CompletedProcess(cmd, 0, "\tlibb64.so.0d => not found\n", "")
+        return run(cmd, **kwargs)
+
+    return fake
+
+
+@pytest.mark.parametrize("name", ["overload", "replicas"])
+def test_committed_section_pages_are_what_their_results_give(tmp_path: Path, name: str) -> None:
+    """docs/bench/<name>.md is written by the section's own CLI from <name>.json through the report's template."""
+    assert section_main(name, ["--from-results", str(RESULTS.parent / f"{name}.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (RESULTS.parent / f"{name}.md").read_text()
 
 
 @pytest.mark.server
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    rc = bench_main(["--quick", "--out", str(out), "--concurrency", "1,2", "--served-requests", "6"])
+    rc = bench_main(["--quick", "--out", str(out)])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert {(c["block_len"], c["candidates"]) for c in results["turbo"]} == {(16, 16), (16, 64)}
@@ -89,22 +161,12 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert summary["throughput_on_over_off"]["n"] == 1
     assert results["efficiency"] and results["matmul_flops"]["median"] > 0
     if not torch.cuda.is_available():
-        assert results["gpu"] == {"device": NO_GPU}
+        assert results["gpu"]["device"] == NO_GPU and results["gpu"]["turbo"] == []
     report = (out / "report.md").read_text()
-    for heading in (
-        "## Machine",
-        "## (a)",
-        "## (b)",
-        "## (c)",
-        "## (d)",
-        "## (e)",
-        "## (f)",
-        "## Goals",
-        "## Findings",
-    ):
+    for heading in (*SECTIONS, "## Overload", "## (h)", "### (d) per operator"):
         assert heading in report, heading
     for png in ("turbo.png", "runtimes.png", "served.png", "roofline.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    assert "## (h)" in report and [(x["replicas"], x["lb"], x["killed"]) for x in results["replicas"]["runs"]] == [
+    assert [(x["replicas"], x["lb"], x["killed"]) for x in results["replicas"]["runs"]] == [
         (1, "affinity", False), (2, "round_robin", False), (2, "affinity", False), (2, "affinity", True)
     ] and all(x["failed"] == 0 for x in results["replicas"]["runs"])  # fmt: skip

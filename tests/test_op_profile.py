@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 
-from bench import op_profile, roofline
+from bench import op_profile, report, roofline
+from bench.timing import Stats
 from bench.workload import make_request
 from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
 from export.onnx_graphs import GraphPaths
@@ -51,14 +53,13 @@ def test_profile_sees_every_counted_matmul(
         ops = [r for r in rows if r.graph == graph]
         assert round(sum(r.gflop for r in ops) * 1e9) == flops, graph
         assert np.isclose(sum(r.share for r in ops), 1.0) and all(r.ms >= 0 and r.nodes >= 1 for r in ops)
-    rendered = op_profile.render(
-        {
-            "config": {**cfg.model_dump(), "checkpoint": "tiny"},
-            "matmul_flops": {"median": 1e10},
-            "op_profile": [r.to_dict() for r in rows],
-            "ort_matmul_flops": op_profile.ort_matmul_rate(64, 1, 1, min_seconds=0.01).to_dict(),
-            "settings": {"matmul_size": 64},
-        }
+    r = SimpleNamespace(  # the fields of bench.results.Results the (d) per-operator template reads
+        matmul_flops=Stats.of([1e10]),
+        ort_matmul_flops=op_profile.ort_matmul_rate(64, 1, 1, min_seconds=0.01),
+        settings={"matmul_size": 64},
+        op_profile=rows,
     )
+    template = report.ENV.get_template("op_profile.md.j2")
+    rendered = template.render(r=r, cfg=cfg, op_groups=report.op_groups(r))  # type: ignore[arg-type]
     assert rendered.count("**ort_fp32 ") == 2 and "| MatMul |" in rendered
     assert "ONNX Runtime's MatMul on the same 64² fp32 matrices" in rendered
