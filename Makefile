@@ -62,7 +62,7 @@ lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint  ## ruff, mypy, then the whole pytest suite
+test: lint bench-tools  ## ruff, mypy, then the whole pytest suite (the quick bench among it needs perf_analyzer)
 	$(VENV)/bin/pytest
 
 # perf_analyzer for make bench: the binary of the tritonclient wheel of the server's version, beside the project's
@@ -70,7 +70,8 @@ test: lint  ## ruff, mypy, then the whole pytest suite
 PA_VERSION := 2.51.0
 PERF_ANALYZER := $(VENV)/opt/tritonclient-$(PA_VERSION)/bin/perf_analyzer
 $(PERF_ANALYZER): $(STAMP)
-	$(PY) -m pip install --quiet --no-deps --target $(VENV)/opt/tritonclient-$(PA_VERSION) tritonclient==$(PA_VERSION)
+	$(PY) -m pip install --quiet --upgrade --no-deps --target $(VENV)/opt/tritonclient-$(PA_VERSION) tritonclient==$(PA_VERSION)
+	touch $@
 
 bench-tools: $(PERF_ANALYZER)  ## perf_analyzer and its libraries for make bench (libb64-0d via apt-get: as root)
 	@if ! ldconfig -p | grep -q libb64.so.0d; then \
