@@ -27,9 +27,9 @@ import onnx
 import onnxruntime as ort
 
 from bench.timing import Stats, rate
+from contract.request_batch import RequestBatch
 from contract.tensors import ITEM_SCORER, USER_ENCODER
 from export.onnx_graphs import GraphPaths
-from model.random_inputs import RandomRequest
 
 MATMUL_OPS = ("MatMul", "FusedMatMul", "Gemm")  # the ops whose FLOPs (d) counts
 
@@ -174,7 +174,7 @@ def profile_graph(
 
 
 def run(
-    graphs: dict[str, GraphPaths], requests: list[RandomRequest], threads: int, warmup: int, runs: int, work: Path
+    graphs: dict[str, GraphPaths], requests: list[RequestBatch], threads: int, warmup: int, runs: int, work: Path
 ) -> list[OpTime]:
     """Both graphs of every export in ``graphs`` (label -> paths) on each request; the encoder once per block
     length (it does not see the candidates)."""

@@ -45,9 +45,9 @@ from bench.variants import unbounded
 from bench.workload import make_request
 from contract.admission import QUEUE_WAIT_MS, SERVICE_MS
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, USER_ENCODER
 from export.repository_check import load_config
-from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer
 
 BEFORE, AFTER = "before: unbounded queues", "after: bounded queues (as exported)"
@@ -108,7 +108,7 @@ class Outcomes:
     send_lag_s: list[float] = field(default_factory=list)  # how late each request left against its schedule
 
 
-async def open_loop(url: str, requests: Sequence[RandomRequest], rate: float, s: Settings) -> Outcomes:
+async def open_loop(url: str, requests: Sequence[RequestBatch], rate: float, s: Settings) -> Outcomes:
     """Poisson arrivals at ``rate`` per second for ``s.seconds``, each request with the caller's deadline."""
     rng = np.random.default_rng(s.seed)
     deadline_s = s.deadline_ms / 1e3
@@ -226,7 +226,7 @@ class Overload:
         return {lv.multiple: lv for lv in self.levels if lv.variant == variant}
 
 
-def closed_loop(url: str, requests: Sequence[RandomRequest], callers: int, seconds: float) -> Capacity:
+def closed_loop(url: str, requests: Sequence[RequestBatch], callers: int, seconds: float) -> Capacity:
     """``callers`` threads sending back to back for ``seconds``: answers per second, their latency, and the
     refusals (a closed loop of more callers than the queues hold is refused too, which is the point)."""
     infer = [infer_fn(url) for _ in range(callers)]
@@ -271,7 +271,7 @@ def run_variant(
     repository: Path,
     variant: str,
     rate_1x: float | None,
-    requests: Sequence[RandomRequest],
+    requests: Sequence[RequestBatch],
     s: Settings,
     say: Callable[[str], None],
 ) -> tuple[Capacity, list[Level]]:

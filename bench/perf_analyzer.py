@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from model.random_inputs import RandomRequest
+from contract.request_batch import RequestBatch
 
 PA_VERSION = "2.51.0"  # the nvidia-pytriton server's Triton version
 PA_TARGET = Path(sys.prefix) / "opt" / f"tritonclient-{PA_VERSION}"
@@ -93,7 +93,7 @@ def locate() -> PerfAnalyzer:
 # ---- input data -------------------------------------------------------------------------------
 
 
-def lanes_to_steps(lanes: Sequence[Sequence[RandomRequest]]) -> list[RandomRequest]:
+def lanes_to_steps(lanes: Sequence[Sequence[RequestBatch]]) -> list[RequestBatch]:
     """Interleave per-client streams so that perf_analyzer's thread ``t`` of ``len(lanes)`` sends ``lanes[t]`` in
     order (entries ``t, t + c, ...``). Lanes must be equally long."""
     if len({len(lane) for lane in lanes}) != 1:
@@ -101,7 +101,7 @@ def lanes_to_steps(lanes: Sequence[Sequence[RandomRequest]]) -> list[RandomReque
     return [lane[j] for j in range(len(lanes[0])) for lane in lanes]
 
 
-def write_input_data(requests: Sequence[RandomRequest], path: Path) -> Path:
+def write_input_data(requests: Sequence[RequestBatch], path: Path) -> Path:
     """perf_analyzer ``--input-data`` JSON: one step per request, each input's content and shape (batch axis
     dropped: the requests must have batch 1, which perf_analyzer's ``-b 1`` adds back)."""
     steps = []

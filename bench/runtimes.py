@@ -24,10 +24,9 @@ from torch import Tensor
 
 from bench.timing import Stats, per_round_ratio, rotated
 from bench.turbo import Grid, device_label, device_sync
-from bench.workload import TorchRequest, to_torch
+from contract.request_batch import RequestBatch, TorchBatch
 from export.parity import OrtPipeline
 from model.astro import AstroModel, ItemScorer, UserEncoder
-from model.random_inputs import RandomRequest
 
 STAGES = ("encoder", "scorer", "total")
 EAGER = "torch_eager"
@@ -70,7 +69,7 @@ def _time_rounds(
     return out
 
 
-def _eager(encoder: UserEncoder, scorer: ItemScorer, t: TorchRequest) -> Stage:
+def _eager(encoder: UserEncoder, scorer: ItemScorer, t: TorchBatch) -> Stage:
     def score(cache: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         out: Tensor = scorer(*t.scorer_args(), *cache)
         return out
@@ -78,7 +77,7 @@ def _eager(encoder: UserEncoder, scorer: ItemScorer, t: TorchRequest) -> Stage:
     return partial(encoder, *t.encoder_args()), score
 
 
-def _ort(pipe: OrtPipeline, req: RandomRequest) -> Stage:
+def _ort(pipe: OrtPipeline, req: RequestBatch) -> Stage:
     return partial(pipe.encode, req), partial(pipe.score, req)
 
 
@@ -97,7 +96,7 @@ def run_runtimes(
     cells = []
     todo = grid.cells(model.cfg)
     for tb, n, req in todo:
-        t = to_torch(req, device)
+        t = req.to_torch(device)
         runtimes: dict[str, Stage] = {EAGER: _eager(encoder, scorer, t)}
         runtimes.update({name: _ort(pipe, req) for name, pipe in ort_pipelines.items()})
         times = _time_rounds(runtimes, grid.rounds, grid.warmup, sync)

@@ -35,9 +35,9 @@ import tritonclient.grpc as grpcclient
 from bench.perf_analyzer import PaLevel, PaSettings, PerfAnalyzer, run_level, write_input_data
 from bench.timing import Stats, in_threads
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from export.parity import OrtPipeline
-from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer
 
 SERVER_PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -144,7 +144,7 @@ def wire_bytes(cfg: AstroConfig, batch: int, block_len: int, candidates: int) ->
 
 
 def run_phase(
-    workers: Sequence[Callable[[RandomRequest], object]], requests: Sequence[RandomRequest], cap: float
+    workers: Sequence[Callable[[RequestBatch], object]], requests: Sequence[RequestBatch], cap: float
 ) -> Phase:
     """Send ``requests`` from ``len(workers)`` threads (worker i calls ``workers[i]``), each taking the next one."""
     lock = threading.Lock()
@@ -153,7 +153,7 @@ def run_phase(
     errors: list[BaseException] = []
     deadline = time.perf_counter() + cap
 
-    def loop(call: Callable[[RandomRequest], object]) -> None:
+    def loop(call: Callable[[RequestBatch], object]) -> None:
         nonlocal next_index
         while True:
             with lock:
@@ -178,11 +178,11 @@ def run_phase(
     return Phase(latencies, wall)
 
 
-def infer_fn(url: str) -> Callable[[RandomRequest], npt.NDArray[np.float32]]:
+def infer_fn(url: str) -> Callable[[RequestBatch], npt.NDArray[np.float32]]:
     client = grpcclient.InferenceServerClient(url)
     outputs = [grpcclient.InferRequestedOutput(SCORES_OUTPUT)]
 
-    def infer(req: RandomRequest) -> npt.NDArray[np.float32]:
+    def infer(req: RequestBatch) -> npt.NDArray[np.float32]:
         inputs = []
         for name, arr in req.as_dict().items():
             inp = grpcclient.InferInput(name, list(arr.shape), "INT64")
@@ -243,9 +243,9 @@ def cache_counts(counters: dict[str, dict[str, int]]) -> dict[str, dict[str, int
 
 
 def check_same_answers(
-    served: Callable[[RandomRequest], npt.NDArray[np.float32]],
-    local: Callable[[RandomRequest], npt.NDArray[np.float32]],
-    req: RandomRequest,
+    served: Callable[[RequestBatch], npt.NDArray[np.float32]],
+    local: Callable[[RequestBatch], npt.NDArray[np.float32]],
+    req: RequestBatch,
 ) -> float:
     """Max |served - in-process| on one request; raises :class:`BenchError` beyond ``MATCH_ATOL``."""
     a, b = served(req), local(req)
@@ -267,7 +267,7 @@ def run_served(
     repository: Path,
     cache_dtype: str,
     local: OrtPipeline,
-    requests: Sequence[RandomRequest],
+    requests: Sequence[RequestBatch],
     concurrencies: Sequence[int],
     pa: PerfAnalyzer,
     settings: PaSettings,

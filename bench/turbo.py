@@ -25,10 +25,10 @@ from functools import partial
 import torch
 
 from bench.timing import Stats, interleaved_rounds, per_round_ratio
-from bench.workload import make_request, padding_fraction, to_torch
+from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from model.astro import AstroModel
-from model.random_inputs import RandomRequest
 
 PATHS = ("per_pair", "sumi", "split")
 SUBSET = "per_pair_subset"  # per-pair on the first candidates only, timed to check the extrapolation
@@ -71,7 +71,7 @@ class Grid:
     warmup: int  # untimed rounds before them
     seed: int  # of each cell's request
 
-    def cells(self, cfg: AstroConfig) -> list[tuple[int, int, RandomRequest]]:
+    def cells(self, cfg: AstroConfig) -> list[tuple[int, int, RequestBatch]]:
         """(Tb, N, the request) of every cell, B = 1."""
         return [(tb, n, make_request(cfg, self.seed, 1, tb, n)) for tb in self.block_lens for n in self.candidates]
 
@@ -90,7 +90,7 @@ def run_turbo(
     cells = []
     todo = grid.cells(model.cfg)
     for tb, n, req in todo:
-        t = to_torch(req, device)
+        t = req.to_torch(device)
         subset = min(per_pair_subset, n)
         timed = n if n <= per_pair_full_max else subset
         contenders: dict[str, Callable[[], object]] = {

@@ -9,19 +9,10 @@ gives the tensors the model's paths take.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from contract.config import AstroConfig
-from contract.request_batch import RequestBatch, TorchBatch
+from contract.request_batch import RequestBatch
 from model.random_inputs import random_request
-
-# The names bench/runtimes.py and bench/turbo.py import (outside this change); they go once those
-# call ``req.to_torch(device)`` and name ``TorchBatch`` themselves.
-TorchRequest = TorchBatch
-
-
-def to_torch(req: RequestBatch, device: torch.device) -> TorchBatch:
-    return req.to_torch(device)
 
 
 def make_request(cfg: AstroConfig, seed: int, batch: int, block_len: int, candidates: int) -> RequestBatch:

@@ -47,8 +47,8 @@ from onnx import TensorProto, helper, numpy_helper
 from export.ranking import TOP_K, compare_topk
 
 if TYPE_CHECKING:  # torch-free at run time: export.tensorrt_build reads graph precision from here
+    from contract.request_batch import RequestBatch
     from export.parity import OrtPipeline
-    from model.random_inputs import RandomRequest
 
 LowPrecision = Literal["fp16", "bf16"]
 LOW_PRECISIONS: tuple[LowPrecision, ...] = get_args(LowPrecision)
@@ -361,7 +361,7 @@ class PrecisionReport:
 def compare_pipelines(
     reference: OrtPipeline,
     candidate: OrtPipeline,
-    requests: Sequence[RandomRequest],
+    requests: Sequence[RequestBatch],
     precision: str,
     seed: int,
     progress: Callable[[str], None] = print,

@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from contract.request_batch import RequestBatch
 from contract.tensors import CACHE_TENSORS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER, USER_KEYS, USER_MASK, USER_VALUES
 from export.ranking import TOP_K, topk_intruders
-from model.random_inputs import RandomRequest
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -94,7 +94,7 @@ def _mismatches(label: str, accuracy: Any, run_results: Any) -> list[str]:
 
 
 def compare_chains(
-    reference: Chain, candidate: Chain, requests: Sequence[RandomRequest], tol: Tolerance, tasks: tuple[str, ...] = ()
+    reference: Chain, candidate: Chain, requests: Sequence[RequestBatch], tol: Tolerance, tasks: tuple[str, ...] = ()
 ) -> list[str]:
     """Every disagreement of ``candidate`` with ``reference`` on ``requests``; empty when they agree."""
     from polygraphy.comparator import Comparator, CompareFunc, RunResults
@@ -125,7 +125,7 @@ def compare_chains(
 
 
 def _feeds(
-    requests: Sequence[RandomRequest], graph: str, caches: Sequence[Mapping[str, npt.NDArray[Any]]] = ()
+    requests: Sequence[RequestBatch], graph: str, caches: Sequence[Mapping[str, npt.NDArray[Any]]] = ()
 ) -> list[Arrays]:
     """Each request's inputs of ``graph`` (the scorer's cache from ``caches``, one per request)."""
     if graph == USER_ENCODER:

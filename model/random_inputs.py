@@ -19,10 +19,6 @@ NOW = 1_700_000_000  # a fixed "request time" (unix seconds) so runs are reprodu
 ITEM_IDS = (1, 10**9)  # [low, high) of a random item id: large and sparse, as in production, never the padding 0
 HISTORY_SPAN = 10**8  # seconds (about three years) a random history reaches back from the request
 
-# The name of RequestBatch in the modules this change does not own (bench/, export/precision.py,
-# export/tensorrt_parity.py, server tests); it goes once they import RequestBatch from contract.
-RandomRequest = RequestBatch
-
 
 def random_history(
     rng: np.random.Generator,

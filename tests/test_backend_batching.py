@@ -25,9 +25,10 @@ import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper
 
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER
 from export.repository import PYTHON_MODEL_SOURCE
-from model.random_inputs import RandomRequest, random_request
+from model.random_inputs import random_request
 from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
@@ -178,7 +179,7 @@ def test_astro_under_concurrency_batches_and_keeps_errors_apart(triton: TritonSe
     alone = [send_together(client, ENSEMBLE, [r.as_dict()], [SCORES_OUTPUT])[0][SCORES_OUTPUT] for r in good]
     # one request at a time: one row and one execution each, in both models
     before = {m: counts_reaching(client, m, (start[m][0] + 12, start[m][1] + 12)) for m in models}
-    requests: list[RandomRequest] = [*good[:6], bad, *good[6:]]
+    requests: list[RequestBatch] = [*good[:6], bad, *good[6:]]
     results = send_together(client, ENSEMBLE, [r.as_dict() for r in requests], [SCORES_OUTPUT])
     # the encoder also counts the bad request (rejected in its batch), the scorer only the 12 good ones
     reached = {USER_ENCODER: 13, ITEM_SCORER: 12}

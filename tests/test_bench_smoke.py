@@ -20,7 +20,7 @@ from bench.overload import AFTER, BEFORE
 from bench.results import Results, dump, load
 from bench.roofline import dense_flops, encoder_flops, path_flops, scorer_flops
 from bench.timing import Stats, per_round_ratio
-from bench.workload import make_request, to_torch
+from bench.workload import make_request
 from contract.config import AstroConfig
 from model.astro import AstroModel
 
@@ -50,7 +50,7 @@ def test_flop_formulas_equal_counted_matmuls(preset: str, batch: int, block_len:
     block_len = min(block_len, cfg.max_block_len)
     torch.manual_seed(0)
     model = AstroModel(cfg).eval()
-    t = to_torch(make_request(cfg, 0, batch, block_len, n), torch.device("cpu"))
+    t = make_request(cfg, 0, batch, block_len, n).to_torch(torch.device("cpu"))
     with torch.inference_mode():
         cache = model.encode_user(t.history, t.request.scenario)
         assert counted(lambda: model.encode_user(t.history, t.request.scenario)) == encoder_flops(cfg, batch, block_len)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from client import AstroClient, EventHistory
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE
 from export.__main__ import main as export_main
 from export.parity import torch_per_pair
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from model.movielens import MovieLensNotFound, read_ratings
-from model.random_inputs import RandomRequest
 from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
@@ -60,7 +60,7 @@ def test_movielens_checkpoint_serves_real_users(served: str) -> None:
             now = int(times.max()) + 3600
             candidates = rng.integers(1, 1683, size=40)
             served_scores = client.score(history, candidates, 0, now)
-            expected = torch_per_pair(model, RandomRequest.from_history(history, candidates, 0, now, model.cfg))[0]
+            expected = torch_per_pair(model, RequestBatch.from_history(history, candidates, 0, now, model.cfg))[0]
             assert served_scores.shape == expected.shape == (40, model.cfg.n_tasks)
             diff = float(np.abs(served_scores - expected).max())
             assert diff <= SERVED_ATOL, f"user {user}: served vs PyTorch per-pair differ by {diff:.3g}"

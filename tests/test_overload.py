@@ -20,11 +20,12 @@ from add_one_model import ADD_ONE_CONFIG, write_model
 
 from contract.admission import QUEUE_TIMEOUT_US, queue_bound
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER
 from export.onnx_graphs import GraphPaths
 from export.parity import OrtPipeline
 from export.repository import TARGETS, composing_config, instances, queue_policy
-from model.random_inputs import RandomRequest, random_request
+from model.random_inputs import random_request
 from serve.__main__ import admission_line
 from serve.triton_server import TritonServer, iter_models
 
@@ -54,7 +55,7 @@ def test_serve_prints_the_bounds_it_serves(exported_repo: Path) -> None:
     assert "UNAVAILABLE at once, retryable" in line, line
 
 
-def send_all(url: str, requests: list[tuple[RandomRequest, int | None]]) -> list[Any]:
+def send_all(url: str, requests: list[tuple[RequestBatch, int | None]]) -> list[Any]:
     """Every (request, per-request timeout in µs or None) in flight at once, fired from one thread; each result
     is the scores array or the InferenceServerException."""
     client = grpcclient.InferenceServerClient(url)

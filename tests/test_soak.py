@@ -14,9 +14,9 @@ import numpy.typing as npt
 import pytest
 
 from client import AstroClient, ScoreRequest, ServerOverloadedError
+from contract.request_batch import RequestBatch
 from export.parity import torch_split
 from model.astro import AstroModel
-from model.random_inputs import RandomRequest
 from model.synthetic import SyntheticWorld, WorldSpec
 from serve.triton_server import TritonServer
 
@@ -50,7 +50,7 @@ def tree_rss_mb(pid: int) -> float:
 
 def reference(model: AstroModel, r: ScoreRequest) -> npt.NDArray[np.float32]:
     """PyTorch split path (held to per-pair by test_model_paths) for one user -> [N, T]."""
-    req = RandomRequest.from_history(r.history, r.candidates, r.scenario, r.timestamp, model.cfg)
+    req = RequestBatch.from_history(r.history, r.candidates, r.scenario, r.timestamp, model.cfg)
     return torch_split(model, req, "fp32")[1][0]
 
 
