@@ -50,12 +50,12 @@ from bench.training import run_training
 from bench.turbo import device_sync, run_turbo
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
+from contract.model_config import read_model_config
 from contract.program import program_name
 from contract.tensors import CACHE_DTYPES, ITEM_SCORER, USER_ENCODER
 from export.__main__ import main as export_main
 from export.parity import OrtPipeline, load_graph_paths
 from export.repository import write_config
-from export.repository_check import load_config
 from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,7 +312,7 @@ def check_shapes(a: argparse.Namespace, cfg: AstroConfig) -> None:
 def scorer_instances(repository: Path, out: Path, count: int) -> Path:
     """A copy of ``repository`` whose ``item_scorer`` runs ``count`` instances (everything else unchanged)."""
     shutil.copytree(repository, out, dirs_exist_ok=True)
-    config = load_config(out / ITEM_SCORER / "config.pbtxt")
+    config = read_model_config(out / ITEM_SCORER / "config.pbtxt")
     config.instance_group[0].count = count
     write_config(out / ITEM_SCORER / "config.pbtxt", config)
     return out
@@ -321,7 +321,7 @@ def scorer_instances(repository: Path, out: Path, count: int) -> Path:
 def encoder_merging(repository: Path, out: Path) -> Path:
     """A copy of ``repository`` whose ``user_encoder`` has no preferred batch size (merges what arrives together)."""
     shutil.copytree(repository, out, dirs_exist_ok=True)
-    config = load_config(out / USER_ENCODER / "config.pbtxt")
+    config = read_model_config(out / USER_ENCODER / "config.pbtxt")
     config.dynamic_batching.ClearField("preferred_batch_size")
     write_config(out / USER_ENCODER / "config.pbtxt", config)
     return out

@@ -45,9 +45,9 @@ from bench.served import Percentiles, infer_fn, server_counters, server_cpu_seco
 from bench.workload import make_request
 from contract.admission import QUEUE_WAIT_MS, SERVICE_MS
 from contract.config import AstroConfig
+from contract.model_config import read_model_config
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, USER_ENCODER
 from export.repository import write_config
-from export.repository_check import load_config
 from model.checkpoint import DEFAULT_CHECKPOINT
 from model.checkpoint import load_config as load_model_config
 from model.random_inputs import RandomRequest
@@ -82,7 +82,7 @@ def unbounded(repository: Path, out: Path) -> Path:
     """A copy of ``repository`` whose composing models have Triton's default queue: no size, no timeout."""
     shutil.copytree(repository, out, dirs_exist_ok=True)
     for graph in GRAPHS:
-        config = load_config(out / graph / "config.pbtxt")
+        config = read_model_config(out / graph / "config.pbtxt")
         config.dynamic_batching.ClearField("default_queue_policy")
         write_config(out / graph / "config.pbtxt", config)
     return out
@@ -341,7 +341,9 @@ def run_overload(
     cap_before, before = run_variant(
         unbounded(repository, work / "repo-unbounded"), BEFORE, cap["rps"], requests, s, say
     )
-    bounds = {g: load_config(repository / g / "config.pbtxt").dynamic_batching.default_queue_policy for g in GRAPHS}
+    bounds = {
+        g: read_model_config(repository / g / "config.pbtxt").dynamic_batching.default_queue_policy for g in GRAPHS
+    }
     return {
         "settings": asdict(s),
         "capacity": cap,
@@ -350,7 +352,7 @@ def run_overload(
             g: {
                 "max_queue_size": p.max_queue_size,
                 "timeout_us": p.default_timeout_microseconds,
-                "instances": load_config(repository / g / "config.pbtxt").instance_group[0].count,
+                "instances": read_model_config(repository / g / "config.pbtxt").instance_group[0].count,
             }
             for g, p in bounds.items()
         },

@@ -43,9 +43,10 @@ from client.validation import RequestError, ScoreRequest
 from contract.blocks import EventHistory
 from contract.config import AstroConfig
 from contract.program import program_name
+from contract.provenance import checkpoint_digest
 from contract.tensors import ENSEMBLE
 from export.parity import TOLERANCES, Tolerance, torch_per_pair
-from export.provenance import checkpoint_digest, display_path
+from export.provenance import display_path
 from export.ranking import TOP_K, compare_topk
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint

@@ -26,16 +26,10 @@ import torch
 from add_one_model import ADD_ONE_MODEL, write_model
 from processes import stop
 
+from contract.provenance import CHECKPOINT_FILES, PROVENANCE, checkpoint_digest, read_provenance, stale_reason
 from contract.tensors import ENSEMBLE, ITEM_SCORER
 from export.onnx_graphs import export_graphs
-from export.provenance import (
-    CHECKPOINT_FILES,
-    PROVENANCE,
-    checkpoint_digest,
-    read_provenance,
-    stale_reason,
-    write_provenance,
-)
+from export.provenance import write_provenance
 from export.served_parity import main as parity_main
 from model.astro import AstroModel
 from model.checkpoint import CONFIG, DEFAULT_CHECKPOINT, WEIGHTS, load_config, save_checkpoint
