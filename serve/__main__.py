@@ -27,20 +27,17 @@ from contract.program import program_name
 from contract.provenance import ProvenanceError, read_provenance, stale_reason
 from contract.tensors import USER_ENCODER
 from serve.response_cache import DEFAULT_USERS, cache_sizing
-from serve.triton_server import (
+from serve.server_errors import PortInUseError, TritonNotFoundError, TritonServerError
+from serve.server_options import (
     DEFAULT_TRACE_COLLECTOR,
     DEFAULT_TRACE_RATE,
     MODEL_CONTROL_MODES,
     TRACE_MODES,
     GrpcTls,
-    PortInUseError,
     Restriction,
     Tracing,
-    TritonNotFoundError,
-    TritonServer,
-    TritonServerError,
-    iter_models,
 )
+from serve.triton_server import TritonServer, iter_models
 
 DEFAULT_WAIT_MODEL = "astro"
 # GNU make waits for its recipe on these and passes none of them on (it does pass SIGTERM)

@@ -7,6 +7,7 @@ here depends on the exported ASTRO model.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,16 +29,11 @@ from export.onnx_graphs import GraphPaths
 from export.repository import write_repository
 from serve import triton_server
 from serve.__main__ import main as serve_main
-from serve.triton_server import (
-    TritonInstall,
-    TritonNotFoundError,
-    TritonServer,
-    TritonServerError,
-    find_tritonserver,
-    free_port,
-    free_ports,
-    iter_models,
-)
+from serve.ports import free_port, free_ports
+from serve.server_errors import TritonNotFoundError, TritonServerError
+from serve.server_process import group_alive
+from serve.triton_server import TritonServer, iter_models
+from serve.triton_wheel import TritonInstall, find_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,12 +98,12 @@ def test_a_group_of_zombies_counts_as_gone() -> None:
     the kernel still finds the group, but nothing in it runs."""
     child = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        assert triton_server._group_alive(child.pid)
+        assert group_alive(child.pid)
         os.kill(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while triton_server._group_alive(child.pid) and time.monotonic() < deadline:
+        while group_alive(child.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not triton_server._group_alive(child.pid), "a killed process still counted as running"
+        assert not group_alive(child.pid), "a killed process still counted as running"
         os.killpg(child.pid, 0)  # not reaped yet: the zombie is still in its group
     finally:
         child.kill()
@@ -129,6 +125,23 @@ def test_find_tritonserver(triton_install: TritonInstall, tmp_path: Path) -> Non
     env = triton_install.environment({"PATH": "/usr/bin"})
     assert str(triton_install.libs_dir) in env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert env["PATH"].split(os.pathsep)[0] == str(triton_install.python_bin_dir)
+
+
+@pytest.mark.server
+def test_a_rebuilt_backend_replaces_a_stub_that_still_runs(triton_install: TritonInstall, tmp_path: Path) -> None:
+    """A relaunch in the same workdir rebuilds the backend directory while a previous launch's stub may still
+    run from it: writing into a running executable fails with "Text file busy", so each file is copied beside
+    and renamed over (the running process keeps the old file)."""
+    stub = triton_install.build_backend_dir(tmp_path / "backends") / "python" / "triton_python_backend_stub"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", stub)  # an executable that stays running
+    running = subprocess.Popen([str(stub), "60"])
+    try:
+        triton_install.build_backend_dir(tmp_path / "backends")
+        assert stub.read_bytes() == triton_install.python_stub.read_bytes()
+        assert running.poll() is None
+    finally:
+        running.kill()
+        running.wait()
 
 
 @pytest.mark.server
@@ -178,7 +191,7 @@ def test_kill_makes_server_unavailable(server: TritonServer, grpcclient: Any) ->
 
     assert server.kill() == -signal.SIGKILL
     assert not server.is_running()
-    assert not triton_server._group_alive(pid)  # the whole group is gone, Python backend stubs included
+    assert not group_alive(pid)  # the whole group is gone, Python backend stubs included
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         from tritonclient.utils import InferenceServerException
