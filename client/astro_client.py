@@ -95,7 +95,6 @@ from client.validation import (
     RequestError,
     ScoreRequest,
     check_served,
-    check_spec,
     validate_inputs,
     validate_request,
 )
@@ -139,7 +138,6 @@ def spec_from_model_config(config: Mapping[str, Any], model: str = ENSEMBLE) -> 
     params = {str(k): str(v.get("string_value", "")) if isinstance(v, Mapping) else str(v) for k, v in raw.items()}
     try:
         spec = ServingSpec.from_parameters(params)
-        check_spec(spec)
     except (ValueError, KeyError, TypeError) as e:
         raise ServerError(f"model {model!r} publishes no usable serving spec: {e}") from e
     triton_mbs = cfg.get("max_batch_size")
@@ -310,8 +308,6 @@ class _ClientCore:
             **given,
             "channel_args": channel_args(self.retry, tls_name, replica=True),
         }
-        if spec is not None:
-            check_spec(spec)
         self._spec = spec
         self._open()
 
@@ -462,7 +458,7 @@ class _ClientCore:
             check_served(r, f, spec, self.allow)  # the server's vocabularies
         counts = [len(r.candidates) for r in requests]
         calls = plan_calls(counts, spec.max_candidates)
-        inputs = [validate_inputs(a, spec, self.allow) for a in build_call_inputs(calls, requests, spec)]
+        inputs = build_call_inputs(calls, requests, spec)  # from checked values, cut to the served limits
         keys = [call_key(requests[c.request], a) for c, a in zip(calls, inputs, strict=True)]
         # Two waves: every request's first chunk, then all other chunks. Triton stores an encoder
         # response in its cache only once it is computed, so chunks sent beside the first would all

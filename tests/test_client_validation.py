@@ -552,15 +552,22 @@ def test_bad_served_config_is_a_server_error(override: dict[str, Any], match: st
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"max_block_len": 4}, "keeps 12 events but max_block_len=4"),  # the play block keeps 12 > 4
-        ({"behaviors": ("play", "like", "skip")}, r"block 'like' keeps behaviours \['share'\] outside behaviors"),
-        ({"scenarios": ("home", "home")}, r"scenarios=\['home', 'home'\] must be distinct"),
+        ({"max_block_len": "4"}, "keeps 12 events but max_block_len=4"),  # the play block keeps 12 > 4
+        ({"behaviors": "play,like,skip"}, r"block 'like' keeps behaviours \['share'\] outside behaviors"),
+        ({"scenarios": "home,home"}, r"scenarios=\['home', 'home'\] repeats a name"),  # the config's rule
+        ({"max_candidates": "0"}, "max_candidates: Input should be greater than or equal to 1"),  # its field type
+        ({"task_names": "like,"}, "task_names.1: String should have at least 1 character"),
     ],
 )
-def test_inconsistent_served_specs_are_refused(change: dict[str, Any], match: str) -> None:
-    bad = ServingSpec(**{**SPEC.__dict__, **change})
+def test_inconsistent_served_specs_are_refused(change: dict[str, str], match: str) -> None:
+    """The served spec holds the config's own rules (and field types), so a server publishing a spec no config
+    could have is refused, naming the field and the value."""
+    params = {k: {"string_value": v} for k, v in {**SPEC.to_parameters(), **change}.items()}
     with pytest.raises(ServerError, match=match):
-        spec_from_model_config(triton_config_json(bad))
+        spec_from_model_config(triton_config_json(SPEC, parameters=params))
+    (field, value), *_ = change.items()
+    with pytest.raises(ValueError, match=field):  # built directly: pydantic's error, naming the field
+        ServingSpec(**{**SPEC.__dict__, field: tuple(value.split(",")) if "," in value else int(value)})
 
 
 # ---- client options: gRPC's service config and the header plugin ----------------------------------
