@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
+from server_helpers import start_together, write_served_repository
 from triton_stats import poll
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -34,9 +35,8 @@ from client.planning import build_call_inputs, plan_calls
 from client.routing import ranking
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
-from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
+from contract.tensors import ENSEMBLE, USER_ENCODER
 from export.onnx_graphs import GraphPaths
-from export.repository import write_repository
 from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
@@ -68,21 +68,13 @@ def servers(
     tiny_graphs: Callable[[str], GraphPaths], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TritonServer, TritonServer]]:
     """(slow, plain), started side by side."""
-    graphs = tiny_graphs("fp32")
-    files = {USER_ENCODER: graphs.user_encoder, ITEM_SCORER: graphs.item_scorer}
     root = tmp_path_factory.mktemp("deadline")
     for name in ("slow", "plain"):
-        write_repository(root / name, CFG, "python", files, "fp32", progress=lambda _: None)
+        write_served_repository(root / name, CFG, tiny_graphs("fp32"))
     hold_and_bound(root / "slow" / USER_ENCODER / "config.pbtxt")
     slow, plain = TritonServer(root / "slow"), TritonServer(root / "plain")
     with slow, plain:
-        started = [threading.Thread(target=s.start, kwargs={"ready_models": [ENSEMBLE], "timeout_s": 180}) for s in
-                   (slow, plain)]  # fmt: skip
-        for t in started:
-            t.start()
-        for t in started:
-            t.join()
-        assert slow.is_running() and plain.is_running(), (slow.log_text()[-2000:], plain.log_text()[-2000:])
+        start_together([slow, plain])
         yield slow, plain
 
 

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 import pytest
-import tritonclient.grpc as grpcclient
+from server_helpers import triton_infer
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest
 from contract.serving_spec import ServingSpec
-from contract.tensors import ENSEMBLE, SCORES_OUTPUT
+from contract.tensors import SCORES_OUTPUT
 from export.parity import torch_per_pair
 from model.astro import AstroModel
 from model.random_inputs import RandomRequest, random_request
@@ -42,18 +42,6 @@ def sample_idx(n: int, rng: np.random.Generator, k: int = 48) -> npt.NDArray[np.
     return np.unique(np.concatenate([[0, n - 1], rng.integers(0, n, size=k)])).astype(np.int64)
 
 
-def raw_infer(url: str, req: RandomRequest) -> npt.NDArray[np.float32]:
-    client = grpcclient.InferenceServerClient(url)
-    inputs = []
-    for name, arr in req.as_dict().items():
-        inp = grpcclient.InferInput(name, list(arr.shape), "INT64")
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
-    result = client.infer(ENSEMBLE, inputs, outputs=[grpcclient.InferRequestedOutput(SCORES_OUTPUT)])
-    out: npt.NDArray[np.float32] = result.as_numpy(SCORES_OUTPUT)
-    return out
-
-
 def users(n: int, seed: int) -> list[tuple[EventHistory, int]]:
     world = SyntheticWorld(WorldSpec(seed=seed))
     rng = np.random.default_rng(seed)
@@ -75,7 +63,7 @@ def test_raw_tritonclient_matches_per_pair(triton: TritonServer, small_model: As
     ]
     for b, tb, n, empty in shapes:
         req = random_request(cfg, rng, b, tb, n, empty)
-        served = raw_infer(triton.grpc_url, req)
+        served = triton_infer(triton.grpc_url, req.as_dict())[SCORES_OUTPUT]
         assert served.shape == (b, n, cfg.n_tasks) and served.dtype == np.float32
         np.testing.assert_allclose(
             served,

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from add_one_model import ADD_ONE_MODEL, write_model
 from processes import stop
+from server_helpers import triton_infer, write_served_repository
 
 from contract.config import AstroConfig
-from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
+from contract.tensors import CacheDType
 from export.onnx_graphs import GraphPaths
-from export.repository import write_repository
 from serve import triton_server
 from serve.__main__ import main as serve_main
 from serve.ports import free_port, free_ports
@@ -75,16 +75,8 @@ def server(add_one_repo: Path, tmp_path: Path, triton_install: TritonInstall) ->
         yield srv
 
 
-def add_one(grpcclient: Any, url: str, x: np.ndarray) -> np.ndarray:
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        result = client.infer("add_one", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
-        out: np.ndarray = result.as_numpy("OUTPUT0")
-        return out
-    finally:
-        client.close()
+def add_one(url: str, x: np.ndarray) -> np.ndarray:
+    return triton_infer(url, {"INPUT0": x}, "add_one")["OUTPUT0"]
 
 
 def test_free_port_is_bindable() -> None:
@@ -150,7 +142,7 @@ def test_serves_add_one_over_grpc_then_stops(server: TritonServer, grpcclient: A
     assert server.grpc_url == f"127.0.0.1:{server.grpc_port}"
 
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-    y = add_one(grpcclient, server.grpc_url, x)
+    y = add_one(server.grpc_url, x)
     assert y.dtype == np.float32 and y.shape == (3, 5)
     np.testing.assert_array_equal(y, x + np.float32(1))
 
@@ -179,13 +171,13 @@ def test_a_server_handed_anothers_ports_never_takes_its_answers_for_its_own(
         late.start(ready_models=["add_one"], timeout_s=60)
         assert late.grpc_port not in taken and late.is_running(), "start() returned on the other server's answers"
         x = np.ones((1, 3), dtype=np.float32)
-        np.testing.assert_array_equal(add_one(grpcclient, late.grpc_url, x), x + 1)
+        np.testing.assert_array_equal(add_one(late.grpc_url, x), x + 1)
 
 
 @pytest.mark.server
 def test_kill_makes_server_unavailable(server: TritonServer, grpcclient: Any) -> None:
     x = np.zeros((1, 2), dtype=np.float32)
-    np.testing.assert_array_equal(add_one(grpcclient, server.grpc_url, x), x + 1)
+    np.testing.assert_array_equal(add_one(server.grpc_url, x), x + 1)
     pid = server.pid
     assert pid is not None
 
@@ -264,7 +256,7 @@ def test_cli_serves_until_sigterm(add_one_repo: Path, grpcclient: Any) -> None:
                 grpc_url = line.split()[-1]
         assert grpc_url is not None, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
         x = np.arange(4, dtype=np.float32).reshape(1, 4)
-        np.testing.assert_array_equal(add_one(grpcclient, grpc_url, x), x + 1)
+        np.testing.assert_array_equal(add_one(grpc_url, x), x + 1)
 
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -278,9 +270,7 @@ def test_cli_refuses_a_repository_for_another_backend(
     tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`make serve` on a repository exported for the NGC container says so instead of failing inside Triton."""
-    paths = tiny_graphs("fp32")
-    files = {USER_ENCODER: paths.user_encoder, ITEM_SCORER: paths.item_scorer}
-    write_repository(tmp_path, AstroConfig.from_name("tiny"), "onnxruntime", files, "fp32", progress=lambda _: None)
+    write_served_repository(tmp_path, AstroConfig.from_name("tiny"), tiny_graphs("fp32"), "onnxruntime")
     assert serve_main(["--repository", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "user_encoder (onnxruntime_onnx)" in err and "--target python" in err
