@@ -42,7 +42,7 @@ import tritonclient.grpc as grpcclient
 
 from bench.sessions import SessionModel, Trace, make_trace
 from client import AstroClient, ServerError
-from client.astro_client import LbPolicy
+from client.flows import LbPolicy
 from client.routing import DEFAULT_LOAD_FACTOR
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, USER_ENCODER

@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from client.astro_client import DEFAULT_URL, AstroClient, ServerError
+from client.astro_client import AstroClient
+from client.errors import ServerError
+from client.flows import DEFAULT_URL
 from client.request_lines import read_request_lines
 from client.validation import RequestError, ScoreRequest
 from contract.blocks import EventHistory

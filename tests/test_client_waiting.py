@@ -28,8 +28,8 @@ from client import (
     RetryPolicy,
     ServerUnavailableError,
 )
-from client.astro_client import PROBE_TIMEOUT_S
 from client.channel import channel_args
+from client.flows import PROBE_TIMEOUT_S
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ from triton_stats import cache_counts, delta
 from tritonclient._request import Request
 
 from client.__main__ import main as client_main
-from client.astro_client import AstroClient, HeaderPlugin
+from client.astro_client import AstroClient
+from client.channel import HeaderPlugin
 from client.tracing import SAMPLED, TRACEPARENT, CallTracer, TraceParent, TraceParentError
 from contract.blocks import EventHistory
 from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
