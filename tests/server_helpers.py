@@ -1,5 +1,5 @@
 """Helpers of the tests that run the real server: one raw ``tritonclient`` inference (no project client in
-between), graphs written as a served model repository, and servers started side by side.
+between), a model's statistics, graphs written as a served model repository, and servers started side by side.
 
 A sibling module of the tests (``tests/`` is not a package): ``from server_helpers import triton_infer``.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,17 @@ def triton_infer(
             inputs.append(tensor)
         result = client.infer(model, inputs)
         return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+    finally:
+        client.close()
+
+
+def model_statistics(url: str, model: str) -> dict[str, Any]:
+    """Triton's inference statistics of ``model`` at ``url`` so far, as JSON (``execution_count``,
+    ``inference_stats.success/fail/queue/...``)."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats: dict[str, Any] = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return stats
     finally:
         client.close()
 

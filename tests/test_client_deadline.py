@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
-from server_helpers import start_together, write_served_repository
+from server_helpers import model_statistics, start_together, write_served_repository
 from triton_stats import poll
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -89,24 +88,14 @@ def user(seed: int) -> ScoreRequest:
 
 def encoder_stats(server: TritonServer) -> tuple[int, int]:
     """``user_encoder``'s (executions, failed requests) so far."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        stats = client.get_inference_statistics(USER_ENCODER, as_json=True)["model_stats"][0]
-    finally:
-        client.close()
+    stats = model_statistics(server.grpc_url, USER_ENCODER)
     return int(stats.get("execution_count", 0)), int(stats["inference_stats"].get("fail", {}).get("count", 0))
 
 
 def ensemble_stats(server: TritonServer) -> tuple[int, int]:
     """The ensemble's (requests answered, requests failed) so far."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        stats = client.get_inference_statistics(ENSEMBLE, as_json=True)["model_stats"][0]
-    finally:
-        client.close()
-    return int(stats["inference_stats"].get("success", {}).get("count", 0)), int(
-        stats["inference_stats"].get("fail", {}).get("count", 0)
-    )
+    counts = model_statistics(server.grpc_url, ENSEMBLE)["inference_stats"]
+    return int(counts.get("success", {}).get("count", 0)), int(counts.get("fail", {}).get("count", 0))
 
 
 def pending(server: TritonServer) -> int:
