@@ -267,6 +267,7 @@ def test_every_call_carries_its_route_key_and_what_is_left_of_the_deadline(stub_
     keys = [m[ROUTE_KEY_HEADER] for method, m in stub.calls if method == "ModelInfer"]
     assert len(keys) == 4 and keys[:3] == [route_key(stub.inputs[0])] * 3 and keys[3] == user_route_key("u-7")
     for timeout_us, left_s in stub.deadlines[:3]:
-        assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 20_000_000 and left_s <= 20.0
+        # gRPC core's grpc-timeout encoding "may round up" (timeout_encoding.h): the server may see a little more
+        assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 20_000_000 and left_s <= 20.5
         assert abs(timeout_us / 1e6 - left_s) < 0.5, (timeout_us, left_s)  # both: the score's remaining deadline
     assert stub.deadlines[3][0] is not None and 20e6 < stub.deadlines[3][0] <= 30e6  # the default, timeout_s
