@@ -157,12 +157,14 @@ def naming_problems(
 
 
 def describe(e: ValidationError) -> str:
-    """One line for every problem pydantic found, each naming its field."""
+    """One line for every problem pydantic found, each naming its field and the value it got."""
     parts = []
     for err in e.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
+        value = err.get("input")
+        got = f" (got {value!r})" if where and isinstance(value, str | int | float) and err["type"] != "missing" else ""
+        parts.append(f"{where}: {msg}{got}" if where else msg)
     return "; ".join(parts)
 
 
