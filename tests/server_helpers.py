@@ -6,8 +6,8 @@ A sibling module of the tests (``tests/`` is not a package): ``from server_helpe
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +74,8 @@ def export_repository(model: AstroModel, root: Path) -> tuple[GraphPaths, Path]:
 
 def start_together(servers: Sequence[TritonServer], timeout_s: float = 180) -> None:
     """Start ``servers`` side by side (each loads its models while the others load theirs) until each serves the
-    ensemble; the first failure is raised here, in the caller's thread."""
-    errors: list[BaseException] = []
-
-    def start(server: TritonServer) -> None:
-        try:
-            server.start(ready_models=[ENSEMBLE], timeout_s=timeout_s)
-        except BaseException as e:  # re-raised below, in the caller's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    ensemble; the first failure is raised here, in the caller's thread, once every start has ended."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        started = [pool.submit(s.start, ready_models=[ENSEMBLE], timeout_s=timeout_s) for s in servers]
+    for future in started:
+        future.result()
