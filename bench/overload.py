@@ -45,9 +45,9 @@ from bench.variants import unbounded
 from bench.workload import make_request
 from contract.admission import QUEUE_WAIT_MS, SERVICE_MS
 from contract.config import AstroConfig
+from contract.model_config import read_model_config
 from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, USER_ENCODER
-from export.repository_check import load_config
 from serve.triton_server import TritonServer
 
 BEFORE, AFTER = "before: unbounded queues", "after: bounded queues (as exported)"
@@ -343,7 +343,7 @@ def run_overload(repository: Path, cfg: AstroConfig, s: Settings, work: Path, sa
     requests = [make_request(cfg, s.seed + i, 1, s.block_len, s.candidates) for i in range(s.requests)]
     cap, after = run_variant(repository, AFTER, None, requests, s, say)
     cap_before, before = run_variant(unbounded(repository, work / "repo-unbounded"), BEFORE, cap.rps, requests, s, say)
-    configs = {g: load_config(repository / g / "config.pbtxt") for g in GRAPHS}
+    configs = {g: read_model_config(repository / g / "config.pbtxt") for g in GRAPHS}
     bounds = {
         g: QueueBound(
             c.dynamic_batching.default_queue_policy.max_queue_size,

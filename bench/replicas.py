@@ -42,7 +42,7 @@ from bench.served import server_counters
 from bench.sessions import SessionModel, Trace, make_trace
 from bench.timing import Stats, in_threads
 from client import AstroClient, ServerError
-from client.astro_client import LbPolicy
+from client.flows import LbPolicy
 from client.routing import DEFAULT_LOAD_FACTOR
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, USER_ENCODER

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contract.model_config import read_model_config
 from contract.tensors import GRAPHS, ITEM_SCORER, USER_ENCODER
 from export.repository import write_config
-from export.repository_check import load_config
 
 AS_EXPORTED = "as exported: item_scorer on 2 instances, user_encoder on 1 taking one request per execution"
 SCORER1 = "before: item_scorer on 1 instance"
@@ -38,7 +38,7 @@ def export_python(checkpoint: Path, work: Path, cache_dtype: str = "fp32", threa
 def _copy(repository: Path, out: Path, graphs: tuple[str, ...], change: Callable[[mc.ModelConfig], None]) -> Path:
     shutil.copytree(repository, out, dirs_exist_ok=True)
     for graph in graphs:
-        config = load_config(out / graph / "config.pbtxt")
+        config = read_model_config(out / graph / "config.pbtxt")
         change(config)
         write_config(out / graph / "config.pbtxt", config)
     return out

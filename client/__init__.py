@@ -16,12 +16,14 @@ Behaviour and scenario ids index the vocabularies the server publishes (``c.get_
 events with item id 0 are refused unless :class:`Allow` lets them through.
 """
 
-from client.astro_client import LB_POLICIES, AstroClient, AsyncAstroClient, call_key, spec_from_model_config
+from client.astro_client import AstroClient, AsyncAstroClient
 from client.channel import RetryPolicy, grpc_target
 from client.errors import ServerError, ServerOverloadedError, ServerUnavailableError, is_model_loading
+from client.flows import LB_POLICIES, call_key
 from client.planning import ChunkRow, assemble_scores, build_call_inputs, encoder_inputs, plan_calls, split_evenly
 from client.routing import Router, route_key, user_route_key
 from client.validation import Allow, RequestError, ScoreRequest, request_from_json, validate_inputs, validate_request
+from client.wire import spec_from_model_config
 from contract.blocks import EventHistory
 from contract.routing import ROUTE_KEY_HEADER
 from contract.serving_spec import ServingSpec

@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from client.astro_client import DEFAULT_URL, LB_POLICIES, AstroClient
+from client.astro_client import AstroClient
 from client.errors import ServerError
+from client.flows import DEFAULT_URL, LB_POLICIES
 from client.request_lines import is_json_lines, read_request_lines
 from client.routing import DEFAULT_LOAD_FACTOR
 from client.served_provenance import served_provenance

@@ -1,6 +1,6 @@
 """What export the server runs, as its ensemble publishes it: checkpoint hash, export time, toolchain, container.
 
-``python -m export`` writes these into the ensemble's ``parameters`` (``contract/served_provenance.py``);
+``python -m export`` writes these into the ensemble's ``parameters`` (``contract/provenance.py``);
 ``client health`` prints them beside the served spec, so an operator sees which weights answer.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from contract.served_provenance import PROVENANCE_PARAMETERS
+from contract.provenance import PROVENANCE_PARAMETERS
 
 
 def served_provenance(

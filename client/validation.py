@@ -9,8 +9,9 @@ entry point; this module applies them to the client's request types:
 - :func:`validate_request`: one user's :class:`ScoreRequest`, normalised to int64 arrays, with
   the plausibility checks of :class:`~contract.validation.Allow` (the vocabularies once the
   served spec is known). No server limit applies: the client splits long lists and batches;
-- :func:`validate_inputs`: the raw ensemble tensors of one Triton call against the served limits;
-- :func:`check_spec`: a served spec the client can build requests for.
+- :func:`check_served`: the served vocabularies, once the server's spec is known;
+- :func:`validate_inputs`: the raw ensemble tensors of one Triton call against the served limits
+  (``infer_arrays(..., validate=True)``; a scored request's tensors are built from checked values).
 
 Every error is a :class:`RequestError` (a ``ValueError``) naming the field, the value and the limit.
 numpy only: the client must install without torch.
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.blocks import EventHistory
-from contract.config import unknown_block_behaviors
-from contract.serving_spec import ServingSpec
 from contract.validation import (
     CONTRACT_INPUTS,
     HISTORY_FIELDS,
@@ -51,7 +50,6 @@ __all__ = [
     "Allow",
     "RequestError",
     "ScoreRequest",
-    "check_spec",
     "request_from_json",
     "validate_inputs",
     "validate_request",
@@ -163,25 +161,3 @@ def request_from_json(obj: Any, field: str = "") -> ScoreRequest:
         as_int(_join(field, "timestamp"), obj["timestamp"]),
         check_user_id(_join(field, "user_id"), obj.get("user_id")),
     )
-
-
-def check_spec(spec: ServingSpec) -> None:
-    """A served spec the client can build requests for (blocks fit ``max_block_len``, limits >= 1,
-    vocabularies that name every block's behaviours)."""
-    longest = max((b.max_len for b in spec.blocks), default=0)
-    problems = []
-    if not spec.blocks:
-        problems.append("no blocks")
-    if longest > spec.max_block_len:
-        problems.append(f"a block keeps {longest} events but max_block_len={spec.max_block_len}")
-    if spec.max_batch_size < 1 or spec.max_candidates < 1:
-        problems.append(f"max_batch_size={spec.max_batch_size}, max_candidates={spec.max_candidates} must be >= 1")
-    if not spec.task_names or not all(spec.task_names):
-        problems.append(f"task_names={list(spec.task_names)} must be non-empty names")
-    for name in ("behaviors", "scenarios"):
-        vocab = getattr(spec, name)
-        if not vocab or not all(vocab) or len(set(vocab)) != len(vocab):
-            problems.append(f"{name}={list(vocab)} must be distinct non-empty names")
-    problems += unknown_block_behaviors(spec.blocks, spec.behaviors)
-    if problems:
-        raise ValueError("inconsistent serving spec: " + "; ".join(problems))

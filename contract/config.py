@@ -71,18 +71,7 @@ class AstroConfig(_Frozen):
         problems = []
         if self.d_model % self.n_heads:
             problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if not self.tasks:
-            problems.append("tasks is empty: name at least one task")
-        if not self.blocks:
-            problems.append("blocks is empty: at least one block is required")
-        for field in ("tasks", "behaviors", "scenarios"):
-            names = getattr(self, field)
-            if len(set(names)) != len(names):
-                problems.append(f"{field}={list(names)} repeats a name")
-        names = [b.name for b in self.blocks]
-        if len(set(names)) != len(names):
-            problems.append(f"block names {names} repeat a name")
-        problems += unknown_block_behaviors(self.blocks, self.behaviors)
+        problems += naming_problems(self.tasks, self.behaviors, self.scenarios, self.blocks)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -144,9 +133,22 @@ class AstroConfig(_Frozen):
         return PRESETS[name]
 
 
-def unknown_block_behaviors(blocks: tuple[BlockSpec, ...], behaviors: tuple[str, ...]) -> list[str]:
-    """One problem per block that keeps a behaviour the vocabulary lacks (a config's or a served spec's)."""
+def naming_problems(
+    tasks: tuple[str, ...], behaviors: tuple[str, ...], scenarios: tuple[str, ...], blocks: tuple[BlockSpec, ...]
+) -> list[str]:
+    """The rules a config and the spec it publishes (``contract/serving_spec.py``) both hold: at least one task
+    and one block, no name twice in a vocabulary or among the blocks, every block's behaviours in ``behaviors``."""
     problems = []
+    if not tasks:
+        problems.append("tasks is empty: name at least one task")
+    if not blocks:
+        problems.append("blocks is empty: at least one block is required")
+    for field, names in (("tasks", tasks), ("behaviors", behaviors), ("scenarios", scenarios)):
+        if len(set(names)) != len(names):
+            problems.append(f"{field}={list(names)} repeats a name")
+    block_names = [b.name for b in blocks]
+    if len(set(block_names)) != len(block_names):
+        problems.append(f"block names {block_names} repeat a name")
     for b in blocks:
         unknown = sorted(set(b.behaviors) - set(behaviors))
         if unknown:
@@ -155,12 +157,14 @@ def unknown_block_behaviors(blocks: tuple[BlockSpec, ...], behaviors: tuple[str,
 
 
 def describe(e: ValidationError) -> str:
-    """One line for every problem pydantic found, each naming its field."""
+    """One line for every problem pydantic found, each naming its field and the value it got."""
     parts = []
     for err in e.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
+        value = err.get("input")
+        got = f" (got {value!r})" if where and isinstance(value, str | int | float) and err["type"] != "missing" else ""
+        parts.append(f"{where}: {msg}{got}" if where else msg)
     return "; ".join(parts)
 
 

@@ -5,32 +5,44 @@ The model-repository generator writes :func:`ServingSpec.to_parameters` into the
 served config with :meth:`ServingSpec.from_parameters`. One module for both sides,
 so the two cannot drift. The vocabularies travel with the spec: the client cuts a
 history into blocks by the behaviour names the *server* publishes.
+
+A spec is validated when it is built, by the config's own rules (``contract/config.py``: its field types
+and :func:`~contract.config.naming_problems`) and the one a spec adds: ``max_block_len`` holds the longest
+block. A spec read from a server that breaks them raises ``ValueError`` naming every problem.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
-from contract.config import AstroConfig, BlockSpec, describe
+from contract.config import AstroConfig, BlockSpec, Name, PositiveInt, describe, naming_problems
 
 _BLOCKS = TypeAdapter(tuple[BlockSpec, ...])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(strict=True))
 class ServingSpec:
     """Limits, vocabularies and block layout of a served model, as published in the ensemble's parameters."""
 
-    max_batch_size: int
-    max_candidates: int
-    max_block_len: int
-    task_names: tuple[str, ...]
+    max_batch_size: PositiveInt
+    max_candidates: PositiveInt
+    max_block_len: PositiveInt
+    task_names: tuple[Name, ...]
     blocks: tuple[BlockSpec, ...]
-    behaviors: tuple[str, ...]  # id i of an event's behaviour is behaviors[i]
-    scenarios: tuple[str, ...]  # id i of a scenario is scenarios[i]
+    behaviors: tuple[Name, ...]  # id i of an event's behaviour is behaviors[i]
+    scenarios: tuple[Name, ...]  # id i of a scenario is scenarios[i]
     preset: str = ""
+
+    def __post_init__(self) -> None:
+        problems = naming_problems(self.task_names, self.behaviors, self.scenarios, self.blocks)
+        longest = max((b.max_len for b in self.blocks), default=0)
+        if longest > self.max_block_len:
+            problems.append(f"a block keeps {longest} events but max_block_len={self.max_block_len}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def n_tasks(self) -> int:
@@ -93,16 +105,19 @@ class ServingSpec:
             blocks = _BLOCKS.validate_json(params["blocks_json"])
         except ValidationError as e:
             raise ValueError(f"served parameter blocks_json is malformed: {describe(e)}") from None
-        return cls(
-            max_batch_size=int(params["max_batch_size"]),
-            max_candidates=int(params["max_candidates"]),
-            max_block_len=int(params["max_block_len"]),
-            task_names=tuple(params["task_names"].split(",")),
-            blocks=blocks,
-            behaviors=tuple(params["behaviors"].split(",")),
-            scenarios=tuple(params["scenarios"].split(",")),
-            preset=params.get("preset", ""),
-        )
+        try:
+            return cls(
+                max_batch_size=int(params["max_batch_size"]),
+                max_candidates=int(params["max_candidates"]),
+                max_block_len=int(params["max_block_len"]),
+                task_names=tuple(params["task_names"].split(",")),
+                blocks=blocks,
+                behaviors=tuple(params["behaviors"].split(",")),
+                scenarios=tuple(params["scenarios"].split(",")),
+                preset=params.get("preset", ""),
+            )
+        except ValidationError as e:
+            raise ValueError(f"inconsistent serving spec: {describe(e)}") from None
 
     def to_json(self) -> str:
         """For ``client health``: what is served, in one document."""

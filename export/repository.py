@@ -167,7 +167,7 @@ def ensemble_config(
         for t in g_out:
             step.output_map[t.name] = t.name
     # identical across targets: what a target changes lives in the composing models' configs; ``provenance``
-    # (export/provenance.py: checkpoint hash, export time, toolchain, target container) says which export it is
+    # (contract/provenance.py: checkpoint hash, export time, toolchain, target container) says which export it is
     params = {**ServingSpec.from_config(cfg).to_parameters(), "cache_dtype": cache_dtype, **(provenance or {})}
     for k, v in params.items():
         c.parameters[k].string_value = v

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contract.model_config import ModelConfigError, read_model_config
 from contract.tensors import ENSEMBLE
 from export.tensorrt_metadata import EngineMetadata, metadata_path
 from export.tensorrt_versions import TritonRelease, plan_problem
@@ -20,13 +20,6 @@ from export.tensorrt_versions import TritonRelease, plan_problem
 
 class RepositoryError(ValueError):
     """The repository would not load, or would load and serve the wrong wiring."""
-
-
-def load_config(path: Path) -> mc.ModelConfig:
-    try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
-    except text_format.ParseError as e:
-        raise RepositoryError(f"{path}: not a valid Triton ModelConfig: {e}") from e
 
 
 def _missing_files(model_dir: Path, c: mc.ModelConfig) -> list[str]:
@@ -76,7 +69,10 @@ def check_repository(root: Path, container: TritonRelease | None = None) -> dict
 
     ``container``: the NGC Triton release the repository will be served in; every TensorRT plan
     must come from the TensorRT it ships (``model.plan.json`` is read either way)."""
-    configs = {p.parent.name: load_config(p) for p in sorted(root.glob("*/config.pbtxt"))}
+    try:
+        configs = {p.parent.name: read_model_config(p) for p in sorted(root.glob("*/config.pbtxt"))}
+    except ModelConfigError as e:
+        raise RepositoryError(str(e)) from e
     errors: list[str] = []
     for name, c in configs.items():
         if c.name != name:

@@ -37,15 +37,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from client.astro_client import DEFAULT_URL, AstroClient, ServerError
+from client.astro_client import AstroClient
+from client.errors import ServerError
+from client.flows import DEFAULT_URL
 from client.request_lines import read_request_lines
 from client.validation import RequestError, ScoreRequest
 from contract.config import AstroConfig
 from contract.program import program_name
+from contract.provenance import checkpoint_digest
 from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE
 from export.parity import TOLERANCES, Tolerance, torch_per_pair
-from export.provenance import checkpoint_digest, display_path
+from export.provenance import display_path
 from export.ranking import TOP_K, compare_topk
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint

@@ -22,25 +22,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.model_config import read_model_config
 from contract.program import program_name
+from contract.provenance import ProvenanceError, read_provenance, stale_reason
 from contract.tensors import USER_ENCODER
-from export.provenance import ProvenanceError, read_provenance, stale_reason
-from export.repository_check import load_config
 from serve.response_cache import DEFAULT_USERS, cache_sizing
-from serve.triton_server import (
+from serve.server_errors import PortInUseError, TritonNotFoundError, TritonServerError
+from serve.server_options import (
     DEFAULT_TRACE_COLLECTOR,
     DEFAULT_TRACE_RATE,
     MODEL_CONTROL_MODES,
     TRACE_MODES,
     GrpcTls,
-    PortInUseError,
     Restriction,
     Tracing,
-    TritonNotFoundError,
-    TritonServer,
-    TritonServerError,
-    iter_models,
 )
+from serve.triton_server import TritonServer, iter_models
 
 DEFAULT_WAIT_MODEL = "astro"
 # GNU make waits for its recipe on these and passes none of them on (it does pass SIGTERM)
@@ -234,7 +231,7 @@ def admission_line(repository: Path, models: Sequence[str]) -> str:
     parts = []
     for model in models:
         path = repository / model / "config.pbtxt"
-        config = load_config(path) if path.is_file() else None
+        config = read_model_config(path) if path.is_file() else None
         if config is None or config.platform == "ensemble" or not config.HasField("dynamic_batching"):
             continue
         policy = config.dynamic_batching.default_queue_policy
@@ -253,7 +250,7 @@ def admission_line(repository: Path, models: Sequence[str]) -> str:
 def not_servable_here(repository: Path, models: Sequence[str]) -> list[str]:
     """Models of the repository that need another backend than Python (tensorrt_plan, onnxruntime_onnx)."""
     paths = {m: repository / m / "config.pbtxt" for m in models}
-    configs = {m: load_config(p) for m, p in paths.items() if p.is_file()}
+    configs = {m: read_model_config(p) for m, p in paths.items() if p.is_file()}
     return [f"{m} ({c.platform})" for m, c in configs.items() if c.platform not in ("", "ensemble")]
 
 

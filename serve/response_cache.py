@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contract.model_config import read_model_config
 from contract.tensors import ENSEMBLE, USER_ENCODER
-from export.repository_check import load_config
 
 DEFAULT_USERS = 10_000
 _ITEMSIZE = {"TYPE_FP32": 4, "TYPE_FP16": 2, "TYPE_BF16": 2, "TYPE_BOOL": 1, "TYPE_INT64": 8}
@@ -53,12 +53,14 @@ def cache_sizing(repository: Path, users: int = DEFAULT_USERS) -> CacheSizing:
     """The cache size that holds ``users`` users' encoder responses at the longest history ``repository`` takes."""
     if users < 1:
         raise ValueError(f"users must be >= 1, got {users}")
-    params = {k: v.string_value for k, v in load_config(repository / ENSEMBLE / "config.pbtxt").parameters.items()}
+    params = {
+        k: v.string_value for k, v in read_model_config(repository / ENSEMBLE / "config.pbtxt").parameters.items()
+    }
     try:
         s_max = int(params["n_blocks"]) * int(params["max_block_len"])
     except (KeyError, ValueError) as e:
         raise ValueError(f"{repository / ENSEMBLE}: no usable n_blocks/max_block_len parameters ({e})") from e
-    encoder = load_config(repository / USER_ENCODER / "config.pbtxt")
+    encoder = read_model_config(repository / USER_ENCODER / "config.pbtxt")
     tensors = {}
     for out in encoder.output:
         dtype = mc.DataType.Name(out.data_type)

@@ -18,7 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from client import AstroClient, EventHistory, ServerError
 from contract.tensors import ENSEMBLE
-from serve.triton_server import GrpcTls, Restriction, TritonServer
+from serve.server_options import GrpcTls, Restriction
+from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
 HISTORY = EventHistory.from_lists([11, 12, 13], [0, 1, 0], [0, 0, 2], [1_699_990_000, 1_699_995_000, 1_699_999_000])

@@ -12,33 +12,21 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
+from server_helpers import triton_infer
 
 from client import AstroClient, EventHistory, RequestError
 from contract.config import AstroConfig
-from contract.tensors import ENSEMBLE, ITEM_SCORER, SCORES_OUTPUT
+from contract.request_batch import RequestBatch
+from contract.tensors import ITEM_SCORER, SCORES_OUTPUT
 from export.parity import torch_per_pair
 from model.astro import AstroModel
-from model.random_inputs import RandomRequest, random_request
+from model.random_inputs import random_request
 from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
 Arrays = dict[str, npt.NDArray[np.generic]]
 CFG = AstroConfig.from_name("small")
 BASE: Arrays = dict(random_request(CFG, np.random.default_rng(0), 2, 5, 4).as_dict())
-
-
-def send(url: str, arrays: Arrays, model: str = ENSEMBLE, dtypes: dict[str, str] | None = None) -> Arrays:
-    client = grpcclient.InferenceServerClient(url)
-    inputs = []
-    for name, arr in arrays.items():
-        dtype = (dtypes or {}).get(
-            name, "BOOL" if arr.dtype == np.bool_ else "FP32" if arr.dtype == np.float32 else "INT64"
-        )
-        inp = grpcclient.InferInput(name, list(arr.shape), dtype)
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
-    result = client.infer(model, inputs)
-    return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
 
 
 def edit(**changes: Callable[[npt.NDArray[np.generic]], npt.NDArray[np.generic]]) -> Arrays:
@@ -71,7 +59,7 @@ BAD: list[tuple[str, Arrays, dict[str, str], tuple[str, ...]]] = [
 
 @pytest.fixture(scope="module")
 def good_scores(triton: TritonServer) -> npt.NDArray[np.generic]:
-    return send(triton.grpc_url, BASE)[SCORES_OUTPUT]
+    return triton_infer(triton.grpc_url, BASE)[SCORES_OUTPUT]
 
 
 @pytest.mark.parametrize(("case", "arrays", "dtypes", "fragments"), BAD, ids=[b[0] for b in BAD])
@@ -84,12 +72,12 @@ def test_bad_request_is_rejected_and_server_keeps_serving(
     fragments: tuple[str, ...],
 ) -> None:
     with pytest.raises(grpcclient.InferenceServerException) as info:
-        send(triton.grpc_url, arrays, dtypes=dtypes)
+        triton_infer(triton.grpc_url, arrays, dtypes=dtypes)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT", (case, info.value)
     for fragment in fragments:
         assert fragment in info.value.message(), (case, fragment, info.value.message())
     assert triton.is_running()
-    np.testing.assert_array_equal(send(triton.grpc_url, BASE)[SCORES_OUTPUT], good_scores)
+    np.testing.assert_array_equal(triton_infer(triton.grpc_url, BASE)[SCORES_OUTPUT], good_scores)
 
 
 def scorer_arrays(block_len: int, user_tokens: int) -> Arrays:
@@ -111,7 +99,7 @@ def test_composing_model_called_directly_with_inconsistent_cache(triton: TritonS
     arrays = scorer_arrays(2, 2 * CFG.n_blocks)
     arrays["user_mask"] = np.ones((1, 2 * CFG.n_blocks + 1), np.bool_)
     with pytest.raises(grpcclient.InferenceServerException, match=r"user_mask.*has user tokens S = Nb\*Tb = 7"):
-        send(triton.grpc_url, arrays, model=ITEM_SCORER)
+        triton_infer(triton.grpc_url, arrays, model=ITEM_SCORER)
 
 
 def planted(name: str, index: tuple[int, ...], value: float) -> Arrays:
@@ -141,14 +129,14 @@ def test_composing_model_called_directly_refuses_inconsistent_or_non_finite_cach
     """item_scorer is reachable on its own: a cache whose token axis is not Nb*Tb of hist_timestamps (ONNX
     Runtime would fail with an INTERNAL error) or holding NaN/Inf (NaN scores) is refused, naming the tensor."""
     assert np.isfinite(
-        send(triton.grpc_url, scorer_arrays(2, 2 * CFG.n_blocks), model=ITEM_SCORER)[SCORES_OUTPUT]
+        triton_infer(triton.grpc_url, scorer_arrays(2, 2 * CFG.n_blocks), model=ITEM_SCORER)[SCORES_OUTPUT]
     ).all()
     with pytest.raises(grpcclient.InferenceServerException) as info:
-        send(triton.grpc_url, arrays, model=ITEM_SCORER)
+        triton_infer(triton.grpc_url, arrays, model=ITEM_SCORER)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT", (case, info.value)
     for fragment in fragments:
         assert fragment in info.value.message(), (case, fragment, info.value.message())
-    np.testing.assert_array_equal(send(triton.grpc_url, BASE)[SCORES_OUTPUT], good_scores)
+    np.testing.assert_array_equal(triton_infer(triton.grpc_url, BASE)[SCORES_OUTPUT], good_scores)
 
 
 ODD: list[tuple[str, Arrays]] = [
@@ -166,8 +154,8 @@ ODD: list[tuple[str, Arrays]] = [
 def test_odd_but_legal_values_score_like_pytorch(
     triton: TritonServer, small_model: AstroModel, case: str, arrays: Arrays
 ) -> None:
-    served = send(triton.grpc_url, arrays)[SCORES_OUTPUT]
-    ref = torch_per_pair(small_model, RandomRequest(**arrays))
+    served = triton_infer(triton.grpc_url, arrays)[SCORES_OUTPUT]
+    ref = torch_per_pair(small_model, RequestBatch(**arrays))
     assert np.isfinite(served).all() and ((served > 0) & (served < 1)).all(), case
     np.testing.assert_allclose(served, ref, atol=1e-5, rtol=0, err_msg=case)
 

@@ -21,15 +21,14 @@ import numpy.typing as npt
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from server_helpers import export_repository
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest, split_evenly
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
-from export.onnx_graphs import export_graphs
 from export.parity import OrtPipeline, torch_per_pair
-from export.repository import write_repository
 from model.astro import AstroModel
-from model.random_inputs import RandomRequest
 from serve.response_cache import cache_sizing
 from serve.triton_server import TritonServer
 
@@ -62,10 +61,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     torch.manual_seed(7)
     model = AstroModel(cfg).eval()
     root = tmp_path_factory.mktemp("chunks-cache")
-    graphs = export_graphs(model, root / "onnx", "fp32", progress=lambda _: None)
-    files = {USER_ENCODER: graphs.user_encoder, ITEM_SCORER: graphs.item_scorer}
-    write_repository(root / "repo", cfg, "python", files, "fp32", progress=lambda _: None)
-    with TritonServer(root / "repo", cache_size=cache_sizing(root / "repo", 64).size) as server:
+    graphs, repo = export_repository(model, root)
+    with TritonServer(repo, cache_size=cache_sizing(repo, 64).size) as server:
         server.start(ready_models=[ENSEMBLE], timeout_s=180)
         stats = grpcclient.InferenceServerClient(server.grpc_url)
         yield Served(model, OrtPipeline(graphs), server, stats)
@@ -89,7 +86,7 @@ def request(seed: int, n: int = CHUNKED, history: EventHistory | None = None, sc
 
 def check_scores(served: Served, r: ScoreRequest, got: F32) -> None:
     """Equal to the un-chunked request through the same graphs in process, and to PyTorch per-pair."""
-    whole = RandomRequest.from_history(r.history, r.candidates, r.scenario, r.timestamp, served.model.cfg)
+    whole = RequestBatch.from_history(r.history, r.candidates, r.scenario, r.timestamp, served.model.cfg)
     assert got.shape == (len(r.candidates), served.model.cfg.n_tasks) and got.dtype == np.float32
     np.testing.assert_allclose(got, served.ort(whole)[0], atol=ORT_ATOL, rtol=0)
     np.testing.assert_allclose(got, torch_per_pair(served.model, whole)[0], atol=FP32_ATOL, rtol=0)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
+from server_helpers import model_statistics, start_together, write_served_repository
 from triton_stats import poll
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -34,9 +34,8 @@ from client.planning import build_call_inputs, plan_calls
 from client.routing import ranking
 from contract.config import AstroConfig
 from contract.serving_spec import ServingSpec
-from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
+from contract.tensors import ENSEMBLE, USER_ENCODER
 from export.onnx_graphs import GraphPaths
-from export.repository import write_repository
 from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
@@ -68,21 +67,13 @@ def servers(
     tiny_graphs: Callable[[str], GraphPaths], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TritonServer, TritonServer]]:
     """(slow, plain), started side by side."""
-    graphs = tiny_graphs("fp32")
-    files = {USER_ENCODER: graphs.user_encoder, ITEM_SCORER: graphs.item_scorer}
     root = tmp_path_factory.mktemp("deadline")
     for name in ("slow", "plain"):
-        write_repository(root / name, CFG, "python", files, "fp32", progress=lambda _: None)
+        write_served_repository(root / name, CFG, tiny_graphs("fp32"))
     hold_and_bound(root / "slow" / USER_ENCODER / "config.pbtxt")
     slow, plain = TritonServer(root / "slow"), TritonServer(root / "plain")
     with slow, plain:
-        started = [threading.Thread(target=s.start, kwargs={"ready_models": [ENSEMBLE], "timeout_s": 180}) for s in
-                   (slow, plain)]  # fmt: skip
-        for t in started:
-            t.start()
-        for t in started:
-            t.join()
-        assert slow.is_running() and plain.is_running(), (slow.log_text()[-2000:], plain.log_text()[-2000:])
+        start_together([slow, plain])
         yield slow, plain
 
 
@@ -97,24 +88,14 @@ def user(seed: int) -> ScoreRequest:
 
 def encoder_stats(server: TritonServer) -> tuple[int, int]:
     """``user_encoder``'s (executions, failed requests) so far."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        stats = client.get_inference_statistics(USER_ENCODER, as_json=True)["model_stats"][0]
-    finally:
-        client.close()
+    stats = model_statistics(server.grpc_url, USER_ENCODER)
     return int(stats.get("execution_count", 0)), int(stats["inference_stats"].get("fail", {}).get("count", 0))
 
 
 def ensemble_stats(server: TritonServer) -> tuple[int, int]:
     """The ensemble's (requests answered, requests failed) so far."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        stats = client.get_inference_statistics(ENSEMBLE, as_json=True)["model_stats"][0]
-    finally:
-        client.close()
-    return int(stats["inference_stats"].get("success", {}).get("count", 0)), int(
-        stats["inference_stats"].get("fail", {}).get("count", 0)
-    )
+    counts = model_statistics(server.grpc_url, ENSEMBLE)["inference_stats"]
+    return int(counts.get("success", {}).get("count", 0)), int(counts.get("fail", {}).get("count", 0))
 
 
 def pending(server: TritonServer) -> int:

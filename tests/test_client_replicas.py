@@ -26,18 +26,17 @@ import numpy.typing as npt
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from server_helpers import export_repository, start_together
 from triton_stats import cache_counts, delta, poll
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest, build_call_inputs, call_key, plan_calls
 from client.routing import ranking
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.serving_spec import ServingSpec
-from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
-from export.onnx_graphs import export_graphs
+from contract.tensors import ENSEMBLE
 from export.parity import torch_per_pair
-from export.repository import write_repository
 from model.astro import AstroModel
-from model.random_inputs import RandomRequest
 from serve.response_cache import cache_sizing
 from serve.triton_server import TritonServer
 
@@ -58,10 +57,7 @@ def reordered_model() -> AstroModel:
 def reordered_repo(reordered_model: AstroModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reordered model exported as the ``python`` target, as ``python -m export`` would."""
     root = tmp_path_factory.mktemp("reordered")
-    graphs = export_graphs(reordered_model, root / "onnx", "fp32", progress=lambda _: None)
-    files = {USER_ENCODER: graphs.user_encoder, ITEM_SCORER: graphs.item_scorer}
-    write_repository(root / "repo", reordered_model.cfg, "python", files, "fp32", progress=lambda _: None)
-    return root / "repo"
+    return export_repository(reordered_model, root)[1]
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +66,8 @@ def replicas(reordered_repo: Path) -> Iterator[list[TritonServer]]:
     its own response cache (room for 64 users)."""
     size = cache_sizing(reordered_repo, 64).size
     servers = [TritonServer(reordered_repo, cache_size=size), TritonServer(reordered_repo, cache_size=size)]
-    errors: list[BaseException] = []
-
-    def start(server: TritonServer) -> None:
-        try:
-            server.start(ready_models=[ENSEMBLE], timeout_s=180)
-        except BaseException as e:  # re-raised below, in the test's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
     try:
-        if errors:
-            raise errors[0]
+        start_together(servers)
         yield servers
     finally:
         for s in servers:
@@ -109,7 +91,7 @@ def users(n: int, rng: np.random.Generator) -> list[ScoreRequest]:
 
 def per_pair(model: AstroModel, r: ScoreRequest, cfg: AstroConfig) -> npt.NDArray[np.float32]:
     """PyTorch's per-pair scores with the history blocked by ``cfg``'s vocabulary."""
-    return torch_per_pair(model, RandomRequest.from_history(r.history, r.candidates, r.scenario, r.timestamp, cfg))[0]
+    return torch_per_pair(model, RequestBatch.from_history(r.history, r.candidates, r.scenario, r.timestamp, cfg))[0]
 
 
 def inference_count(server: TritonServer) -> int:

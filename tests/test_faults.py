@@ -19,7 +19,9 @@ from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
 from export.__main__ import main as export_main
 from model.astro import AstroModel
 from model.checkpoint import save_checkpoint
-from serve.triton_server import TritonServer, TritonServerError, free_ports
+from serve.ports import free_ports
+from serve.server_errors import TritonServerError
+from serve.triton_server import TritonServer
 
 pytestmark = pytest.mark.server
 HISTORY = EventHistory.from_lists(

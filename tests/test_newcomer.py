@@ -26,21 +26,17 @@ import torch
 from add_one_model import ADD_ONE_MODEL, write_model
 from processes import stop
 
+from contract.provenance import CHECKPOINT_FILES, PROVENANCE, checkpoint_digest, read_provenance, stale_reason
 from contract.tensors import ENSEMBLE, ITEM_SCORER
 from export.onnx_graphs import export_graphs
-from export.provenance import (
-    CHECKPOINT_FILES,
-    PROVENANCE,
-    checkpoint_digest,
-    read_provenance,
-    stale_reason,
-    write_provenance,
-)
+from export.provenance import write_provenance
 from export.served_parity import main as parity_main
 from model.astro import AstroModel
 from model.checkpoint import CONFIG, DEFAULT_CHECKPOINT, WEIGHTS, load_config, save_checkpoint
-from serve import triton_server
-from serve.triton_server import PortInUseError, TritonServer, find_tritonserver
+from serve.server_errors import PortInUseError
+from serve.server_process import group_alive
+from serve.triton_server import TritonServer
+from serve.triton_wheel import find_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -290,7 +286,7 @@ def test_sigint_to_make_serve_alone_stops_the_server(tmp_path: Path, have_triton
         os.kill(proc.pid, signal.SIGINT)  # make alone, not its process group
         out, err = proc.communicate(timeout=60)
         assert "stopped tritonserver" in out, err
-        assert not triton_server._group_alive(server_pid), "tritonserver or its stubs outlived the stop"
+        assert not group_alive(server_pid), "tritonserver or its stubs outlived the stop"
     finally:
         stop(proc)
 

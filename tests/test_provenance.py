@@ -15,15 +15,9 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from client.__main__ import main as client_main
-from contract.served_provenance import PROVENANCE_PARAMETERS
+from contract.provenance import PROVENANCE_PARAMETERS, Provenance, checkpoint_digest, read_provenance
 from contract.tensors import ENSEMBLE
-from export.provenance import (
-    Provenance,
-    checkpoint_digest,
-    new_provenance,
-    read_provenance,
-    save_provenance,
-)
+from export.provenance import new_provenance, save_provenance
 from export.served_parity import EXIT_USAGE
 from export.served_parity import main as parity_main
 from model.astro import AstroModel

@@ -19,10 +19,11 @@ import tritonclient.grpc as grpcclient
 
 from contract.blocks import EventHistory
 from contract.config import AstroConfig
+from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, SCORES_OUTPUT, USER_ENCODER
 from export.repository import TARGETS, composing_config
 from model.checkpoint import DEFAULT_CHECKPOINT, load_config
-from model.random_inputs import NOW, RandomRequest, random_request
+from model.random_inputs import NOW, random_request
 from serve.__main__ import build_parser, response_cache_size
 from serve.response_cache import DEFAULT_USERS, cache_sizing
 from serve.triton_server import TritonServer
@@ -53,7 +54,7 @@ class Endpoint:
             )
         return out
 
-    def score(self, req: RandomRequest) -> tuple[F32, tuple[int, int]]:
+    def score(self, req: RequestBatch) -> tuple[F32, tuple[int, int]]:
         """Scores and the (hits, misses) of user_encoder during the call; item_scorer must show none."""
         before = self.cache_counts()
         inputs = []
@@ -89,15 +90,15 @@ def uncached(triton: TritonServer) -> Iterator[Endpoint]:
 HIT, MISS = (1, 0), (0, 1)
 
 
-def full_user(cfg: AstroConfig, seed: int, candidates: int = 32) -> RandomRequest:
+def full_user(cfg: AstroConfig, seed: int, candidates: int = 32) -> RequestBatch:
     """A user whose longest block is full (Tb = max_block_len): the largest cache entry."""
     return random_request(cfg, np.random.default_rng(seed), 1, cfg.max_block_len, candidates)
 
 
-def same_user(req: RandomRequest, seed: int, scenario: int | None = None) -> RandomRequest:
+def same_user(req: RequestBatch, seed: int, scenario: int | None = None) -> RequestBatch:
     """The same history, fresh candidates and a later request time (and another scenario if given)."""
     rng = np.random.default_rng(seed)
-    return RandomRequest(
+    return RequestBatch(
         req.hist_item_ids,
         req.hist_behaviors,
         req.hist_scenarios,
@@ -169,13 +170,13 @@ def test_one_new_history_event_misses(cfg: AstroConfig, cached: Endpoint) -> Non
         np.sort(NOW - rng.integers(60, 10**7, n)).astype(np.int64),
     )
     cands = rng.integers(1, 10**9, 16)
-    req = RandomRequest.from_history(history, cands, 1, NOW, cfg)
+    req = RequestBatch.from_history(history, cands, 1, NOW, cfg)
     assert cached.score(req)[1] == MISS
     assert cached.score(req)[1] == HIT
     grown = EventHistory(*(np.append(a, v) for a, v in zip(
         (history.item_ids, history.behaviors, history.scenarios, history.timestamps), (777, 0, 1, NOW - 1), strict=True
     )))  # fmt: skip
-    newer = RandomRequest.from_history(grown, cands, 1, NOW + 5, cfg)
+    newer = RequestBatch.from_history(grown, cands, 1, NOW + 5, cfg)
     assert cached.score(newer)[1] == MISS
     assert cached.score(newer)[1] == HIT
 

@@ -14,14 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 import pytest
-import tritonclient.grpc as grpcclient
+from server_helpers import triton_infer
 
 from client import AstroClient, AsyncAstroClient, EventHistory, ScoreRequest
+from contract.request_batch import RequestBatch
 from contract.serving_spec import ServingSpec
-from contract.tensors import ENSEMBLE, SCORES_OUTPUT
+from contract.tensors import SCORES_OUTPUT
 from export.parity import torch_per_pair
 from model.astro import AstroModel
-from model.random_inputs import RandomRequest, random_request
+from model.random_inputs import random_request
 from model.synthetic import SyntheticWorld, WorldSpec
 from serve.triton_server import TritonServer
 
@@ -29,29 +30,17 @@ pytestmark = pytest.mark.server
 FP32_ATOL = 1e-5
 
 
-def per_pair_sample(model: AstroModel, req: RandomRequest, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+def per_pair_sample(model: AstroModel, req: RequestBatch, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     """Per-pair reference for candidates ``idx`` only: a candidate's score does not depend on the
     other candidates (M-FALCON mask, tested in test_model_paths), so a sample is an exact check
     at a fraction of the per-pair cost."""
-    sub = RandomRequest(**{**req.as_dict(), "cand_item_ids": req.cand_item_ids[:, idx]})
+    sub = RequestBatch(**{**req.as_dict(), "cand_item_ids": req.cand_item_ids[:, idx]})
     return torch_per_pair(model, sub)
 
 
 def sample_idx(n: int, rng: np.random.Generator, k: int = 48) -> npt.NDArray[np.int64]:
     """k candidates spread over [0, n), always with the first and last."""
     return np.unique(np.concatenate([[0, n - 1], rng.integers(0, n, size=k)])).astype(np.int64)
-
-
-def raw_infer(url: str, req: RandomRequest) -> npt.NDArray[np.float32]:
-    client = grpcclient.InferenceServerClient(url)
-    inputs = []
-    for name, arr in req.as_dict().items():
-        inp = grpcclient.InferInput(name, list(arr.shape), "INT64")
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
-    result = client.infer(ENSEMBLE, inputs, outputs=[grpcclient.InferRequestedOutput(SCORES_OUTPUT)])
-    out: npt.NDArray[np.float32] = result.as_numpy(SCORES_OUTPUT)
-    return out
 
 
 def users(n: int, seed: int) -> list[tuple[EventHistory, int]]:
@@ -75,7 +64,7 @@ def test_raw_tritonclient_matches_per_pair(triton: TritonServer, small_model: As
     ]
     for b, tb, n, empty in shapes:
         req = random_request(cfg, rng, b, tb, n, empty)
-        served = raw_infer(triton.grpc_url, req)
+        served = triton_infer(triton.grpc_url, req.as_dict())[SCORES_OUTPUT]
         assert served.shape == (b, n, cfg.n_tasks) and served.dtype == np.float32
         np.testing.assert_allclose(
             served,
@@ -103,7 +92,7 @@ def test_client_scores_match_per_pair(triton: TritonServer, small_model: AstroMo
             served = client.score(history, cands, scenario, now)
             idx = sample_idx(len(cands), rng, k=16)
             ref = per_pair_sample(
-                small_model, RandomRequest.from_history(history, cands, scenario, now, small_model.cfg), idx
+                small_model, RequestBatch.from_history(history, cands, scenario, now, small_model.cfg), idx
             )[0]
             np.testing.assert_allclose(served[idx], ref, atol=FP32_ATOL, rtol=0)
 
@@ -122,7 +111,7 @@ def test_client_chunks_long_candidate_lists(triton: TritonServer, small_model: A
     edges = np.array([e + d for e in range(0, n, m) for d in (-1, 0) if 0 <= e + d < n])
     idx = np.unique(np.concatenate([edges, sample_idx(n, rng)]))
     ref = per_pair_sample(
-        small_model, RandomRequest.from_history(history, cands, scenario, 1_700_000_000, small_model.cfg), idx
+        small_model, RequestBatch.from_history(history, cands, scenario, 1_700_000_000, small_model.cfg), idx
     )[0]
     np.testing.assert_allclose(served[idx], ref, atol=FP32_ATOL, rtol=0)
 
@@ -136,7 +125,7 @@ def test_batch_form_matches_single_calls(triton: TritonServer, small_model: Astr
     with AstroClient(triton.grpc_url) as client:
         batched = client.score_batch(reqs)
         for r, got in zip(reqs, batched, strict=True):
-            req = RandomRequest.from_history(r.history, r.candidates, r.scenario, r.timestamp, small_model.cfg)
+            req = RequestBatch.from_history(r.history, r.candidates, r.scenario, r.timestamp, small_model.cfg)
             ref = torch_per_pair(small_model, req)[0]
             np.testing.assert_allclose(got, ref, atol=FP32_ATOL, rtol=0)
 

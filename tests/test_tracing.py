@@ -31,14 +31,16 @@ from triton_stats import cache_counts, delta
 from tritonclient._request import Request
 
 from client.__main__ import main as client_main
-from client.astro_client import AstroClient, HeaderPlugin
+from client.astro_client import AstroClient
+from client.channel import HeaderPlugin
 from client.tracing import SAMPLED, TRACEPARENT, CallTracer, TraceParent, TraceParentError
 from contract.blocks import EventHistory
 from contract.tensors import ENSEMBLE, ITEM_SCORER, USER_ENCODER
 from serve.__main__ import build_parser, tracing_setting
 from serve.__main__ import main as serve_main
 from serve.response_cache import cache_sizing
-from serve.triton_server import DEFAULT_TRACE_COLLECTOR, Tracing, TritonServer
+from serve.server_options import DEFAULT_TRACE_COLLECTOR, Tracing
+from serve.triton_server import TritonServer
 
 CALLER = "00-4bf92f3577b34da6a3ce929358ef9a1a-00f067aa0ba902b7-01"  # the W3C specification's example
 HEADER = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")

@@ -7,6 +7,7 @@ here depends on the exported ASTRO model.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,23 +22,18 @@ import numpy as np
 import pytest
 from add_one_model import ADD_ONE_MODEL, write_model
 from processes import stop
+from server_helpers import triton_infer, write_served_repository
 
 from contract.config import AstroConfig
-from contract.tensors import ITEM_SCORER, USER_ENCODER, CacheDType
+from contract.tensors import CacheDType
 from export.onnx_graphs import GraphPaths
-from export.repository import write_repository
 from serve import triton_server
 from serve.__main__ import main as serve_main
-from serve.triton_server import (
-    TritonInstall,
-    TritonNotFoundError,
-    TritonServer,
-    TritonServerError,
-    find_tritonserver,
-    free_port,
-    free_ports,
-    iter_models,
-)
+from serve.ports import free_port, free_ports
+from serve.server_errors import TritonNotFoundError, TritonServerError
+from serve.server_process import group_alive
+from serve.triton_server import TritonServer, iter_models
+from serve.triton_wheel import TritonInstall, find_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,16 +75,8 @@ def server(add_one_repo: Path, tmp_path: Path, triton_install: TritonInstall) ->
         yield srv
 
 
-def add_one(grpcclient: Any, url: str, x: np.ndarray) -> np.ndarray:
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        result = client.infer("add_one", [inp], outputs=[grpcclient.InferRequestedOutput("OUTPUT0")])
-        out: np.ndarray = result.as_numpy("OUTPUT0")
-        return out
-    finally:
-        client.close()
+def add_one(url: str, x: np.ndarray) -> np.ndarray:
+    return triton_infer(url, {"INPUT0": x}, "add_one")["OUTPUT0"]
 
 
 def test_free_port_is_bindable() -> None:
@@ -102,12 +90,12 @@ def test_a_group_of_zombies_counts_as_gone() -> None:
     the kernel still finds the group, but nothing in it runs."""
     child = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        assert triton_server._group_alive(child.pid)
+        assert group_alive(child.pid)
         os.kill(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while triton_server._group_alive(child.pid) and time.monotonic() < deadline:
+        while group_alive(child.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not triton_server._group_alive(child.pid), "a killed process still counted as running"
+        assert not group_alive(child.pid), "a killed process still counted as running"
         os.killpg(child.pid, 0)  # not reaped yet: the zombie is still in its group
     finally:
         child.kill()
@@ -132,12 +120,29 @@ def test_find_tritonserver(triton_install: TritonInstall, tmp_path: Path) -> Non
 
 
 @pytest.mark.server
+def test_a_rebuilt_backend_replaces_a_stub_that_still_runs(triton_install: TritonInstall, tmp_path: Path) -> None:
+    """A relaunch in the same workdir rebuilds the backend directory while a previous launch's stub may still
+    run from it: writing into a running executable fails with "Text file busy", so each file is copied beside
+    and renamed over (the running process keeps the old file)."""
+    stub = triton_install.build_backend_dir(tmp_path / "backends") / "python" / "triton_python_backend_stub"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", stub)  # an executable that stays running
+    running = subprocess.Popen([str(stub), "60"])
+    try:
+        triton_install.build_backend_dir(tmp_path / "backends")
+        assert stub.read_bytes() == triton_install.python_stub.read_bytes()
+        assert running.poll() is None
+    finally:
+        running.kill()
+        running.wait()
+
+
+@pytest.mark.server
 def test_serves_add_one_over_grpc_then_stops(server: TritonServer, grpcclient: Any) -> None:
     assert server.is_running() and server.pid is not None
     assert server.grpc_url == f"127.0.0.1:{server.grpc_port}"
 
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-    y = add_one(grpcclient, server.grpc_url, x)
+    y = add_one(server.grpc_url, x)
     assert y.dtype == np.float32 and y.shape == (3, 5)
     np.testing.assert_array_equal(y, x + np.float32(1))
 
@@ -166,19 +171,19 @@ def test_a_server_handed_anothers_ports_never_takes_its_answers_for_its_own(
         late.start(ready_models=["add_one"], timeout_s=60)
         assert late.grpc_port not in taken and late.is_running(), "start() returned on the other server's answers"
         x = np.ones((1, 3), dtype=np.float32)
-        np.testing.assert_array_equal(add_one(grpcclient, late.grpc_url, x), x + 1)
+        np.testing.assert_array_equal(add_one(late.grpc_url, x), x + 1)
 
 
 @pytest.mark.server
 def test_kill_makes_server_unavailable(server: TritonServer, grpcclient: Any) -> None:
     x = np.zeros((1, 2), dtype=np.float32)
-    np.testing.assert_array_equal(add_one(grpcclient, server.grpc_url, x), x + 1)
+    np.testing.assert_array_equal(add_one(server.grpc_url, x), x + 1)
     pid = server.pid
     assert pid is not None
 
     assert server.kill() == -signal.SIGKILL
     assert not server.is_running()
-    assert not triton_server._group_alive(pid)  # the whole group is gone, Python backend stubs included
+    assert not group_alive(pid)  # the whole group is gone, Python backend stubs included
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         from tritonclient.utils import InferenceServerException
@@ -251,7 +256,7 @@ def test_cli_serves_until_sigterm(add_one_repo: Path, grpcclient: Any) -> None:
                 grpc_url = line.split()[-1]
         assert grpc_url is not None, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
         x = np.arange(4, dtype=np.float32).reshape(1, 4)
-        np.testing.assert_array_equal(add_one(grpcclient, grpc_url, x), x + 1)
+        np.testing.assert_array_equal(add_one(grpc_url, x), x + 1)
 
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -265,9 +270,7 @@ def test_cli_refuses_a_repository_for_another_backend(
     tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`make serve` on a repository exported for the NGC container says so instead of failing inside Triton."""
-    paths = tiny_graphs("fp32")
-    files = {USER_ENCODER: paths.user_encoder, ITEM_SCORER: paths.item_scorer}
-    write_repository(tmp_path, AstroConfig.from_name("tiny"), "onnxruntime", files, "fp32", progress=lambda _: None)
+    write_served_repository(tmp_path, AstroConfig.from_name("tiny"), tiny_graphs("fp32"), "onnxruntime")
     assert serve_main(["--repository", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "user_encoder (onnxruntime_onnx)" in err and "--target python" in err
