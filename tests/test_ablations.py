@@ -94,13 +94,14 @@ def test_a_tiny_run_saves_its_first_model_and_writes_results(tmp_path: Path) -> 
     assert "| ASTRO (ours) | 1 |" in table(r, tiny.tasks)
 
 
-def test_committed_readme_checkpoint_and_tuning_sections_are_their_files() -> None:
+@pytest.mark.parametrize("name", ["small", "small-movielens"])
+def test_committed_readme_checkpoint_and_tuning_sections_are_their_files(name: str) -> None:
     """The README's checkpoint and tuning tables are what `python -m model.readme` writes from the files."""
     readme = ROOT / "README.md"
-    metrics_path = ROOT / "checkpoints" / "small-movielens" / "metrics.json"
-    if "<!-- checkpoint:small-movielens -->" not in readme.read_text() or not metrics_path.is_file():
-        pytest.skip("no generated checkpoint section")
-    assert section(readme, "checkpoint:small-movielens") == checkpoint_table(json.loads(metrics_path.read_text()))
+    metrics_path = ROOT / "checkpoints" / name / "metrics.json"
+    if f"<!-- checkpoint:{name} -->" not in readme.read_text() or not metrics_path.is_file():
+        pytest.skip(f"no generated section for checkpoints/{name}")
+    assert section(readme, f"checkpoint:{name}") == checkpoint_table(json.loads(metrics_path.read_text()))
     runs = {f.stem: json.loads(f.read_text()) for f in sorted((ROOT / TUNING).glob("*.json"))}
     assert section(readme, "tuning") == tuning_table(runs)
 
