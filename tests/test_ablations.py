@@ -69,12 +69,13 @@ def test_readme_section_is_rewritten_between_its_markers(tmp_path: Path) -> None
         write_section(readme, "y", "z")
 
 
-def test_committed_readme_tables_are_the_committed_results() -> None:
-    """The README's MovieLens table is what the code prints from docs/ablations/movielens.json."""
-    path = ROOT / "docs" / "ablations" / "movielens.json"
-    if not path.is_file() or "<!-- ablations:movielens -->" not in (ROOT / "README.md").read_text():
-        pytest.skip("no committed MovieLens results")
-    assert section(ROOT / "README.md", "ablations:movielens") == table(json.loads(path.read_text()), TASKS).strip()
+@pytest.mark.parametrize("data", ["movielens", "synthetic"])
+def test_committed_readme_tables_are_the_committed_results(data: str) -> None:
+    """The README's ablation tables are what the code prints from docs/ablations/<data>.json."""
+    path = ROOT / "docs" / "ablations" / f"{data}.json"
+    if not path.is_file() or f"<!-- ablations:{data} -->" not in (ROOT / "README.md").read_text():
+        pytest.skip(f"no committed {data} results")
+    assert section(ROOT / "README.md", f"ablations:{data}") == table(json.loads(path.read_text()), TASKS).strip()
 
 
 def test_a_tiny_run_saves_its_first_model_and_writes_results(tmp_path: Path) -> None:
