@@ -69,12 +69,13 @@ def test_readme_section_is_rewritten_between_its_markers(tmp_path: Path) -> None
         write_section(readme, "y", "z")
 
 
-def test_committed_readme_tables_are_the_committed_results() -> None:
-    """The README's MovieLens table is what the code prints from docs/ablations/movielens.json."""
-    path = ROOT / "docs" / "ablations" / "movielens.json"
-    if not path.is_file() or "<!-- ablations:movielens -->" not in (ROOT / "README.md").read_text():
-        pytest.skip("no committed MovieLens results")
-    assert section(ROOT / "README.md", "ablations:movielens") == table(json.loads(path.read_text()), TASKS).strip()
+@pytest.mark.parametrize("data", ["movielens", "synthetic"])
+def test_committed_readme_tables_are_the_committed_results(data: str) -> None:
+    """The README's ablation tables are what the code prints from docs/ablations/<data>.json."""
+    path = ROOT / "docs" / "ablations" / f"{data}.json"
+    if not path.is_file() or f"<!-- ablations:{data} -->" not in (ROOT / "README.md").read_text():
+        pytest.skip(f"no committed {data} results")
+    assert section(ROOT / "README.md", f"ablations:{data}") == table(json.loads(path.read_text()), TASKS).strip()
 
 
 def test_a_tiny_run_saves_its_first_model_and_writes_results(tmp_path: Path) -> None:
@@ -94,13 +95,14 @@ def test_a_tiny_run_saves_its_first_model_and_writes_results(tmp_path: Path) -> 
     assert "| ASTRO (ours) | 1 |" in table(r, tiny.tasks)
 
 
-def test_committed_readme_checkpoint_and_tuning_sections_are_their_files() -> None:
+@pytest.mark.parametrize("name", ["small", "small-movielens"])
+def test_committed_readme_checkpoint_and_tuning_sections_are_their_files(name: str) -> None:
     """The README's checkpoint and tuning tables are what `python -m model.readme` writes from the files."""
     readme = ROOT / "README.md"
-    metrics_path = ROOT / "checkpoints" / "small-movielens" / "metrics.json"
-    if "<!-- checkpoint:small-movielens -->" not in readme.read_text() or not metrics_path.is_file():
-        pytest.skip("no generated checkpoint section")
-    assert section(readme, "checkpoint:small-movielens") == checkpoint_table(json.loads(metrics_path.read_text()))
+    metrics_path = ROOT / "checkpoints" / name / "metrics.json"
+    if f"<!-- checkpoint:{name} -->" not in readme.read_text() or not metrics_path.is_file():
+        pytest.skip(f"no generated section for checkpoints/{name}")
+    assert section(readme, f"checkpoint:{name}") == checkpoint_table(json.loads(metrics_path.read_text()))
     runs = {f.stem: json.loads(f.read_text()) for f in sorted((ROOT / TUNING).glob("*.json"))}
     assert section(readme, "tuning") == tuning_table(runs)
 
