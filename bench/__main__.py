@@ -45,7 +45,15 @@ from bench.served import PaInfo, Served, ServedLevel, ServedVariant, handoff_byt
 from bench.sessions import SessionModel, run_sessions
 from bench.training import run_training
 from bench.turbo import Grid, device_sync, run_turbo
-from bench.variants import AS_EXPORTED, ENCODER_MERGING, SCORER1, encoder_merging, export_python, scorer_instances
+from bench.variants import (
+    AS_EXPORTED,
+    ENCODER_MERGING,
+    SCORER1,
+    admitted_concurrency,
+    encoder_merging,
+    export_python,
+    scorer_instances,
+)
 from bench.workload import make_request, padding_fraction
 from contract.config import AstroConfig
 from contract.program import program_name
@@ -170,19 +178,23 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
     def served_levels(repo: Path, dtype: str, levels: list[int]) -> tuple[list[ServedLevel], str]:
         return run_served(repo, dtype, pipes[f"ort_{dtype}"], requests, levels, pa, settings, p.time_cap, say)
 
+    admitted = admitted_concurrency(repos["fp32"])
+    concurrency = [c for c in p.concurrency if admitted is None or c <= admitted]
+    if concurrency != list(p.concurrency):
+        say(f"  (c) concurrency {concurrency}: above {admitted} callers the exported queue bounds refuse by design")
     levels, triton_version = [], "not run"
     for dtype in p.cache_dtypes:
-        more, triton_version = served_levels(repos[dtype], dtype, list(p.concurrency))
+        more, triton_version = served_levels(repos[dtype], dtype, concurrency)
         levels += more
     scorer1 = scorer_instances(repos["fp32"], work / "repo-fp32-scorer1", 1)
     variants = []
     if p.served_variants:  # each where it showed: one scorer instance at >= 4, the encoder's lock-step at 2 to 4
         for config, repo, at in (
-            (SCORER1, scorer1, [c for c in p.concurrency if c >= report.GOAL_CONCURRENCY]),
+            (SCORER1, scorer1, [c for c in concurrency if c >= report.GOAL_CONCURRENCY]),
             (
                 ENCODER_MERGING,
                 encoder_merging(repos["fp32"], work / "repo-fp32-encoder-merging"),
-                [c for c in p.concurrency if report.SERVED_GOAL_MIN_CONCURRENCY <= c <= 4],
+                [c for c in concurrency if report.SERVED_GOAL_MIN_CONCURRENCY <= c <= 4],
             ),
         ):
             say(f"  (c) again on a variant, {config} (fp32), concurrency {at}")
@@ -199,6 +211,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
         perf_analyzer=PaInfo(pa.version, settings),
         config=AS_EXPORTED,
         variants=variants,
+        admitted_concurrency=admitted or 0,
     )
 
     say(f"[5/8] (f) session traffic, k={p.session_k}, response cache off vs on, concurrency {p.session_concurrency}")

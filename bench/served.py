@@ -105,6 +105,8 @@ class Served:
     perf_analyzer: PaInfo
     config: str
     variants: list[ServedVariant]
+    # closed-loop callers the exported queue bounds admit (bench.variants.admitted_concurrency); 0: unbounded
+    admitted_concurrency: int = 0
 
 
 def group_usage(pgid: int) -> dict[str, tuple[float, float]]:

@@ -35,6 +35,19 @@ def export_python(checkpoint: Path, work: Path, cache_dtype: str = "fp32", threa
     return repo
 
 
+def admitted_concurrency(repository: Path) -> int | None:
+    """The most closed-loop callers the exported queue bounds admit without a refusal: at each step its
+    instances busy and the rest queued, ``instances + max_queue_size``, the least over the steps (None:
+    unbounded). More callers than that measure admission control (the overload section), not serving."""
+    bounds = []
+    for graph in GRAPHS:
+        config = read_model_config(repository / graph / "config.pbtxt")
+        size = config.dynamic_batching.default_queue_policy.max_queue_size
+        if size > 0:
+            bounds.append(sum(g.count for g in config.instance_group) + size)
+    return min(bounds, default=None)
+
+
 def _copy(repository: Path, out: Path, graphs: tuple[str, ...], change: Callable[[mc.ModelConfig], None]) -> Path:
     shutil.copytree(repository, out, dirs_exist_ok=True)
     for graph in graphs:

@@ -57,7 +57,7 @@ class AstroConfig(_Frozen):
     tau_min: Annotated[float, Field(gt=0.0)] = 0.1  # lower bound of the dynamic temperature: bounded logits
     relative_bias: bool = True  # ATL's relative position/time bias (False: the paper's "-ATL" ablation)
     dynamic_temperature: bool = True  # ATL's learned temperature (False: fixed sqrt(dh), the "-ATL" ablation)
-    bgf: bool = True  # bit-wise gating fusion of the block outputs (False: mean of the blocks, "-BGF")
+    bgf: bool = True  # bit-wise gating fusion of the block outputs (False: blocks concatenated, "-BGF")
     blocks: tuple[BlockSpec, ...] = (
         BlockSpec(name="play", behaviors=("play",), max_len=48),
         BlockSpec(name="like", behaviors=("like", "share"), max_len=48),

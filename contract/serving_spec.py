@@ -67,7 +67,7 @@ class ServingSpec:
 
     def to_parameters(self) -> dict[str, str]:
         """Triton config parameters (string values): flat keys, the vocabularies and one JSON of the blocks."""
-        params = {
+        return {
             "preset": self.preset,
             "max_batch_size": str(self.max_batch_size),
             "max_candidates": str(self.max_candidates),
@@ -79,11 +79,6 @@ class ServingSpec:
             "n_blocks": str(self.n_blocks),
             "blocks_json": _BLOCKS.dump_json(self.blocks).decode(),
         }
-        for i, b in enumerate(self.blocks):
-            params[f"block_{i}_name"] = b.name
-            params[f"block_{i}_behaviors"] = ",".join(b.behaviors) or "*"
-            params[f"block_{i}_max_len"] = str(b.max_len)
-        return params
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> ServingSpec:
