@@ -168,10 +168,28 @@ def speed_goals(r: Results) -> list[Goal]:
     if levels:
         figures = ", ".join(f"{lv.cache_dtype} c={lv.concurrency}: {lv.throughput_ratio.median:.2f}" for lv in levels)
         goal = f"served / in-process throughput >= {SERVED_GOAL} at concurrency >= {SERVED_GOAL_MIN_CONCURRENCY}"
+        met = all(lv.throughput_ratio.median >= SERVED_GOAL for lv in levels)
+        lowest = min(levels, key=lambda lv: lv.throughput_ratio.median)
         out.append(
-            Goal("as exported", goal, all(lv.throughput_ratio.median >= SERVED_GOAL for lv in levels), f"{figures}.")
+            Goal("as exported", goal, met, f"{figures}.{'' if met else served_cause(lowest) + cpu_bound(levels)}")
         )
     return out
+
+
+def cpu_bound(levels: list[ServedLevel]) -> str:
+    """Where every core is busy on both sides, throughput is cores / CPU per request, so served / in-process
+    cannot pass in-process CPU / served CPU per request: the bound per level, from ``/proc``."""
+    bounds = []
+    for lv in levels:
+        cpu = lv.cpu_ms_per_request
+        served = sum(v for k, v in cpu.items() if k != "in_process")
+        if served > 0 and "tritonserver" in cpu:
+            bounds.append(f"{lv.cache_dtype} c={lv.concurrency}: {cpu['in_process'] / served:.2f}")
+    if not bounds:
+        return ""
+    return (
+        f" With the cores saturated, the ratio is bounded by in-process / served CPU per request: {', '.join(bounds)}."
+    )
 
 
 def goals(r: Results) -> list[Goal]:
