@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from triton_stub import StubTriton, refused_port, serve_stub
 
 from contract.config import AstroConfig
 from contract.tensors import ENSEMBLE, CacheDType
@@ -78,3 +79,15 @@ def triton(exported_repo: Path) -> Iterator[TritonServer]:
     with TritonServer(exported_repo) as server:
         server.start(ready_models=[ENSEMBLE], timeout_s=180)
         yield server
+
+
+@pytest.fixture
+def stub_server() -> Iterator[tuple[StubTriton, str]]:
+    """A stub Triton of the small spec on a free port (tests/triton_stub.py): the client's wire without a model."""
+    yield from serve_stub()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port bound but not listening: every connection to it is refused."""
+    yield from refused_port()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,12 @@ from client_samples import (
     expected_scores,
     without,
 )
-from triton_stub import SMALL, StubTriton, refused_port, serve_stub
+from triton_stub import SMALL, StubTriton
 
 from client import (
     request_from_json,
 )
 from client.__main__ import main, parse_header
-
-
-@pytest.fixture
-def stub_server() -> Iterator[tuple[StubTriton, str]]:
-    yield from serve_stub()
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    yield from refused_port()
-
 
 # ---- CLI -------------------------------------------------------------------------------
 

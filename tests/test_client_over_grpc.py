@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # no stubs installed; the tests only start a server
@@ -21,7 +20,7 @@ from client_samples import (
     history,
     request,
 )
-from triton_stub import LOADING_MSG, SMALL, StubTriton, serve_stub
+from triton_stub import LOADING_MSG, SMALL, StubTriton
 
 from client import (
     AstroClient,
@@ -36,12 +35,6 @@ from client import (
 from client.routing import route_key, user_route_key
 from contract.routing import ROUTE_KEY_HEADER
 from contract.tensors import CANDIDATE_INPUT
-
-
-@pytest.fixture
-def stub_server() -> Iterator[tuple[StubTriton, str]]:
-    yield from serve_stub()
-
 
 # ---- over gRPC to a stub of Triton's protocol ---------------------------------------------
 

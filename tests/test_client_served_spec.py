@@ -4,7 +4,6 @@ checked before sending, and the ones the client blocks a history by.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from client_samples import (
     request,
     with_history,
 )
-from triton_stub import SMALL, StubTriton, serve_stub, start_stub
+from triton_stub import SMALL, StubTriton, start_stub
 
 from client import (
     Allow,
@@ -31,12 +30,6 @@ from client import (
 from contract.blocks import build_blocks
 from contract.serving_spec import ServingSpec
 from contract.tensors import CANDIDATE_INPUT, HISTORY_INPUTS
-
-
-@pytest.fixture
-def stub_server() -> Iterator[tuple[StubTriton, str]]:
-    yield from serve_stub()
-
 
 # ---- serving spec from the served config ---------------------------------------------
 

@@ -8,7 +8,6 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # no stubs installed; the tests only start a server
@@ -20,7 +19,7 @@ from client_samples import (
     raises,
     request,
 )
-from triton_stub import SMALL, refused_port, start_stub
+from triton_stub import SMALL, start_stub
 
 from client import (
     AstroClient,
@@ -30,12 +29,6 @@ from client import (
 )
 from client.channel import channel_args
 from client.flows import PROBE_TIMEOUT_S
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    yield from refused_port()
-
 
 # ---- waiting for a server: gRPC's waitForReady ----------------------------------------------
 
