@@ -87,7 +87,9 @@ class Plan:
 
 
 # the default run: 4 sizes x 2 models x 3 seeds x 2 datasets, at most 3 epochs each (xl on request: --sizes)
-FULL = Plan("small", DATASETS, SIZES[:4], (0, 1, 2), TrainParams(max_epochs=3, patience=1), (1000, 300))
+FULL = Plan(
+    "small", DATASETS, SIZES[:4], (0, 1, 2), TrainParams(max_epochs=3, patience=1, warmup_epochs=0), (1000, 300)
+)
 QUICK = Plan("small", ("synthetic",), QUICK_SIZES, (0,), TrainParams(max_epochs=1, batch_size=32), (96, 48))
 
 

@@ -115,6 +115,9 @@ class TrainParams:
     weight_decay: float = 0.01  # AdamW's decoupled weight decay
     seed: int = 0  # data, split, negatives and init
     refit: bool = False  # after selection, re-train from the same init on training + validation rows
+    # epochs before patience counts: on the synthetic world validation LogLoss stays flat for the first three,
+    # and patience 2 stopped a run at epoch 3 with epoch 1 "best" (no committed run chose an epoch it changes)
+    warmup_epochs: int = 4
 
     def __post_init__(self) -> None:
         bad = [
@@ -125,6 +128,7 @@ class TrainParams:
                 ("batch_size", self.batch_size >= 1, ">= 1"),
                 ("lr", self.lr > 0, "> 0"),
                 ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
             )
             if not ok
         ]
@@ -201,7 +205,8 @@ def fit(model: nn.Module, splits: Splits, tasks: tuple[str, ...], params: TrainP
     """Train ``model`` in place on ``splits.train``; keep the epoch of lowest validation LogLoss.
 
     After each epoch the validation rows are scored; training stops ``params.patience`` epochs
-    after the best one, and the best epoch's weights are loaded back into ``model``.
+    after the best one (counted from ``params.warmup_epochs`` at the earliest), and the best epoch's
+    weights are loaded back into ``model``.
     Returns the record of the run: the validation curve, the chosen epoch, the time."""
     torch.manual_seed(params.seed)
     opt, sched, per_epoch = _optimiser(model, params, len(splits.train))
@@ -219,7 +224,7 @@ def fit(model: nn.Module, splits: Splits, tasks: tuple[str, ...], params: TrainP
             bar.write(f"epoch {epoch}: train loss {train_loss:.4f}, validation LogLoss {valid_loss:.4f}")
             if best is None or valid_loss < best[0]:
                 best = (valid_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            elif epoch - best[1] >= params.patience:
+            elif epoch - max(best[1], params.warmup_epochs) >= params.patience:
                 break
     assert best is not None  # max_epochs >= 1: at least one epoch ran
     model.load_state_dict(best[2])
@@ -343,6 +348,9 @@ def add_training_arguments(p: argparse.ArgumentParser, scope: str = "") -> None:
     p.add_argument("--epochs", type=int, default=d.max_epochs, help="passes over the training rows at most")
     p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation LogLoss")
     p.add_argument(
+        "--warmup-epochs", type=int, default=d.warmup_epochs, help="epochs before patience counts (no stop before)"
+    )
+    p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"rows per step (each a user, all candidates){scope}"
     )
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (one-cycle schedule){scope}")
@@ -361,7 +369,9 @@ def add_training_arguments(p: argparse.ArgumentParser, scope: str = "") -> None:
 def training_params(p: argparse.ArgumentParser, a: argparse.Namespace, seed: int = 0) -> TrainParams:
     """The :class:`TrainParams` of :func:`add_training_arguments`' flags; out of range: ``p.error`` naming each."""
     try:
-        return TrainParams(a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, seed, a.refit)
+        return TrainParams(
+            a.epochs, a.patience, a.batch_size, a.lr, a.weight_decay, seed, a.refit, warmup_epochs=a.warmup_epochs
+        )
     except ValueError as e:
         p.error(str(e))
 

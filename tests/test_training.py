@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_early_stopping_restores_the_best_epochs_weights(splits: Splits) -> None
     handed back scores the validation rows exactly as the chosen epoch did, not as the last one."""
     make_deterministic(0)
     model = AstroModel(TINY)
-    params = TrainParams(max_epochs=8, patience=3, batch_size=8, lr=3e-2, weight_decay=0.0)
+    params = TrainParams(max_epochs=8, patience=3, batch_size=8, lr=3e-2, weight_decay=0.0, warmup_epochs=0)
     record = fit(model, splits, TINY.tasks, params, desc="overfit")
     curve = [c["valid_mean"] for c in record["curve"]]
     chosen = record["chosen_epoch"]
@@ -71,10 +72,22 @@ def test_early_stopping_restores_the_best_epochs_weights(splits: Splits) -> None
 
 def test_patience_stops_early(splits: Splits) -> None:
     make_deterministic(0)
-    params = TrainParams(max_epochs=8, patience=1, batch_size=8, lr=3e-2, weight_decay=0.0)
+    params = TrainParams(max_epochs=8, patience=1, batch_size=8, lr=3e-2, weight_decay=0.0, warmup_epochs=0)
     record = fit(AstroModel(TINY), splits, TINY.tasks, params, desc="patience 1")
     assert record["epochs_run"] == min(record["chosen_epoch"] + 1, params.max_epochs)
     assert record["epochs_run"] < params.max_epochs
+
+
+def test_no_stop_before_the_warmup_epochs(splits: Splits) -> None:
+    """The same run with a warm-up: patience counts from the warm-up's end when the best epoch came earlier."""
+    make_deterministic(0)
+    params = TrainParams(max_epochs=8, patience=1, batch_size=8, lr=3e-2, weight_decay=0.0, warmup_epochs=0)
+    early = fit(AstroModel(TINY), splits, TINY.tasks, params, desc="no warm-up")
+    assert early["epochs_run"] < 5, "the run must stop before the warm-up's end for this test to mean anything"
+    make_deterministic(0)
+    warm = fit(AstroModel(TINY), splits, TINY.tasks, replace(params, warmup_epochs=5), desc="warm-up 5")
+    assert warm["epochs_run"] >= 6
+    assert [c["valid_mean"] for c in warm["curve"][: early["epochs_run"]]] == [c["valid_mean"] for c in early["curve"]]
 
 
 def test_refit_replays_the_chosen_epochs_from_the_same_init(splits: Splits) -> None:
@@ -83,7 +96,7 @@ def test_refit_replays_the_chosen_epochs_from_the_same_init(splits: Splits) -> N
     make_deterministic(0)
     model = AstroModel(TINY)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    params = TrainParams(max_epochs=4, patience=1, batch_size=8, lr=3e-2, weight_decay=0.0)
+    params = TrainParams(max_epochs=4, patience=1, batch_size=8, lr=3e-2, weight_decay=0.0, warmup_epochs=0)
     record = fit(model, splits, TINY.tasks, params, desc="select")
     chosen = {k: v.clone() for k, v in model.state_dict().items()}
     refit(model, initial, splits.train, params, record["chosen_epoch"])
