@@ -41,11 +41,10 @@ import tritonclient.grpc.aio as grpcaio
 from bench.goal import Goal
 from bench.served import group_usage, infer_fn, server_counters, server_cpu_seconds
 from bench.timing import Stats, in_threads
-from bench.variants import unbounded
+from bench.variants import QueueBound, queue_bounds, unbounded
 from bench.workload import make_request
 from contract.admission import QUEUE_WAIT_MS, SERVICE_MS
 from contract.config import AstroConfig
-from contract.model_config import read_model_config
 from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, USER_ENCODER
 from serve.triton_server import TritonServer
@@ -200,13 +199,6 @@ class Capacity:
 
 
 @dataclass(frozen=True)
-class QueueBound:
-    max_queue_size: int
-    timeout_us: int
-    instances: int
-
-
-@dataclass(frozen=True)
 class Sizing:
     queue_wait_ms: float
     service_ms: dict[str, float]
@@ -343,16 +335,7 @@ def run_overload(repository: Path, cfg: AstroConfig, s: Settings, work: Path, sa
     requests = [make_request(cfg, s.seed + i, 1, s.block_len, s.candidates) for i in range(s.requests)]
     cap, after = run_variant(repository, AFTER, None, requests, s, say)
     cap_before, before = run_variant(unbounded(repository, work / "repo-unbounded"), BEFORE, cap.rps, requests, s, say)
-    configs = {g: read_model_config(repository / g / "config.pbtxt") for g in GRAPHS}
-    bounds = {
-        g: QueueBound(
-            c.dynamic_batching.default_queue_policy.max_queue_size,
-            c.dynamic_batching.default_queue_policy.default_timeout_microseconds,
-            c.instance_group[0].count,
-        )
-        for g, c in configs.items()
-    }
-    return Overload(s, cap, cap_before, bounds, Sizing(QUEUE_WAIT_MS, SERVICE_MS), before + after)
+    return Overload(s, cap, cap_before, queue_bounds(repository), Sizing(QUEUE_WAIT_MS, SERVICE_MS), before + after)
 
 
 def goals(r: Overload) -> list[Goal]:

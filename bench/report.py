@@ -57,12 +57,17 @@ def doc(module: ModuleType) -> str:
     return (module.__doc__ or "").split("\n\n", 1)[1].strip()
 
 
+def served_cpu_ms(lv: ServedLevel) -> float:
+    """CPU ms per request of the served side: load client, tritonserver and its stubs (all but in-process)."""
+    return sum(v for k, v in lv.cpu_ms_per_request.items() if k != "in_process")
+
+
 def served_cause(lv: ServedLevel) -> str:
     """Why a served level falls short of in-process: the item_scorer stage's rate, and the CPU per request."""
     scorer = lv.server_ms_per_request.get(ITEM_SCORER, {})
     per_exec, rpe = scorer.get("compute_infer", 0.0), lv.requests_per_execution.get(ITEM_SCORER, 1.0)
     cpu = lv.cpu_ms_per_request
-    served_cpu = sum(v for k, v in cpu.items() if k != "in_process")
+    served_cpu = served_cpu_ms(lv)
     cap = f"{1e3 * rpe / per_exec:.0f}" if per_exec > 0 else "?"
     return (
         f" Missed at {lv.cache_dtype} c={lv.concurrency}: the item_scorer stage sets the served rate: its "
@@ -182,7 +187,7 @@ def cpu_bound(levels: list[ServedLevel]) -> str:
     bounds = []
     for lv in levels:
         cpu = lv.cpu_ms_per_request
-        served = sum(v for k, v in cpu.items() if k != "in_process")
+        served = served_cpu_ms(lv)
         if served > 0 and "tritonserver" in cpu:
             bounds.append(f"{lv.cache_dtype} c={lv.concurrency}: {cpu['in_process'] / served:.2f}")
     if not bounds:

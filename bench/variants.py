@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -35,17 +36,32 @@ def export_python(checkpoint: Path, work: Path, cache_dtype: str = "fp32", threa
     return repo
 
 
+@dataclass(frozen=True)
+class QueueBound:
+    """A composing model's admission as its config sets it (``max_queue_size`` 0: unbounded)."""
+
+    max_queue_size: int
+    timeout_us: int
+    instances: int
+
+
+def queue_bounds(repository: Path) -> dict[str, QueueBound]:
+    """Each composing model's queue bound and instance count, read from its ``config.pbtxt``."""
+    out = {}
+    for graph in GRAPHS:
+        config = read_model_config(repository / graph / "config.pbtxt")
+        policy = config.dynamic_batching.default_queue_policy
+        instances = sum(g.count for g in config.instance_group)
+        out[graph] = QueueBound(policy.max_queue_size, policy.default_timeout_microseconds, instances)
+    return out
+
+
 def admitted_concurrency(repository: Path) -> int | None:
     """The most closed-loop callers the exported queue bounds admit without a refusal: at each step its
     instances busy and the rest queued, ``instances + max_queue_size``, the least over the steps (None:
     unbounded). More callers than that measure admission control (the overload section), not serving."""
-    bounds = []
-    for graph in GRAPHS:
-        config = read_model_config(repository / graph / "config.pbtxt")
-        size = config.dynamic_batching.default_queue_policy.max_queue_size
-        if size > 0:
-            bounds.append(sum(g.count for g in config.instance_group) + size)
-    return min(bounds, default=None)
+    bounded = [b.instances + b.max_queue_size for b in queue_bounds(repository).values() if b.max_queue_size > 0]
+    return min(bounded, default=None)
 
 
 def _copy(repository: Path, out: Path, graphs: tuple[str, ...], change: Callable[[mc.ModelConfig], None]) -> Path:

@@ -20,8 +20,12 @@ from bench.overload import AFTER, BEFORE
 from bench.results import Results, dump, load
 from bench.roofline import dense_flops, encoder_flops, path_flops, scorer_flops
 from bench.timing import Stats, per_round_ratio
+from bench.variants import admitted_concurrency, unbounded
 from bench.workload import make_request
+from contract.admission import queue_bound
 from contract.config import AstroConfig
+from contract.tensors import GRAPHS
+from export.repository import PYTHON_INSTANCES
 from model.astro import AstroModel
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "bench" / "results.json"
@@ -170,3 +174,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert [(x["replicas"], x["lb"], x["killed"]) for x in results["replicas"]["runs"]] == [
         (1, "affinity", False), (2, "round_robin", False), (2, "affinity", False), (2, "affinity", True)
     ] and all(x["failed"] == 0 for x in results["replicas"]["runs"])  # fmt: skip
+
+
+def test_served_section_runs_only_the_callers_the_exported_queues_admit(exported_repo: Path, tmp_path: Path) -> None:
+    """(c)'s concurrency cap is read from the exported configs: the tightest step's instances + max_queue_size,
+    as contract.admission sizes them (12 for small: item_scorer's 2 instances + 10 queued); none unbounded."""
+    expected = min(b.instances + b.max_queue_size for b in (queue_bound(g, PYTHON_INSTANCES[g]) for g in GRAPHS))
+    assert admitted_concurrency(exported_repo) == expected == 12
+    assert admitted_concurrency(unbounded(exported_repo, tmp_path / "unbounded")) is None
