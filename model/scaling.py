@@ -82,15 +82,42 @@ class Plan:
     datasets: tuple[str, ...]
     sizes: tuple[Size, ...]
     seeds: tuple[int, ...]
-    params: TrainParams
+    params: dict[str, TrainParams]  # per dataset
     synthetic_users: tuple[int, int]  # (training, evaluation) users of the synthetic world
 
+    def describe(self) -> str:
+        """Each dataset's epoch budget, in words."""
+        return "; ".join(
+            f"{data}: at most {p.max_epochs} epochs (patience {p.patience} after {p.warmup_epochs} warm-up, "
+            f"weight decay {p.weight_decay})"
+            for data, p in self.params.items()
+            if data in self.datasets
+        )
 
-# the default run: 4 sizes x 2 models x 3 seeds x 2 datasets, at most 3 epochs each (xl on request: --sizes)
+
+# the default run: 4 sizes x 2 models x 3 seeds x 2 datasets (xl on request: --sizes). MovieLens: at most 3
+# epochs, what fits the hour on 2 cores. The synthetic world needs more users and epochs to learn anything
+# (its validation LogLoss is flat for the first three epochs; 1000 users and 3 epochs left every point at
+# chance): the embedded checkpoint's 4000 training and 1000 evaluation users, its warm-up and patience.
 FULL = Plan(
-    "small", DATASETS, SIZES[:4], (0, 1, 2), TrainParams(max_epochs=3, patience=1, warmup_epochs=0), (1000, 300)
+    "small",
+    DATASETS,
+    SIZES[:4],
+    (0, 1, 2),
+    {
+        "movielens": TrainParams(max_epochs=3, patience=1, warmup_epochs=0, weight_decay=0.01),
+        "synthetic": TrainParams(max_epochs=10, patience=2, warmup_epochs=4, weight_decay=0.01),
+    },
+    (4000, 1000),
 )
-QUICK = Plan("small", ("synthetic",), QUICK_SIZES, (0,), TrainParams(max_epochs=1, batch_size=32), (96, 48))
+QUICK = Plan(
+    "small",
+    ("synthetic",),
+    QUICK_SIZES,
+    (0,),
+    {data: TrainParams(max_epochs=1, batch_size=32) for data in DATASETS},
+    (96, 48),
+)
 
 
 def size_config(model: str, base: AstroConfig, size: Size) -> AstroConfig:
@@ -162,7 +189,7 @@ def run_plan(
     """Every point of ``plan``, smallest sizes first (a run cut short still spans both models and datasets).
     With one job, ``on_point`` sees the points so far after each one."""
     work = [
-        (plan.preset, data, model, size, seed, plan.params, plan.synthetic_users)
+        (plan.preset, data, model, size, seed, plan.params[data], plan.synthetic_users)
         for size in plan.sizes
         for data in plan.datasets
         for seed in plan.seeds
@@ -196,6 +223,20 @@ def aggregate(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["size_spec"] = ps[0]["size"]
         rows.append(row)
     return rows
+
+
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the points of several runs (e.g. seeds run apart); a point may come from one run only."""
+    if len(results) == 1:
+        return results[0]
+    points = [p for r in results for p in r["points"]]
+    keys = [(p["data"], p["model"], p["size"]["name"], p["seed"]) for p in points]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"points {repeated} come from more than one run; pool disjoint runs")
+    rows = aggregate(points)
+    note = f"{len(results)} runs pooled: " + " + ".join(f"({r['note']})" for r in results)
+    return {"note": note, "plan": [r["plan"] for r in results], "points": points, "rows": rows, "slopes": slopes(rows)}
 
 
 def slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -344,7 +385,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="max epochs per point (full run: 3)")
     p.add_argument("--jobs", type=int, default=None, help="trainings at once, one thread each (2; --quick: 1)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {OUT}; --quick: none unless given)")
-    p.add_argument("--table-from", type=Path, default=None, help="rebuild the outputs from a scaling.json; no runs")
+    p.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="rebuild the outputs from scaling.json files (several: their points pooled); no runs",
+    )
     p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's <!-- scaling --> section")
     a = p.parse_args()
     plan = QUICK if a.quick else FULL
@@ -355,7 +402,10 @@ def main() -> None:
             tuple(a.data.split(",")) if a.data else plan.datasets,
             tuple(sizes[s] for s in a.sizes.split(",")) if a.sizes else plan.sizes,
             tuple(int(s) for s in a.seeds.split(",")) if a.seeds else plan.seeds,
-            TrainParams(**{**asdict(plan.params), **({"max_epochs": a.epochs} if a.epochs else {})}),
+            {
+                data: TrainParams(**{**asdict(params), **({"max_epochs": a.epochs} if a.epochs else {})})
+                for data, params in plan.params.items()
+            },
             plan.synthetic_users,
         )
     except KeyError as e:
@@ -365,8 +415,11 @@ def main() -> None:
         p.error(f"--data: unknown {unknown}; choose from {list(DATASETS)}")
     jobs = a.jobs or (1 if a.quick else 2)
     if a.table_from:
-        result = json.loads(a.table_from.read_text())
-        write(result, a.out or a.table_from.parent)
+        try:
+            result = pool([json.loads(path.read_text()) for path in a.table_from])
+        except ValueError as e:
+            p.error(f"--table-from: {e}")
+        write(result, a.out or a.table_from[0].parent)
         if a.readme:
             write_section(a.readme, "scaling", summary(result))
         print(markdown(result))
@@ -379,8 +432,8 @@ def main() -> None:
         rows = aggregate(points)
         note = (
             f"{kind} run{'' if done else ' (partial: ' + str(len(points)) + ' points so far)'}: data "
-            f"{list(plan.datasets)}, sizes {[s.name for s in plan.sizes]}, seeds {list(plan.seeds)}, at most "
-            f"{plan.params.max_epochs} epochs (patience {plan.params.patience}), synthetic users "
+            f"{list(plan.datasets)}, sizes {[s.name for s in plan.sizes]}, seeds {list(plan.seeds)}, "
+            f"{plan.describe()}, synthetic users "
             f"{plan.synthetic_users[0]} train / {plan.synthetic_users[1]} evaluation, {jobs} jobs x 1 thread, "
             f"{time.perf_counter() - t0:.0f} s"
         )
