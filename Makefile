@@ -12,6 +12,7 @@ SEEDS ?= 0,1,2
 CHECKPOINT ?=
 REPOSITORY ?= model_repository
 TRAIN_ARGS ?=
+ABLATIONS_ARGS ?=
 EXPORT_ARGS ?=
 SERVE_ARGS ?=
 PARITY_ARGS ?=
@@ -39,8 +40,8 @@ venv: $(STAMP)  ## only bootstrap .venv (Python 3.11, the project with its dev e
 train: $(STAMP)  ## train PRESET (small) on DATA (synthetic|movielens) into CHECKPOINT (checkpoints/<preset>[-<data>]); more: TRAIN_ARGS
 	$(PY) -m model.train --preset $(PRESET) --data $(DATA) --ablation $(ABLATION) $(if $(CHECKPOINT),--out $(CHECKPOINT)) $(TRAIN_ARGS)
 
-ablations: $(STAMP)  ## ASTRO, its ablations (-BGF, -ATL), its peers and popularity on DATA over SEEDS: a Markdown table
-	$(PY) -m model.ablations --preset $(PRESET) --data $(DATA) --seeds $(SEEDS) --out docs/ablations/$(DATA).json --readme README.md
+ablations: $(STAMP)  ## ASTRO, its ablations (-BGF, -ATL), its peers and popularity on DATA over SEEDS: a Markdown table; more: ABLATIONS_ARGS
+	$(PY) -m model.ablations --preset $(PRESET) --data $(DATA) --seeds $(SEEDS) --out docs/ablations/$(DATA).json --readme README.md $(ABLATIONS_ARGS)
 
 scaling: $(STAMP)  ## quality vs training FLOPs and parameters, ASTRO vs one stack -> docs/scaling/ (SCALING_ARGS=--quick: a minute)
 	$(PY) -m model.scaling $(SCALING_ARGS)

@@ -253,8 +253,7 @@ def main() -> None:
     p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's section for --data")
     a = p.parse_args()
     cfg = AstroConfig.from_name(a.preset)
-    if a.dropout is not None:
-        cfg = cfg.replace(dropout=a.dropout)
+    cfg = cfg.replace(dropout=a.dropout)
     if a.table_from:
         result = merge([json.loads(f.read_text()) for f in a.table_from])
         if a.out:

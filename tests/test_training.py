@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from model.peers import PEERS, PooledModel, build_peer, peer_config, same_rows, 
 from model.train import (
     Splits,
     TrainParams,
+    add_training_arguments,
     concat,
     fit,
     load_data,
@@ -29,10 +33,13 @@ from model.train import (
     mean_logloss,
     refit,
     train_model,
+    training_params,
 )
 
 TINY = AstroConfig.from_name("tiny")
 N_TRAIN, N_TEST = 48, 16  # synthetic users; validation: N_TRAIN // 8
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +188,14 @@ def test_batches_feed_every_peer(splits: Splits) -> None:
         with torch.no_grad():
             out = build_peer(kind, pcfg)(h, req, cand)
         assert out.shape == (4, ds.cand_item_ids.shape[1], TINY.n_tasks) and torch.isfinite(out).all()
+
+
+def test_make_train_defaults_are_the_committed_checkpoints_recipe() -> None:
+    """`make train` with no TRAIN_ARGS trains the embedded checkpoint's recipe (the settings chosen on validation)."""
+    p = argparse.ArgumentParser()
+    add_training_arguments(p)
+    a = p.parse_args([])
+    metrics = json.loads((ROOT / "checkpoints" / "small" / "metrics.json").read_text())
+    params = {k: v for k, v in asdict(training_params(p, a)).items() if k in metrics["params"]}
+    assert params == metrics["params"]
+    assert a.dropout == metrics["config"]["dropout"]
