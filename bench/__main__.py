@@ -258,6 +258,9 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
     profile_requests = [make_request(cfg, p.seed, 1, max(p.block_lens), n) for n in counts]
     ops = op_profile.run(profiled, profile_requests, a.threads, p.warmup, max(5, p.rounds), work / "op-profile")
     ort_peak = op_profile.ort_matmul_rate(p.matmul_size, repeats, a.threads)
+    say("  each graph back to back, as a served instance runs it (the goals' rates)")
+    steady_requests = [make_request(cfg, p.seed, 1, tb, n) for tb in p.block_lens for n in p.candidates]
+    steady = op_profile.steady_rates(profiled, steady_requests, cfg, a.threads, repeats)
     say(f"  ONNX Runtime MatMul {p.matmul_size}x{p.matmul_size} fp32: {ort_peak.median / 1e9:.1f} GFLOP/s")
 
     say("[7/8] (e) CUDA GPU")
@@ -304,6 +307,7 @@ def run(a: argparse.Namespace, work: Path, say: Progress) -> Results:
         replicas=replicated,
         op_profile=ops,
         ort_matmul_flops=ort_peak,
+        steady=steady,
     )
 
 

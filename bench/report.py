@@ -149,20 +149,45 @@ def speed_goals(r: Results) -> list[Goal]:
         top = ", ".join(f"{o.op} {100 * o.share:.0f}%" for o in ops[:4])
         return f" Top kernels ((d) per operator): {top}." if ops else ""
 
-    stage_rows = {
-        stage: [e for e in r.efficiency if e.stage == f"{GOAL_RUNTIME} {stage}"] for stage in ("scorer", "encoder")
-    }
-    for stage, graph, limit, rows in (
-        ("scorer", ITEM_SCORER, SCORER_GOAL, [e for e in stage_rows["scorer"] if e.candidates >= SCORER_GOAL_MIN_N]),
-        ("encoder", USER_ENCODER, ENCODER_GOAL, [e for e in stage_rows["encoder"] if e.block_len == ENCODER_GOAL_TB]),
+    peak = r.matmul_flops.median
+    for stage, graph, limit, min_n, only_tb in (
+        ("scorer", ITEM_SCORER, SCORER_GOAL, SCORER_GOAL_MIN_N, None),
+        ("encoder", USER_ENCODER, ENCODER_GOAL, 0, ENCODER_GOAL_TB),
     ):
-        if rows:
-            worst = min(rows, key=lambda e: e.fraction_of_limit)
-            met = worst.fraction_of_limit >= limit
-            figures = ", ".join(f"Tb={e.block_len} N={e.candidates}: {100 * e.fraction_of_limit:.0f}%" for e in rows)
-            cause = "" if met else top_ops(graph, worst.block_len, worst.candidates)
-            goal = f"{GOAL_RUNTIME} {stage} >= {100 * limit:.0f}% of the matmul limit"
-            out.append(Goal("", goal, met, f"{figures}.{cause}"))
+
+        def keep(tb: int, n: int, min_n: int = min_n, only_tb: int | None = only_tb) -> bool:
+            return n >= min_n and only_tb in (None, tb)
+
+        # (Tb, N, share of the limit): each graph back to back, as a served instance runs it, where the run has
+        # them; and each stage inside the in-process pipeline ((d)'s table: after another runtime's run)
+        steady = [
+            (s.block_len, s.candidates, s.flops_per_s.median / peak)
+            for s in r.steady
+            if (s.graphs, s.graph) == (GOAL_RUNTIME, graph) and keep(s.block_len, s.candidates)
+        ]
+        piped = [
+            (e.block_len, e.candidates, e.fraction_of_limit)
+            for e in r.efficiency
+            if e.stage == f"{GOAL_RUNTIME} {stage}" and keep(e.block_len, e.candidates)
+        ]
+        rows = steady or piped
+        if not rows:
+            continue
+        worst = min(rows, key=lambda x: x[2])
+        met = worst[2] >= limit
+
+        def shares(xs: list[tuple[int, int, float]], per_n: bool) -> str:
+            return ", ".join(f"Tb={tb}{f' N={n}' if per_n else ''}: {100 * f:.0f}%" for tb, n, f in xs)
+
+        figures = shares(rows, graph == ITEM_SCORER or not steady)
+        if steady and piped:
+            figures = (
+                f"back to back, as a served instance runs it: {figures}; inside the in-process pipeline ((d)'s "
+                f"table, each stage right after another runtime's run): {shares(piped, True)}"
+            )
+        cause = "" if met else top_ops(graph, worst[0], worst[1])
+        goal = f"{GOAL_RUNTIME} {stage} >= {100 * limit:.0f}% of the matmul limit"
+        out.append(Goal("", goal, met, f"{figures}.{cause}"))
     cells = [c for c in r.runtimes if c.candidates == RUNTIME_GOAL_N and GOAL_RUNTIME in c.speedup_vs_eager]
     if cells:
         ratios = {c.block_len: c.speedup_vs_eager[GOAL_RUNTIME].median for c in cells}

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hin
 
 from bench.block_attention import Row as BlockRow
 from bench.machine import Machine
-from bench.op_profile import OpTime
+from bench.op_profile import OpTime, SteadyRate
 from bench.overload import Overload
 from bench.replicas import Replicas
 from bench.roofline import Efficiency
@@ -113,6 +113,7 @@ class Results:
     replicas: Replicas | None = None  # (h)
     op_profile: list[OpTime] = field(default_factory=list)  # (d) per operator
     ort_matmul_flops: Stats | None = None
+    steady: list[SteadyRate] = field(default_factory=list)  # (d) each graph back to back: the goals' rates
 
     @property
     def cfg(self) -> AstroConfig:

@@ -58,8 +58,40 @@ def test_profile_sees_every_counted_matmul(
         ort_matmul_flops=op_profile.ort_matmul_rate(64, 1, 1, min_seconds=0.01),
         settings={"matmul_size": 64},
         op_profile=rows,
+        steady=op_profile.steady_rates({"ort_fp32": tiny_graphs("fp32")}, [make_request(cfg, 0, 1, tb, n)], cfg, 1, 1),
     )
     template = report.ENV.get_template("op_profile.md.j2")
     rendered = template.render(r=r, cfg=cfg, op_groups=report.op_groups(r))  # type: ignore[arg-type]
     assert rendered.count("**ort_fp32 ") == 2 and "| MatMul |" in rendered
+    assert rendered.count("Run back to back, whole `session.run` calls") == 2
     assert "ONNX Runtime's MatMul on the same 64² fp32 matrices" in rendered
+
+
+def test_graph_goals_read_the_back_to_back_rates(
+    tiny_model: AstroModel, tiny_graphs: Callable[[CacheDType], GraphPaths], tmp_path: Path
+) -> None:
+    """Each graph timed back to back carries (d)'s FLOPs for its shape; the encoder is timed once per Tb. The
+    goal rows read those rates and still show the in-process pipeline's; without them, the pipeline's alone."""
+    cfg = tiny_model.cfg
+    tb, counts = cfg.max_block_len, (8, 40)
+    requests = [make_request(cfg, 0, 1, tb, n) for n in counts]
+    steady = op_profile.steady_rates({"ort_fp32": tiny_graphs("fp32")}, requests, cfg, 1, 2)
+    assert [(s.graph, s.candidates) for s in steady] == [(USER_ENCODER, 8), (ITEM_SCORER, 8), (ITEM_SCORER, 40)]
+    assert round(steady[0].gflop * 1e9) == roofline.encoder_flops(cfg, 1, tb)
+    assert round(steady[2].gflop * 1e9) == roofline.scorer_flops(cfg, 1, tb, 40)
+    peak = min(s.flops_per_s.median for s in steady) * 2  # every graph at half the limit or more
+    piped = [
+        roofline.Efficiency(f"ort_fp32 {stage}", tb, n, 0.0, 1.0, 0.0, 0.01)
+        for stage in ("encoder", "scorer")
+        for n in counts
+    ]
+    r = SimpleNamespace(matmul_flops=Stats.of([peak]), steady=steady, efficiency=piped, op_profile=[], runtimes=[])
+    r.served = SimpleNamespace(levels=[])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "ENCODER_GOAL_TB", tb)
+        mp.setattr(report, "SCORER_GOAL_MIN_N", 8)
+        rows = {g.goal: g for g in report.speed_goals(r)}  # type: ignore[arg-type]
+        assert all(g.met for g in rows.values()) and len(rows) == 2
+        assert all("inside the in-process pipeline" in g.measured and ": 1%" in g.measured for g in rows.values())
+        r.steady = []
+        assert not any(g.met for g in report.speed_goals(r))  # type: ignore[arg-type]
