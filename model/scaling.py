@@ -278,9 +278,30 @@ def statement(rows: list[dict[str, Any]], fits: dict[str, dict[str, dict[str, fl
             f"{t[key]:+.4f} for the single stack: {steeper} has the steeper (better) curve over these sizes. "
             f"Best LogLoss reached: ASTRO {best['astro']:.4f}, single stack {best['transformer']:.4f}. "
             f"AUC per decade: ASTRO {a['auc_per_decade_train_flops_per_row']:+.4f}, "
-            f"single stack {t['auc_per_decade_train_flops_per_row']:+.4f}."
+            f"single stack {t['auc_per_decade_train_flops_per_row']:+.4f}.{equal_compute(rows, data)}"
         )
     return lines
+
+
+def equal_compute(rows: list[dict[str, Any]], data: str) -> str:
+    """ASTRO against the single stack at the same training FLOPs: the single stack's fitted LogLoss line read
+    at the FLOPs of ASTRO's largest size that lies inside the single stack's range (never extrapolated)."""
+    x = "train_flops_per_row"
+    ts = [r for r in rows if r["data"] == data and r["model"] == "transformer"]
+    inside = [
+        r
+        for r in rows
+        if r["data"] == data and r["model"] == "astro" and min(t[x] for t in ts) <= r[x] <= max(t[x] for t in ts)
+    ]
+    if len(ts) < 2 or not inside:
+        return ""
+    a = max(inside, key=lambda r: r[x])
+    fit = np.polyfit(np.log10([t[x] for t in ts]), [t["logloss"] for t in ts], 1)
+    line = float(np.polyval(fit, np.log10(a[x])))
+    return (
+        f" At equal compute, ASTRO {a['size']} ({a[x] / 1e9:.4f} training GFLOPs per row) reaches LogLoss "
+        f"{a['logloss']:.4f}, the single stack's fitted line {line:.4f} there."
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from contract.config import AstroConfig
 from model.astro import AstroModel
 from model.peers import build_peer
-from model.scaling import SIZES, non_embedding_parameters, size_config, slopes, train_flops_per_row
+from model.scaling import SIZES, equal_compute, non_embedding_parameters, size_config, slopes, train_flops_per_row
 from model.train import load_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,14 @@ def test_slopes_recover_a_known_line() -> None:
     assert fit["auc_per_decade_train_flops_per_row"] == pytest.approx(0.01)
     assert fit["logloss_per_decade_non_embedding_parameters"] == pytest.approx(-0.01)
     assert np.isfinite(list(fit.values())).all()
+
+
+def test_equal_compute_reads_the_single_stacks_line_inside_its_range_only() -> None:
+    def row(model: str, flops: float, logloss: float, size: str) -> dict[str, Any]:
+        return {"data": "d", "model": model, "train_flops_per_row": flops, "logloss": logloss, "size": size}
+
+    stack = [row("transformer", f, 1.0 - 0.1 * np.log10(f), "t") for f in (1e6, 1e8)]  # the line: 1 - 0.1 log10(x)
+    inside = row("astro", 1e7, 0.2, "m")
+    text = equal_compute([*stack, inside, row("astro", 1e9, 0.1, "l")], "d")  # l lies past the stack's range
+    assert "ASTRO m" in text and "LogLoss 0.2000, the single stack's fitted line 0.3000" in text
+    assert equal_compute([*stack, row("astro", 1e9, 0.1, "l")], "d") == ""
