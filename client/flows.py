@@ -35,9 +35,10 @@ Which replica serves a call, and how failures are tried again (``lb``):
 
 Either way every inference call carries the routing key as the header
 :data:`~contract.routing.ROUTE_KEY_HEADER` (a mesh's consistent hashing uses it) and what is left of
-the caller's deadline, twice: as the gRPC deadline and as Triton's per-request ``timeout``, so a
-server whose queue policy allows the override drops a request whose caller has given up instead
-of computing it. The client retries by hand what gRPC cannot know: a model still loading
+the caller's deadline: as the gRPC deadline, and split over the ensemble's queues
+(:data:`~contract.admission.QUEUED_STEPS`) as Triton's per-request ``timeout``, which each queue times
+afresh, so a server whose queue policy allows the override drops a request whose caller has given up
+instead of starting it on a model. The client retries by hand what gRPC cannot know: a model still loading
 (Triton's NOT_FOUND "has no available versions") and, with affinity, the key's next replica.
 Failures raise :class:`~client.errors.ServerError` with the server's message;
 :class:`~client.errors.ServerOverloadedError` when every try was refused for lack of room.
@@ -83,6 +84,7 @@ from client.routing import DEFAULT_LOAD_FACTOR, DEFAULT_REFRESH_S, Router, route
 from client.tracing import TRACEPARENT, CallTracer
 from client.validation import I64, Allow, ScoreRequest, check_served, validate_inputs, validate_request
 from client.wire import F32, check_scores, make_infer_inputs, spec_from_model_config
+from contract.admission import QUEUED_STEPS
 from contract.routing import ROUTE_KEY_HEADER
 from contract.serving_spec import ServingSpec
 from contract.tensors import CANDIDATE_INPUT, ENSEMBLE, SCORES_OUTPUT
@@ -137,10 +139,13 @@ def _rpc(
     replica: str | None = None,
 ) -> Rpc:  # fmt: skip
     """One attempt's step: what is left of ``deadline`` as its gRPC deadline and, for an inference call
-    (``key`` given), as Triton's per-request ``timeout`` (microseconds) beside the routing key header."""
+    (``key`` given), its share per queue as Triton's per-request ``timeout`` (microseconds) beside the
+    routing key header: each of the ensemble's QUEUED_STEPS queues times the ``timeout`` afresh, so
+    their waits together stay within what is left."""
     remaining = max(deadline - time.monotonic(), 1e-3)
     if key is not None:
-        kwargs = {**kwargs, "timeout": max(int(remaining * 1e6), 1), "headers": {ROUTE_KEY_HEADER: key}}
+        queue_us = max(int(remaining / QUEUED_STEPS * 1e6), 1)
+        kwargs = {**kwargs, "timeout": queue_us, "headers": {ROUTE_KEY_HEADER: key}}
     return Rpc(method, remaining, args, kwargs, replica)
 
 

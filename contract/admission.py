@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from contract.tensors import ITEM_SCORER, USER_ENCODER
+from contract.tensors import GRAPHS, ITEM_SCORER, USER_ENCODER
 
 # What a full queue may add to a request's latency, per composing model: against a p99 of tens of
 # milliseconds at capacity (docs/bench/report.md, (c)), two full queues keep an admitted request's p99
@@ -46,6 +46,10 @@ QUEUE_TIMEOUT_US = 2_000_000
 # instance on the 2-core development machine; docs/bench/report.md (c), "Inside the server":
 # compute infer per request). Re-measure with `python -m bench.overload` after a model change.
 SERVICE_MS = {USER_ENCODER: 3.0, ITEM_SCORER: 10.0}
+# The queues one ensemble request passes: every composing model's, each timing the request's own ``timeout``
+# afresh (the ensemble passes it on to each step). A caller that gives each queue this share of what is left
+# of its deadline never has a request start on a model after the deadline has passed in the queues.
+QUEUED_STEPS = len(GRAPHS)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from client import (
     validate_request,
 )
 from client.routing import route_key, user_route_key
+from contract.admission import QUEUED_STEPS
 from contract.routing import ROUTE_KEY_HEADER
 from contract.tensors import CANDIDATE_INPUT
 
@@ -248,9 +249,9 @@ def test_unknown_model_is_a_server_error_with_its_message(stub_server: tuple[Stu
 
 def test_every_call_carries_its_route_key_and_what_is_left_of_the_deadline(stub_server: tuple[StubTriton, str]) -> None:
     """Each chunk's call carries the header x-astro-route-key (a hash of its encoder inputs, the same for every
-    chunk; the caller's user id when given) and the score's remaining deadline twice: as Triton's per-request
-    timeout and as the gRPC deadline. Without them a mesh could not hash on the key, and a server could not drop
-    a request whose caller has gone."""
+    chunk; the caller's user id when given) and the score's remaining deadline: as the gRPC deadline, and split
+    over the ensemble's two queues (each times it afresh) as Triton's per-request timeout. Without them a mesh
+    could not hash on the key, and a server could not drop a request whose caller has gone."""
     stub, url = stub_server
     h = history()
     with AstroClient(url, timeout_s=30) as c:
@@ -261,6 +262,7 @@ def test_every_call_carries_its_route_key_and_what_is_left_of_the_deadline(stub_
     assert len(keys) == 4 and keys[:3] == [route_key(stub.inputs[0])] * 3 and keys[3] == user_route_key("u-7")
     for timeout_us, left_s in stub.deadlines[:3]:
         # gRPC core's grpc-timeout encoding "may round up" (timeout_encoding.h): the server may see a little more
-        assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 20_000_000 and left_s <= 20.5
-        assert abs(timeout_us / 1e6 - left_s) < 0.5, (timeout_us, left_s)  # both: the score's remaining deadline
-    assert stub.deadlines[3][0] is not None and 20e6 < stub.deadlines[3][0] <= 30e6  # the default, timeout_s
+        assert timeout_us is not None and left_s is not None and 0 < timeout_us <= 10_000_000 and left_s <= 20.5
+        # the gRPC deadline is what is left of the score's; Triton's timeout its share per queue of the ensemble
+        assert abs(timeout_us / 1e6 * QUEUED_STEPS - left_s) < 0.5, (timeout_us, left_s)
+    assert stub.deadlines[3][0] is not None and 10e6 < stub.deadlines[3][0] <= 15e6  # the default, timeout_s
