@@ -41,10 +41,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 from tqdm import tqdm
 
-from contract.config import PRESETS, AstroConfig
+from contract.config import PRESETS, AstroConfig, BlockSpec, ConfigError, describe
 from contract.program import program_name
 from model.astro import AstroModel
 from model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
@@ -402,12 +403,25 @@ def main() -> None:
     p.add_argument("--test-users", type=int, default=TEST_USERS, help="held-out synthetic users for the metrics")
     p.add_argument("--d-model", type=int, default=None, help="embedding and model width (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the init")
+    p.add_argument(
+        "--blocks",
+        type=parse_blocks,
+        default=None,
+        help="the preset's blocks replaced, for trying a layout (needs --out): name:behaviour+behaviour:max_len,... "
+        "(no behaviours: every one), e.g. play:play:48,like:like+share:48,skip:skip:48",
+    )
     add_training_arguments(p)
     a = p.parse_args()
+    if a.blocks is not None and a.out is None:
+        p.error("--blocks needs --out: the default folder is the preset's checkpoint, whose layout it would replace")
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = AstroConfig.from_name(a.preset)
-    cfg = cfg.replace(dropout=a.dropout, **({"d_model": a.d_model} if a.d_model is not None else {}))
+    overrides = {k: v for k, v in (("d_model", a.d_model), ("blocks", a.blocks)) if v is not None}
+    try:
+        cfg = cfg.replace(dropout=a.dropout, **overrides)
+    except ConfigError as e:
+        p.error(str(e))
     params = training_params(p, a, a.seed)
     out: Path = a.out or DEFAULT_CHECKPOINT.parent / default_name(a.preset, a.data, a.ablation)
     run = train(cfg, params, a.data, a.ablation, a.train_users, a.test_users, a.device)
@@ -426,6 +440,23 @@ def main() -> None:
         f"wrote {out}/ (model.safetensors, config.json, metrics.json, {RELIABILITY_PLOT}); "
         f"trained in {metrics['train_seconds']} s"
     )
+
+
+def parse_blocks(text: str) -> tuple[BlockSpec, ...]:
+    """``name:behaviour+behaviour:max_len,...`` -> the blocks (``name::48``: every behaviour)."""
+    blocks = []
+    for part in text.split(","):
+        fields = part.split(":")
+        if len(fields) != 3 or not fields[2].isdigit():
+            raise argparse.ArgumentTypeError(f"block {part!r}: expected name:behaviour+behaviour:max_len")
+        name, behaviors, max_len = fields
+        try:
+            blocks.append(
+                BlockSpec(name=name, behaviors=tuple(b for b in behaviors.split("+") if b), max_len=int(max_len))
+            )
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(f"block {part!r}: {describe(e)}") from None
+    return tuple(blocks)
 
 
 def default_name(preset: str, data: str, ablation: str) -> str:

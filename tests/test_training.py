@@ -19,7 +19,7 @@ import pytest
 import torch
 from model_helpers import torch_threads
 
-from contract.config import AstroConfig
+from contract.config import AstroConfig, BlockSpec
 from model.astro import AstroModel, History, Request
 from model.peers import PEERS, PooledModel, build_peer, peer_config, same_rows, train_peer
 from model.train import (
@@ -31,6 +31,7 @@ from model.train import (
     load_data,
     make_deterministic,
     mean_logloss,
+    parse_blocks,
     refit,
     train_model,
     training_params,
@@ -199,3 +200,14 @@ def test_make_train_defaults_are_the_committed_checkpoints_recipe() -> None:
     params = {k: v for k, v in asdict(training_params(p, a)).items() if k in metrics["params"]}
     assert params == metrics["params"]
     assert a.dropout == metrics["config"]["dropout"]
+
+
+def test_a_block_layout_is_parsed_from_the_command_line() -> None:
+    assert parse_blocks("play:play:48,like:like+share:32,recent::16") == (
+        BlockSpec(name="play", behaviors=("play",), max_len=48),
+        BlockSpec(name="like", behaviors=("like", "share"), max_len=32),
+        BlockSpec(name="recent", behaviors=(), max_len=16),
+    )
+    for bad, says in (("play:play", "name:behaviour"), ("play:play:x", "name:behaviour"), ("p:play:0", "max_len")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            parse_blocks(bad)
