@@ -22,8 +22,6 @@ No training: the rows are built exactly as training and evaluation build them (s
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +29,7 @@ import numpy as np
 from contract.config import AstroConfig
 from contract.program import program_name
 from model.peers import peer_config
-from model.readme import write_section
+from model.readme import output_arguments, publish
 from model.synthetic import RECENT_EVENTS, Dataset
 from model.train import DATASETS, TEST_USERS, load_data
 
@@ -110,20 +108,12 @@ def main() -> None:
         prog=program_name("model.coverage"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", default=",".join(DATASETS), help=f"comma-separated subset of {list(DATASETS)}")
-    p.add_argument("--out", type=Path, default=None, help="write the figures here (JSON)")
-    p.add_argument("--table-from", type=Path, default=None, help="print the table of a JSON written by --out")
-    p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's coverage section")
+    output_arguments(p, "coverage")
     a = p.parse_args()
     unknown = sorted(set(a.data.split(",")) - set(DATASETS))
     if unknown:
         p.error(f"--data: unknown {unknown}; choose from {list(DATASETS)}")
-    result = json.loads(a.table_from.read_text()) if a.table_from else {d: coverage(d) for d in a.data.split(",")}
-    if a.out and not a.table_from:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    if a.readme:
-        write_section(a.readme, "coverage", table(result))
-    print(table(result))
+    publish(a, lambda: {d: coverage(d) for d in a.data.split(",")}, table, "coverage")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Writes a JSON with every figure; ``--readme`` rewrites the README's ``<!-- diagn
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, load_metrics
 from model.metrics import auc, gauc
 from model.movielens import MovieLensSplit, load_movielens, read_ratings
 from model.peers import train_peer
-from model.readme import write_section
+from model.readme import output_arguments, publish
 from model.train import Splits, TrainParams, popularity_scores, predict
 
 HEAVY_RATINGS = 150  # training ratings above which a user counts as heavy
@@ -127,19 +126,11 @@ def main() -> None:
         default=DEFAULT_CHECKPOINT.parent / "small-movielens",
         help="ASTRO trained on MovieLens",
     )
-    p.add_argument("--out", type=Path, default=None, help="write the figures here (JSON)")
-    p.add_argument("--table-from", type=Path, default=None, help="print the table of a JSON written by --out")
-    p.add_argument("--readme", type=Path, default=None, help="also rewrite this README's diagnostics section")
+    output_arguments(p, "diagnostics")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    result = json.loads(a.table_from.read_text()) if a.table_from else run(a.checkpoint)
-    if a.out and not a.table_from:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    if a.readme:
-        write_section(a.readme, "diagnostics:movielens", table(result))
-    print(table(result))
+    publish(a, lambda: run(a.checkpoint), table, "diagnostics:movielens")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,32 @@ The figures in those sections come from the results JSON through the code that p
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def output_arguments(p: argparse.ArgumentParser, section: str) -> None:
+    """``--out``, ``--table-from`` and ``--readme`` of a module that measures figures and writes a README table."""
+    p.add_argument("--out", type=Path, default=None, help="write the figures here (JSON)")
+    p.add_argument("--table-from", type=Path, default=None, help="print the table of a JSON written by --out")
+    p.add_argument("--readme", type=Path, default=None, help=f"also rewrite this README's {section} section")
+
+
+def publish(
+    a: argparse.Namespace, measure: Callable[[], dict[str, Any]], table: Callable[[Any], str], section: str
+) -> None:
+    """The figures of ``--table-from``, or measured and written to ``--out``; their table printed, and written
+    into the README's ``section`` with ``--readme``."""
+    result = json.loads(a.table_from.read_text()) if a.table_from else measure()
+    if a.out and not a.table_from:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if a.readme:
+        write_section(a.readme, section, table(result))
+    print(table(result))
 
 
 def write_section(readme: Path, name: str, text: str) -> None:
