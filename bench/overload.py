@@ -10,7 +10,9 @@ queue policy removed (Triton's default: unbounded queues, no timeout), and **aft
 callers on the *after* server; both servers then get the same open-loop load (Poisson arrivals, seeded)
 at each multiple of it, from one asyncio ``tritonclient.grpc.aio`` client (perf_analyzer sends no
 per-request timeout and stops at the first refusal, so it cannot drive this). Each request carries the
-caller's deadline as Triton's per-request ``timeout``; an answer after the deadline counts as late. Its
+caller's deadline as ``AstroClient`` sends it: its share per queue of the ensemble
+(``contract.admission.QUEUED_STEPS``) as Triton's per-request ``timeout``, which each composing model's
+queue times afresh; an answer after the deadline counts as late. Its
 gRPC deadline is kept long (:data:`CALL_TIMEOUT_S`): on Triton 2.51 clients cancelling thousands of
 requests in flight crashed the server (``std::system_error: Invalid argument``, then a corrupted heap;
 the gRPC frontend's cancellation race, server issue 7368, fixed in 2.53 by server PR 7840).
@@ -43,7 +45,7 @@ from bench.served import group_usage, infer_fn, server_counters, server_cpu_seco
 from bench.timing import Stats, in_threads
 from bench.variants import QueueBound, queue_bounds, unbounded
 from bench.workload import make_request
-from contract.admission import QUEUE_WAIT_MS, SERVICE_MS
+from contract.admission import QUEUE_WAIT_MS, QUEUED_STEPS, SERVICE_MS
 from contract.config import AstroConfig
 from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, USER_ENCODER
@@ -111,6 +113,7 @@ async def open_loop(url: str, requests: Sequence[RequestBatch], rate: float, s: 
     """Poisson arrivals at ``rate`` per second for ``s.seconds``, each request with the caller's deadline."""
     rng = np.random.default_rng(s.seed)
     deadline_s = s.deadline_ms / 1e3
+    queue_us = int(deadline_s / QUEUED_STEPS * 1e6)  # each queue's share, as client.flows sends it
     prepared = []
     for req in requests:
         inputs = []
@@ -125,7 +128,7 @@ async def open_loop(url: str, requests: Sequence[RequestBatch], rate: float, s: 
         async def one(inputs: list[Any]) -> None:
             t0 = time.perf_counter()
             try:
-                await client.infer(ENSEMBLE, inputs, timeout=int(deadline_s * 1e6), client_timeout=CALL_TIMEOUT_S)
+                await client.infer(ENSEMBLE, inputs, timeout=queue_us, client_timeout=CALL_TIMEOUT_S)
                 out.answered_s.append(time.perf_counter() - t0)
             except grpcclient.InferenceServerException as e:
                 message = e.message() or ""

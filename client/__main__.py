@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="deadline of the whole score in seconds, retries and failovers included; every call carries what is "
-        "left of it to the server (gRPC deadline and Triton's request timeout) (default 10)",
+        "left of it to the server (as the gRPC deadline, and split over the ensemble's queues as Triton's request "
+        "timeout) (default 10)",
     )
     conn.add_argument(
         "--retries",

@@ -22,7 +22,8 @@ LOADING = "has no available versions"  # Triton's NOT_FOUND for a known model wh
 # Triton's refusals by a composing model's queue policy (UNAVAILABLE, the model named in the message) -> the limit
 REFUSALS = {
     "Exceeds maximum queue size": "the model's queue bound (dynamic_batching.default_queue_policy.max_queue_size)",
-    "Request timeout expired": "the longest queue wait (the queue policy's timeout, or this call's own deadline)",
+    "Request timeout expired": "the longest queue wait (the queue policy's timeout, or this call's share per queue "
+    "of its deadline)",
 }
 OVERLOAD_ADVICE = (
     "retry later with backoff, send fewer requests at once (max_in_flight), give the call a longer deadline, "

@@ -47,8 +47,8 @@ QUEUE_TIMEOUT_US = 2_000_000
 # compute infer per request). Re-measure with `python -m bench.overload` after a model change.
 SERVICE_MS = {USER_ENCODER: 3.0, ITEM_SCORER: 10.0}
 # The queues one ensemble request passes: every composing model's, each timing the request's own ``timeout``
-# afresh (the ensemble passes it on to each step). A caller that gives each queue this share of what is left
-# of its deadline never has a request start on a model after the deadline has passed in the queues.
+# afresh (the ensemble passes it on to each step). A caller that sends each queue this share of what is left
+# of its deadline keeps the request's two waits within what was left when it sent it.
 QUEUED_STEPS = len(GRAPHS)
 
 

@@ -2,8 +2,8 @@
 
     python -m model.coverage --out docs/ablations/coverage.json --readme README.md
 
-ASTRO small keeps the newest 48 events of each of its blocks (plays; likes and shares, or likes
-and skips on MovieLens; any behaviour), the single-stack peer the newest 144 events of any
+ASTRO small keeps the newest 48 events of each of its blocks (plays; likes and shares, which on
+MovieLens are likes alone; any behaviour), the single-stack peer the newest 144 events of any
 behaviour, the mean-pooled peer up to 1024. Blocks overlap (the newest plays are mostly the
 newest events), so what a model can know of a user is the *distinct* events its rows hold. Per
 data set, over the evaluation rows, against the whole history (the pooled peer's rows: every event
@@ -30,19 +30,24 @@ from contract.config import AstroConfig
 from contract.program import program_name
 from model.peers import peer_config
 from model.readme import output_arguments, publish
-from model.synthetic import RECENT_EVENTS, Dataset
+from model.synthetic import I64, RECENT_EVENTS, Dataset
 from model.train import DATASETS, TEST_USERS, load_data
 
 MODELS = {"astro": "ASTRO small (3 blocks of 48)", "transformer": "single stack (144)", "pooled": "mean-pooled (1024)"}
 
 
-def events(ds: Dataset, row: int, per_rating: bool) -> set[tuple[int, ...]]:
-    """The distinct events of one row's history blocks: (item, time, behaviour), or (item, time) per rating."""
-    valid = ds.hist_item_ids[row] != 0
-    item, ts, beh = ds.hist_item_ids[row][valid], ds.hist_timestamps[row][valid], ds.hist_behaviors[row][valid]
+def events(item_ids: I64, timestamps: I64, behaviors: I64, per_rating: bool) -> set[tuple[int, ...]]:
+    """The distinct events of one row's history blocks ``[Nb, Tb]`` (padding left out): (item, time, behaviour),
+    or (item, time) per rating."""
+    valid = item_ids != 0
+    item, ts, beh = item_ids[valid], timestamps[valid], behaviors[valid]
     if per_rating:
         return set(zip(item.tolist(), ts.tolist(), strict=True))
     return set(zip(item.tolist(), ts.tolist(), beh.tolist(), strict=True))
+
+
+def row_events(ds: Dataset, row: int, per_rating: bool) -> set[tuple[int, ...]]:
+    return events(ds.hist_item_ids[row], ds.hist_timestamps[row], ds.hist_behaviors[row], per_rating)
 
 
 def older(whole: set[tuple[int, ...]]) -> set[tuple[int, ...]]:
@@ -61,10 +66,10 @@ def coverage(data: str, preset: str = "small") -> dict[str, Any]:
     seen: dict[str, list[int]] = {m: [] for m in cfgs}
     older_seen: dict[str, list[float]] = {m: [] for m in cfgs}
     for r in range(n):
-        whole = events(rows["pooled"], r, per_rating)
+        whole = row_events(rows["pooled"], r, per_rating)
         old = older(whole) if not per_rating else set()
         for m, ds in rows.items():
-            mine = events(ds, r, per_rating)
+            mine = row_events(ds, r, per_rating)
             if not mine <= whole:
                 raise ValueError(f"{data} row {r}: {m}'s rows hold events the whole history lacks")
             seen[m].append(len(mine))

@@ -3,6 +3,7 @@
     python -m model.scaling                 # the full grid: 4 sizes x 2 models x 3 seeds x 2 datasets -> docs/scaling/
     python -m model.scaling --quick         # 2 tiny sizes, 1 seed, small synthetic data: a minute (the test runs it)
     python -m model.scaling --data movielens --seeds 0 --sizes xs,s,m,l   # a reduced run
+    python -m model.scaling --table-from a/scaling.json b/scaling.json --out docs/scaling   # runs pooled
 
 The paper's claim is a better scaling curve: quality gained per unit of compute as the model
 grows. Each point is one model at one size, trained by :mod:`model.train`'s protocol (validation
@@ -288,12 +289,14 @@ def equal_compute(rows: list[dict[str, Any]], data: str) -> str:
     at the FLOPs of ASTRO's largest size that lies inside the single stack's range (never extrapolated)."""
     x = "train_flops_per_row"
     ts = [r for r in rows if r["data"] == data and r["model"] == "transformer"]
+    if len(ts) < 2:
+        return ""
     inside = [
         r
         for r in rows
         if r["data"] == data and r["model"] == "astro" and min(t[x] for t in ts) <= r[x] <= max(t[x] for t in ts)
     ]
-    if len(ts) < 2 or not inside:
+    if not inside:
         return ""
     a = max(inside, key=lambda r: r[x])
     fit = np.polyfit(np.log10([t[x] for t in ts]), [t["logloss"] for t in ts], 1)
@@ -403,7 +406,12 @@ def main() -> None:
     p.add_argument("--data", default=None, help=f"comma-separated subset of {list(DATASETS)}")
     p.add_argument("--sizes", default=None, help=f"comma-separated subset of {[s.name for s in SIZES]}")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (full run: 0,1,2)")
-    p.add_argument("--epochs", type=int, default=None, help="max epochs per point (full run: 3)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="max epochs per point, every data set (full run: MovieLens 3, synthetic 10)",
+    )
     p.add_argument("--jobs", type=int, default=None, help="trainings at once, one thread each (2; --quick: 1)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {OUT}; --quick: none unless given)")
     p.add_argument(
@@ -436,6 +444,8 @@ def main() -> None:
         p.error(f"--data: unknown {unknown}; choose from {list(DATASETS)}")
     jobs = a.jobs or (1 if a.quick else 2)
     if a.table_from:
+        if len(a.table_from) > 1 and a.out is None:
+            p.error("--table-from with several files needs --out: the pooled result would replace the first part's")
         try:
             result = pool([json.loads(path.read_text()) for path in a.table_from])
         except ValueError as e:

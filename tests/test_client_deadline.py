@@ -141,7 +141,7 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_refused_there_and_never_ru
         elapsed = time.monotonic() - t0
     assert info.value.status == "StatusCode.DEADLINE_EXCEEDED" and elapsed < HOLD_US / 1e6, (info.value, elapsed)
     # the server refused the request in the queue once its timeout (its share of the caller's deadline) passed,
-    # and each retry the client made in what was left of the deadline the same way ...
+    # and any retry gRPC made before the deadline the same way ...
     assert poll(lambda: encoder_stats(slow)[1] > failures), f"no refusal at the server: {encoder_stats(slow)}"
     time.sleep(HOLD_US / 1e6)  # ... and when the batcher's hold is over, nothing runs any of them
     assert encoder_stats(slow)[0] == executions and encoder_stats(slow)[1] > failures

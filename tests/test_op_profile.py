@@ -79,7 +79,7 @@ def test_graph_goals_read_the_back_to_back_rates(
     assert [(s.graph, s.candidates) for s in steady] == [(USER_ENCODER, 8), (ITEM_SCORER, 8), (ITEM_SCORER, 40)]
     assert round(steady[0].gflop * 1e9) == roofline.encoder_flops(cfg, 1, tb)
     assert round(steady[2].gflop * 1e9) == roofline.scorer_flops(cfg, 1, tb, 40)
-    peak = min(s.flops_per_s.median for s in steady) * 2  # every graph at half the limit or more
+    peak = min(s.flops_per_s.median for s in steady)  # every graph at the limit or above: both goals met
     piped = [
         roofline.Efficiency(f"ort_fp32 {stage}", tb, n, 0.0, 1.0, 0.0, 0.01)
         for stage in ("encoder", "scorer")

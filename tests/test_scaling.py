@@ -15,7 +15,15 @@ import torch
 from contract.config import AstroConfig
 from model.astro import AstroModel
 from model.peers import build_peer
-from model.scaling import SIZES, equal_compute, non_embedding_parameters, size_config, slopes, train_flops_per_row
+from model.scaling import (
+    SIZES,
+    equal_compute,
+    non_embedding_parameters,
+    pool,
+    size_config,
+    slopes,
+    train_flops_per_row,
+)
 from model.train import load_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,3 +105,19 @@ def test_equal_compute_reads_the_single_stacks_line_inside_its_range_only() -> N
     text = equal_compute([*stack, inside, row("astro", 1e9, 0.1, "l")], "d")  # l lies past the stack's range
     assert "ASTRO m" in text and "LogLoss 0.2000, the single stack's fitted line 0.3000" in text
     assert equal_compute([*stack, row("astro", 1e9, 0.1, "l")], "d") == ""
+
+
+def test_pooled_runs_keep_every_point_and_refuse_one_that_two_runs_share() -> None:
+    def run(seed: int) -> dict[str, Any]:
+        points = [
+            {"data": "d", "model": m, "size": {"name": s}, "seed": seed, "auc": 0.6 + i / 100, "logloss": 0.5,
+             "train_flops_per_row": 10.0 ** (6 + i), "non_embedding_parameters": 100 * (i + 1), "parameters": 1e4}
+            for i, s in enumerate(("xs", "s")) for m in ("astro", "transformer")
+        ]  # fmt: skip
+        return {"note": f"seed {seed}", "plan": {}, "points": points}
+
+    pooled = pool([run(0), run(1)])
+    assert len(pooled["points"]) == 8 and {r["seeds"] for r in pooled["rows"]} == {2}
+    assert pooled["note"] == "2 runs pooled: (seed 0) + (seed 1)"
+    with pytest.raises(ValueError, match=r"\('d', 'astro', 'xs', 0\)"):
+        pool([run(0), run(0)])
