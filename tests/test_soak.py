@@ -4,15 +4,18 @@ the server's resident memory (tritonserver + its Python-backend stubs) growth re
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from bench.machine import cpu_model
 from client import AstroClient, ScoreRequest, ServerOverloadedError
 from contract.request_batch import RequestBatch
 from export.parity import torch_split
@@ -23,6 +26,7 @@ from serve.triton_server import TritonServer
 pytestmark = pytest.mark.server
 THREADS = 16
 SOAK_SECONDS = float(os.environ.get("ASTRO_SOAK_SECONDS", "20"))
+ATOL = 1e-5  # served vs PyTorch, fp32: the parity tolerance of export/parity.py
 MAX_RSS_GROWTH_MB = 150  # after warmup: allocator caches settle; a leak per request would pass this fast
 
 
@@ -51,7 +55,8 @@ def tree_rss_mb(pid: int) -> float:
 def reference(model: AstroModel, r: ScoreRequest) -> npt.NDArray[np.float32]:
     """PyTorch split path (held to per-pair by test_model_paths) for one user -> [N, T]."""
     req = RequestBatch.from_history(r.history, r.candidates, r.scenario, r.timestamp, model.cfg)
-    return torch_split(model, req, "fp32")[1][0]
+    scores: npt.NDArray[np.float32] = torch_split(model, req, "fp32")[1][0]
+    return scores
 
 
 def test_soak(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
@@ -84,7 +89,7 @@ def test_soak(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
                     errors.append(e)
                     continue
                 latencies.append(time.perf_counter() - t0)
-                if not np.allclose(got, expected[i], atol=1e-5, rtol=0):
+                if not np.allclose(got, expected[i], atol=ATOL, rtol=0):
                     mismatches.append(i)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
@@ -106,6 +111,25 @@ def test_soak(triton: TritonServer, small_model: AstroModel, seed: int) -> None:
         f"mismatches {len(mismatches)}, "
         f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB ({rss_after - rss_before:+.0f} MB)"
     )
+    if os.environ.get("ASTRO_SOAK_OUT"):  # the figures docs/reliability.md's table is written from (bench.soak_doc)
+        figures = {
+            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{len(os.sched_getaffinity(0))} cores, {cpu_model()}",
+            "threads": THREADS,
+            "seconds": elapsed,
+            "requests": n_after - n_before,
+            "rps": (n_after - n_before) / elapsed,
+            "p50_ms": float(np.percentile(lat_ms, 50)),
+            "p99_ms": float(np.percentile(lat_ms, 99)),
+            "refused": len(refused),
+            "errors": len(errors),
+            "mismatches": len(mismatches),
+            "atol": ATOL,
+            "rss_before_mb": rss_before,
+            "rss_after_mb": rss_after,
+            "max_rss_growth_mb": MAX_RSS_GROWTH_MB,
+        }
+        Path(os.environ["ASTRO_SOAK_OUT"]).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     assert not any(t.is_alive() for t in threads)
     assert errors == [], errors[:3]
     assert mismatches == []
