@@ -45,7 +45,7 @@ from bench.served import group_usage, infer_fn, server_counters, server_cpu_seco
 from bench.timing import Stats, in_threads
 from bench.variants import QueueBound, queue_bounds, unbounded
 from bench.workload import make_request
-from contract.admission import QUEUE_WAIT_MS, QUEUED_STEPS, SERVICE_MS
+from contract.admission import QUEUE_WAIT_MS, SERVICE_MS, queue_timeout_us
 from contract.config import AstroConfig
 from contract.request_batch import RequestBatch
 from contract.tensors import ENSEMBLE, GRAPHS, ITEM_SCORER, USER_ENCODER
@@ -113,7 +113,7 @@ async def open_loop(url: str, requests: Sequence[RequestBatch], rate: float, s: 
     """Poisson arrivals at ``rate`` per second for ``s.seconds``, each request with the caller's deadline."""
     rng = np.random.default_rng(s.seed)
     deadline_s = s.deadline_ms / 1e3
-    queue_us = int(deadline_s / QUEUED_STEPS * 1e6)  # each queue's share, as client.flows sends it
+    queue_us = queue_timeout_us(deadline_s)  # each queue's share, as the client sends it
     prepared = []
     for req in requests:
         inputs = []

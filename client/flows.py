@@ -84,7 +84,7 @@ from client.routing import DEFAULT_LOAD_FACTOR, DEFAULT_REFRESH_S, Router, route
 from client.tracing import TRACEPARENT, CallTracer
 from client.validation import I64, Allow, ScoreRequest, check_served, validate_inputs, validate_request
 from client.wire import F32, check_scores, make_infer_inputs, spec_from_model_config
-from contract.admission import QUEUED_STEPS
+from contract.admission import queue_timeout_us
 from contract.routing import ROUTE_KEY_HEADER
 from contract.serving_spec import ServingSpec
 from contract.tensors import CANDIDATE_INPUT, ENSEMBLE, SCORES_OUTPUT
@@ -144,8 +144,7 @@ def _rpc(
     their waits together stay within what is left."""
     remaining = max(deadline - time.monotonic(), 1e-3)
     if key is not None:
-        queue_us = max(int(remaining / QUEUED_STEPS * 1e6), 1)
-        kwargs = {**kwargs, "timeout": queue_us, "headers": {ROUTE_KEY_HEADER: key}}
+        kwargs = {**kwargs, "timeout": queue_timeout_us(remaining), "headers": {ROUTE_KEY_HEADER: key}}
     return Rpc(method, remaining, args, kwargs, replica)
 
 

@@ -52,6 +52,12 @@ SERVICE_MS = {USER_ENCODER: 3.0, ITEM_SCORER: 10.0}
 QUEUED_STEPS = len(GRAPHS)
 
 
+def queue_timeout_us(remaining_s: float) -> int:
+    """Triton's per-request ``timeout`` (microseconds, at least 1) for a caller with ``remaining_s`` left:
+    its share per queue of the ensemble."""
+    return max(int(remaining_s / QUEUED_STEPS * 1e6), 1)
+
+
 @dataclass(frozen=True)
 class QueueBound:
     """The queue policy of one composing model."""
