@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from bench.roofline import encoder_flops, scorer_flops
+from bench.roofline import graph_flops
 from bench.timing import Stats, rate
 from contract.config import AstroConfig
 from contract.request_batch import RequestBatch
@@ -76,6 +77,24 @@ class SteadyRate:
     flops_per_s: Stats  # one sample per repeat, each over enough back-to-back calls (``bench.timing.rate``)
 
 
+def graph_feeds(
+    paths: GraphPaths, requests: list[RequestBatch]
+) -> Iterator[tuple[str, Path, int, int, dict[str, npt.NDArray[Any]]]]:
+    """(graph, its file, Tb, N, its feeds) for both graphs on each request, the encoder once per block length
+    (it does not see the candidates), the scorer fed the encoder's outputs for that request."""
+    encoder = ort.InferenceSession(str(paths.user_encoder), providers=["CPUExecutionProvider"])
+    names = [o.name for o in encoder.get_outputs()]
+    encoded: set[int] = set()
+    for req in requests:
+        tb, n = req.hist_item_ids.shape[2], req.cand_item_ids.shape[1]
+        enc_inputs = req.graph_inputs(USER_ENCODER)
+        if tb not in encoded:
+            encoded.add(tb)
+            yield USER_ENCODER, paths.user_encoder, tb, n, enc_inputs
+        cache = dict(zip(names, encoder.run(names, enc_inputs), strict=True))
+        yield ITEM_SCORER, paths.item_scorer, tb, n, {**req.graph_inputs(ITEM_SCORER), **cache}
+
+
 def steady_rates(
     graphs: dict[str, GraphPaths], requests: list[RequestBatch], cfg: AstroConfig, threads: int, repeats: int
 ) -> list[SteadyRate]:
@@ -83,25 +102,13 @@ def steady_rates(
     back to back; the encoder once per block length."""
     rows: list[SteadyRate] = []
     for label, paths in graphs.items():
-        encoder = ort.InferenceSession(str(paths.user_encoder), _options(threads), providers=["CPUExecutionProvider"])
-        scorer = ort.InferenceSession(str(paths.item_scorer), _options(threads), providers=["CPUExecutionProvider"])
-        names = [o.name for o in encoder.get_outputs()]
-        encoded: set[int] = set()
-        for req in requests:
-            tb, n = req.hist_item_ids.shape[2], req.cand_item_ids.shape[1]
-            enc_inputs = req.graph_inputs(USER_ENCODER)
-            if tb not in encoded:
-                encoded.add(tb)
-                flops = encoder_flops(cfg, 1, tb)
-                stats = rate(partial(encoder.run, names, enc_inputs), flops, repeats)
-                rows.append(SteadyRate(label, USER_ENCODER, tb, n, flops / 1e9, stats))
-            feeds = {**req.graph_inputs(ITEM_SCORER), **dict(zip(names, encoder.run(names, enc_inputs), strict=True))}
-            flops = scorer_flops(cfg, 1, tb, n)
-            rows.append(
-                SteadyRate(
-                    label, ITEM_SCORER, tb, n, flops / 1e9, rate(partial(scorer.run, None, feeds), flops, repeats)
-                )
-            )
+        sessions: dict[Path, ort.InferenceSession] = {}
+        for graph, path, tb, n, feeds in graph_feeds(paths, requests):
+            if path not in sessions:
+                sessions[path] = ort.InferenceSession(str(path), _options(threads), providers=["CPUExecutionProvider"])
+            flops = graph_flops(cfg, graph, tb, n)
+            stats = rate(partial(sessions[path].run, None, feeds), flops, repeats)
+            rows.append(SteadyRate(label, graph, tb, n, flops / 1e9, stats))
     return rows
 
 
@@ -232,16 +239,6 @@ def run(
     length (it does not see the candidates)."""
     rows: list[OpTime] = []
     for label, paths in graphs.items():
-        encoded: set[int] = set()
-        plain = ort.InferenceSession(str(paths.user_encoder), providers=["CPUExecutionProvider"])
-        names = [o.name for o in plain.get_outputs()]
-        for req in requests:
-            tb, n = req.hist_item_ids.shape[2], req.cand_item_ids.shape[1]
-            enc_inputs = req.graph_inputs(USER_ENCODER)
-            args = (threads, warmup, runs, work)
-            if tb not in encoded:
-                encoded.add(tb)
-                rows += profile_graph(label, USER_ENCODER, paths.user_encoder, enc_inputs, tb, n, *args)
-            feeds = {**req.graph_inputs(ITEM_SCORER), **dict(zip(names, plain.run(names, enc_inputs), strict=True))}
-            rows += profile_graph(label, ITEM_SCORER, paths.item_scorer, feeds, tb, n, *args)
+        for graph, path, tb, n, feeds in graph_feeds(paths, requests):
+            rows += profile_graph(label, graph, path, feeds, tb, n, threads, warmup, runs, work)
     return rows

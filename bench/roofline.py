@@ -38,6 +38,7 @@ from bench.runtimes import RuntimeCell
 from bench.timing import Stats, no_sync, rate
 from bench.turbo import PATHS, TurboCell
 from contract.config import AstroConfig
+from contract.tensors import USER_ENCODER
 
 
 def _dense_per_token(cfg: AstroConfig) -> int:
@@ -58,6 +59,11 @@ def encoder_flops(cfg: AstroConfig, batch: int, block_len: int) -> int:
     qkv = layers * 6 * batch * s * d * d
     rest = (layers - 1) * ((2 + 4 * cfg.ffn_mult) * batch * s * d * d + 4 * batch * nb * block_len**2 * d)
     return qkv + rest
+
+
+def graph_flops(cfg: AstroConfig, graph: str, block_len: int, candidates: int) -> int:
+    """(d)'s count for one request (B = 1) of the served graph named ``graph``."""
+    return encoder_flops(cfg, 1, block_len) if graph == USER_ENCODER else scorer_flops(cfg, 1, block_len, candidates)
 
 
 def scorer_flops(cfg: AstroConfig, batch: int, block_len: int, candidates: int) -> int:
