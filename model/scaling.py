@@ -32,7 +32,7 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -291,11 +291,8 @@ def equal_compute(rows: list[dict[str, Any]], data: str) -> str:
     ts = [r for r in rows if r["data"] == data and r["model"] == "transformer"]
     if len(ts) < 2:
         return ""
-    inside = [
-        r
-        for r in rows
-        if r["data"] == data and r["model"] == "astro" and min(t[x] for t in ts) <= r[x] <= max(t[x] for t in ts)
-    ]
+    lo, hi = min(t[x] for t in ts), max(t[x] for t in ts)
+    inside = [r for r in rows if r["data"] == data and r["model"] == "astro" and lo <= r[x] <= hi]
     if not inside:
         return ""
     a = max(inside, key=lambda r: r[x])
@@ -432,7 +429,7 @@ def main() -> None:
             tuple(sizes[s] for s in a.sizes.split(",")) if a.sizes else plan.sizes,
             tuple(int(s) for s in a.seeds.split(",")) if a.seeds else plan.seeds,
             {
-                data: TrainParams(**{**asdict(params), **({"max_epochs": a.epochs} if a.epochs else {})})
+                data: replace(params, max_epochs=a.epochs) if a.epochs else params
                 for data, params in plan.params.items()
             },
             plan.synthetic_users,
